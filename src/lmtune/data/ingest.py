@@ -1,0 +1,190 @@
+"""Readers: text, Markdown, PDF, EPUB/HTML, CSV/TSV/JSONL (optionally compressed), folders of them,
+and saved Hugging Face datasets. Everything becomes a list of `Document`s."""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import json
+import lzma
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmtune.errors import LmtuneError
+from lmtune.paths import resolve_data_path
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst"}
+TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson"}
+OTHER_SUFFIXES = {".pdf", ".epub", ".html", ".htm", ".xhtml"}
+COMPRESSED = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
+
+
+@dataclass
+class Document:
+    text: str
+    source: str
+    pages: list[str] | None = None  # PDF page texts, kept for header/footer detection
+    fields: dict[str, Any] = field(default_factory=dict)  # the whole row, for tabular sources
+
+
+def _suffixes(path: Path) -> tuple[str, str | None]:
+    """('.csv', '.bz2') for reviews.csv.bz2; ('.txt', None) for book.txt."""
+    suffix = path.suffix.lower()
+    if suffix in COMPRESSED:
+        return Path(path.stem).suffix.lower(), suffix
+    return suffix, None
+
+
+def _read_bytes(path: Path) -> bytes:
+    _, compression = _suffixes(path)
+    if compression:
+        with COMPRESSED[compression](path, "rb") as fh:
+            return fh.read()
+    return path.read_bytes()
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LmtuneError(f"{source} looks like a binary file, not text")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(raw).best()
+    if best is None:
+        raise LmtuneError(f"{source}: cannot tell the text encoding (is it a binary file?)")
+    return str(best)
+
+
+def read_pdf(path: Path) -> Document:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(str(path))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PdfReadError, ValueError, KeyError) as err:
+        raise LmtuneError(f"{path}: cannot read PDF ({err})") from None
+    if not any(p.strip() for p in pages):
+        raise LmtuneError(f"{path}: the PDF has no text layer (scanned images?); run OCR on it first")
+    return Document(text="\n".join(pages), source=str(path), pages=pages)
+
+
+def _html_to_text(markup: bytes | str) -> str:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(markup, "html.parser")
+    for tag in soup(["script", "style", "head"]):
+        tag.decompose()
+    return soup.get_text("\n")
+
+
+def read_epub(path: Path) -> list[Document]:
+    import ebooklib
+    from ebooklib import epub
+
+    try:
+        book = epub.read_epub(str(path), options={"ignore_ncx": True})
+    except Exception as err:  # ebooklib raises bare exceptions for broken archives
+        raise LmtuneError(f"{path}: cannot read EPUB ({err})") from None
+    chapters = [_html_to_text(item.get_content()) for item in book.get_items_of_type(ebooklib.ITEM_DOCUMENT)]
+    return [Document(text=t, source=f"{path}#{i}") for i, t in enumerate(chapters) if t.strip()]
+
+
+def read_table(path: Path, text_column: str | None) -> list[Document]:
+    """CSV/TSV/JSONL rows; `text_column` must exist when given."""
+    kind, _ = _suffixes(path)
+    content = decode_text(_read_bytes(path), str(path))
+    if kind in {".jsonl", ".ndjson"} or (kind == ".json" and content.lstrip().startswith("{")):
+        rows = []
+        for n, line in enumerate(content.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise LmtuneError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    elif kind == ".json":
+        rows = json.loads(content)
+        if not isinstance(rows, list):
+            raise LmtuneError(f"{path}: expected a JSON list of records")
+    else:
+        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if kind == ".tsv" else ",")
+        rows = list(reader)
+    if rows and text_column is not None and text_column not in rows[0]:
+        raise LmtuneError(
+            f"{path}: no column '{text_column}' (columns: {', '.join(map(str, rows[0].keys()))}); "
+            "set data.text_column"
+        )
+    docs = []
+    for row in rows:
+        text = "" if text_column is None else str(row.get(text_column) or "")
+        docs.append(Document(text=text, source=str(path), fields=dict(row)))
+    return docs
+
+
+def read_hf_dataset(path: Path, text_column: str | None, split: str = "train") -> list[Document]:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            split = next(iter(ds))
+        ds = ds[split]
+    if text_column is not None and text_column not in ds.column_names:
+        raise LmtuneError(f"{path}: no column '{text_column}' (columns: {', '.join(ds.column_names)})")
+    return [
+        Document(text="" if text_column is None else str(row[text_column] or ""), source=str(path), fields=row)
+        for row in ds
+    ]
+
+
+def is_hf_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def read_file(path: Path, text_column: str | None = "text") -> list[Document]:
+    kind, _ = _suffixes(path)
+    if kind == ".pdf":
+        return [read_pdf(path)]
+    if kind == ".epub":
+        return read_epub(path)
+    if kind in TABLE_SUFFIXES:
+        return read_table(path, text_column)
+    raw = _read_bytes(path)
+    if kind in {".html", ".htm", ".xhtml"}:
+        return [Document(text=_html_to_text(raw), source=str(path))]
+    if raw.startswith(b"%PDF"):
+        return [read_pdf(path)]
+    return [Document(text=decode_text(raw, str(path)), source=str(path))]
+
+
+def _supported(path: Path) -> bool:
+    kind, _ = _suffixes(path)
+    return kind in TEXT_SUFFIXES | TABLE_SUFFIXES | OTHER_SUFFIXES
+
+
+def read_documents(paths: str | Path | list, text_column: str | None = "text") -> list[Document]:
+    """Read every source; a folder contributes its supported files in sorted order."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    docs: list[Document] = []
+    for p in map(resolve_data_path, paths):
+        if not p.exists():
+            raise LmtuneError(f"file not found: {p}")
+        if is_hf_dataset(p):
+            docs += read_hf_dataset(p, text_column)
+        elif p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and _supported(f))
+            if not files:
+                raise LmtuneError(f"{p}: no readable files (.txt .md .pdf .epub .html .csv .jsonl)")
+            for f in files:
+                docs += read_file(f, text_column)
+        else:
+            docs += read_file(p, text_column)
+    if not any(d.text.strip() for d in docs) and text_column is not None:
+        raise LmtuneError(f"no text found in {', '.join(map(str, paths))}")
+    return docs

