@@ -17,18 +17,29 @@ SPACES = re.compile(r"[^\S\n]+")
 BLANK_LINES = re.compile(r"\n\s*\n(?:\s*\n)+")
 
 
-def _edge_key(line: str) -> str:
-    # Running headers often carry the page number ("Chapter 2 — 17"): compare without digits.
-    return re.sub(r"\d+", "#", line.strip().lower())
+RUNNING_NUMBER = re.compile(r"^\s*\d+\b|\b\d+\s*$")  # "17 | My Book", "Chapter 2 - 17"
+
+
+def _edge_keys(line: str) -> set[str]:
+    """A line's identity for header/footer matching: itself, and (when it starts or ends with a number,
+    as running headers with page numbers do) its digit-free form."""
+    exact = line.strip().lower()
+    keys = {exact}
+    if RUNNING_NUMBER.search(exact):
+        keys.add(re.sub(r"\d+", "#", exact))
+    return keys
 
 
 def strip_pdf_page_furniture(pages: list[str], edge_lines: int = 2) -> tuple[list[str], int]:
-    """Drop page-number lines and running headers/footers: lines near a page's top or bottom whose
-    digit-free form recurs on at least half of the pages (3 pages at least). Returns lines removed."""
+    """Drop page-number lines and running headers/footers: lines near a page's top or bottom that recur
+    on at least half of the pages (3 pages at least). Returns the pages and how many lines went."""
     split = [p.splitlines() for p in pages]
     counts: Counter[str] = Counter()
     for lines in split:
-        edges = {_edge_key(line) for line in lines[:edge_lines] + lines[-edge_lines:] if line.strip()}
+        edges = set()
+        for line in lines[:edge_lines] + lines[-edge_lines:]:
+            if line.strip():
+                edges |= _edge_keys(line)
         counts.update(edges)
     threshold = max(3, (len(pages) + 1) // 2)
     repeated = {key for key, n in counts.items() if n >= threshold}
@@ -39,7 +50,7 @@ def strip_pdf_page_furniture(pages: list[str], edge_lines: int = 2) -> tuple[lis
         keep = []
         for i, line in enumerate(lines):
             near_edge = i < edge_lines or i >= n - edge_lines
-            if near_edge and (PAGE_NUMBER.match(line) or _edge_key(line) in repeated) and line.strip():
+            if near_edge and line.strip() and (PAGE_NUMBER.match(line) or _edge_keys(line) & repeated):
                 removed += 1
             else:
                 keep.append(line)

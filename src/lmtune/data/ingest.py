@@ -54,10 +54,14 @@ def decode_text(raw: bytes, source: str) -> str:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(raw).best()
-    if best is None:
+    matches = list(from_bytes(raw))
+    if not matches:
         raise LmtuneError(f"{source}: cannot tell the text encoding (is it a binary file?)")
-    return str(best)
+    best = min(matches, key=lambda m: m.chaos)
+    # Short Western-European texts fit several code pages equally well; Windows-1252 is by far the
+    # likeliest of them, so prefer it when it reads (almost) as cleanly as the best guess.
+    western = [m for m in matches if m.encoding == "cp1252" and m.chaos <= best.chaos + 0.2]
+    return str(western[0] if western else best)
 
 
 def read_pdf(path: Path) -> Document:

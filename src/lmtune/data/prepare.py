@@ -109,7 +109,9 @@ def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = Fals
     columns, tokenizer, stats = prepare_fn(config, tokenizer)
     if not columns["train"][next(iter(columns["train"]))]:
         raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
-    dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()})
+    # Empty splits are left out (Arrow cannot infer a type from no rows); readers use .get().
+    dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()
+                           if cols[next(iter(cols))]})
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))

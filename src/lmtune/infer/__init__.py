@@ -41,7 +41,7 @@ def load(name: str, kind: str | None = None, device: str | None = None) -> Loade
     """Load a model for inference from a run folder, model folder, alias or .gguf; cached per process."""
     import transformers
 
-    from lmtune.models.load import AUTO_CLASSES, load_tokenizer, resolve
+    from lmtune.models.load import AUTO_CLASSES, load_tokenizer, resolve, unknown_model_error
     from lmtune.tasks.mlm import init_missing_mlm_head
 
     source = resolve(name)
@@ -50,6 +50,8 @@ def load(name: str, kind: str | None = None, device: str | None = None) -> Loade
     try:
         config = transformers.AutoConfig.from_pretrained(source.path)
     except (OSError, ValueError) as err:
+        if source.kind == "hub":
+            raise unknown_model_error(name, err) from None
         raise LmtuneError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
     kind = kind or _kind_of(config)
     objective = {"causal": "clm", "masked": "mlm", "classifier": "classify"}[kind]
@@ -67,7 +69,7 @@ def load(name: str, kind: str | None = None, device: str | None = None) -> Loade
 
 
 def as_loaded(model: str | LoadedModel, kind: str | None = None) -> LoadedModel:
-    loaded = model if isinstance(model, LoadedModel) else load(str(model), kind)
+    loaded = model if isinstance(model, LoadedModel) else load(str(model))
     if kind is not None and loaded.kind != kind:
         raise LmtuneError(f"{loaded.name} is a {loaded.kind} model, not a {kind} one")
     return loaded

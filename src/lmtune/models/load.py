@@ -101,7 +101,7 @@ def resolve(name: str) -> ModelSource:
     return ModelSource("hub", name)
 
 
-def _unknown(name: str, err: Exception) -> LmtuneError:
+def unknown_model_error(name: str, err: Exception) -> LmtuneError:
     known = ", ".join(list(ALIASES) + list(PRESETS))
     return LmtuneError(
         f"unknown model '{name}': not a folder, .gguf file, alias or preset ({known}), "
@@ -124,7 +124,7 @@ def load_tokenizer(name: str | None, model_name: str):
         try:
             tok = AutoTokenizer.from_pretrained(source.path)
         except (OSError, ValueError) as err:
-            raise _unknown(name, err) from None
+            raise unknown_model_error(name, err) from None
     if tok.pad_token is None and tok.eos_token is not None:
         # Padding is masked by length everywhere in lmtune, so sharing the id with EOS is harmless.
         tok.pad_token = tok.eos_token
@@ -182,7 +182,7 @@ def load_model(objective: str, name: str, tokenizer, dropout: float | None = Non
         model, info = auto.from_pretrained(source.path, config=config, output_loading_info=True)
     except (OSError, ValueError) as err:
         if source.kind == "hub":
-            raise _unknown(name, err) from None
+            raise unknown_model_error(name, err) from None
         raise LmtuneError(f"cannot load {objective} model from {source.path}: {str(err).splitlines()[0]}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

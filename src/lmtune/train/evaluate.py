@@ -32,7 +32,7 @@ def evaluate_model(model: str, data: str, block_size: int = 512, text_column: st
     block_size = min(block_size, limit) if limit else block_size
     if is_prepared(Path(data)):
         split = load_prepared(Path(data)).dataset
-        dataset = split["validation"] if len(split["validation"]) else split["train"]
+        dataset = split.get("validation") or split["train"]
         run_config = config or RunConfig(objective=objective)
     else:
         run_config = config or RunConfig.model_validate({

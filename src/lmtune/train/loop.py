@@ -148,7 +148,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
 
     task = get_task(config.objective)
     prepared = prepare(config, out / "data")
-    tokenizer, train_set, val_set = prepared.tokenizer, prepared.dataset["train"], prepared.dataset["validation"]
+    tokenizer, train_set, val_set = prepared.tokenizer, prepared.dataset["train"], prepared.dataset.get("validation", [])
     model = build_model(config, prepared).to(device)
     optimizer = make_optimizer(model, config, device)
     batches_per_epoch = math.ceil(len(train_set) / tc.batch_size)
@@ -193,7 +193,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         while state.step < total_steps and not state.stopped_early:
             batches = epoch_batches(task, train_set, tc.batch_size, tc.seed, state.epoch)
             usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
-            while state.batches_done_in_epoch < usable and state.step < total_steps:
+            while state.batches_done_in_epoch < usable and state.step < total_steps and not state.stopped_early:
                 micro = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + tc.grad_accum]
                 for indices in micro:
                     batch = {k: v.to(device) for k, v in collate(rows(train_set, indices)).items()}

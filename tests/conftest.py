@@ -1,0 +1,67 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails loudly
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+
+WORDS = ("the king the queen the prince a ghost walks the castle at night and speaks of murder "
+         "revenge is sworn the play is the thing to catch the conscience of the king").split()
+
+
+def make_story(seed: int, sentences: int = 30) -> str:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(sentences):
+        start = rng.randrange(len(WORDS) - 8)
+        lines.append(" ".join(WORDS[start : start + rng.randrange(5, 9)]).capitalize() + ".")
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    """A folder of 12 small stories (enough for a by-document split)."""
+    folder = tmp_path / "stories"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"story{i:02d}.txt").write_text(make_story(i))
+    return folder
+
+
+@pytest.fixture
+def tiny_clm_config(tmp_path, corpus_dir):
+    from lmtune.config import build_config
+
+    def make(**train):
+        return build_config({
+            "objective": "clm", "output_dir": str(tmp_path / "run"),
+            "model": {"name": "gpt-tiny", "dropout": 0.0},
+            "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+            "data": {"train": str(corpus_dir), "block_size": 32},
+            "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 30, "eval_every": 10, "log_every": 5,
+                      "warmup_steps": 0, "precision": "fp32", "threads": 2, **train},
+            "report": {"compare_base": False},
+        })
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_clm_run(tmp_path_factory):
+    """A tiny GPT trained for a few steps on the story corpus; shared by inference and serving tests."""
+    from lmtune.config import build_config
+    from lmtune.train.loop import train
+
+    root = tmp_path_factory.mktemp("clm")
+    folder = root / "stories"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"story{i:02d}.txt").write_text(make_story(i))
+    config = build_config({
+        "objective": "clm", "output_dir": str(root / "run"), "model": {"name": "gpt-tiny", "dropout": 0.0},
+        "data": {"train": str(folder), "block_size": 32},
+        "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 20, "eval_every": 100, "precision": "fp32"},
+        "report": {"compare_base": False}})
+    return train(config, progress=False)["final_model"]

@@ -1,0 +1,61 @@
+from lmtune.config import CleanConfig
+from lmtune.data.clean import clean_documents, strip_pdf_page_furniture
+from lmtune.data.ingest import Document
+
+
+def clean(texts, **settings):
+    docs, report = clean_documents([Document(t, "x") for t in texts], CleanConfig(**settings))
+    return [d.text for d in docs], report
+
+
+def test_regex_removal_counts():
+    text = "<sos>Story one.<nl>Please subscribe to /r/stories<eos><sos>Story two.<eos>"
+    out, report = clean([text], regex_remove=[r"<nl>[^<]*?(subscribe|/r/).*?(?=<eos>)"], normalize_whitespace=False)
+    assert out == ["<sos>Story one.<eos><sos>Story two.<eos>"]
+    assert sum(v for k, v in report.items() if k.startswith("regex")) == 1
+
+
+def test_delimiters_map_to_newlines_specials_and_documents():
+    text = "<sos>Line one<nl>line two<eos><sos>Other story<eos>"
+    docs, report = clean_documents([Document(text, "x")], CleanConfig(
+        delimiters={"<nl>": "\n", "<sos>": "", "<eos>": "doc"}), specials={"eos": "</s>"})
+    assert [d.text for d in docs] == ["Line one\nline two", "Other story"]
+    docs, _ = clean_documents([Document("a<eos>b", "x")], CleanConfig(delimiters={"<eos>": "eos"}),
+                              specials={"eos": "</s>"})
+    assert docs[0].text == "a</s>b"
+
+
+def test_dehyphenation():
+    out, report = clean(["An exam-\nple of hyphen-\n ation, but well-known stays."])
+    assert out == ["An example of hyphenation, but well-known stays."]
+    assert report["de-hyphenated words"] == 2
+
+
+def test_unicode_and_whitespace_normalisation():
+    out, report = clean(["ﬁne   text\t\twith\u00a0spaces\n\n\n\nnext"])
+    assert out == ["fine text with spaces\n\nnext"]
+    assert report["unicode-normalized documents"] == 1
+
+
+def test_dedup_and_empty():
+    out, report = clean(["same", "same", "other", "   "])
+    assert out == ["same", "other"]
+    assert report["duplicate documents dropped"] == 1 and report["empty/short documents dropped"] == 1
+
+
+def test_pdf_headers_footers_page_numbers():
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+    pages = [f"THE GREAT BOOK\n{words[i]} opens page {i}.\nThen {words[i + 6]} closes it.\nChapter 1 - {i + 10}\n{i + 1}"
+             for i in range(6)]
+    cleaned, removed = strip_pdf_page_furniture(pages)
+    joined = "\n".join(cleaned)
+    assert "THE GREAT BOOK" not in joined and "Chapter 1 -" not in joined
+    assert cleaned[3] == "delta opens page 3.\nThen juliet closes it."
+    assert removed == 6 * 3
+
+
+def test_pdf_cleaning_through_documents():
+    pages = [f"Header\nText {i}.\n{i}" for i in range(4)]
+    docs, report = clean_documents([Document("\n".join(pages), "b.pdf", pages=pages)], CleanConfig())
+    assert docs[0].text == "Text 0.\nText 1.\nText 2.\nText 3."
+    assert report["pdf header/footer/page-number lines"] == 8

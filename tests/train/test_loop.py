@@ -1,0 +1,99 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmtune.errors import LmtuneError
+from lmtune.train.loop import train
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_gpt_learns_and_reloads(tiny_clm_config):
+    config = tiny_clm_config()
+    summary = train(config, progress=False)
+    run = summary["run"]
+    assert summary["final"]["val_loss"] < summary["base"]["val_loss"] - 1.0
+    run = Path(run)
+    train_losses = [r["train_loss"] for r in read_metrics(run) if r["event"] == "train"]
+    assert train_losses[-1] < train_losses[0]
+    assert (run / "loss.png").stat().st_size > 1000
+
+    # The final folder is a plain Hugging Face model: same logits after reload.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(summary["final_model"]).eval()
+    tok = AutoTokenizer.from_pretrained(summary["final_model"])
+    ids = tok("the king walks the castle", return_tensors="pt").input_ids
+    from lmtune.infer import load
+
+    again = load(summary["final_model"]).model
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    # The run's own evaluation agrees with `lmtune eval` on the prepared validation split.
+    from lmtune.train.evaluate import evaluate_model
+
+    metrics = evaluate_model(summary["final_model"], str(run / "data"))
+    assert metrics["val_loss"] == pytest.approx(summary["final"]["val_loss"], rel=1e-4)
+
+
+def test_exact_resume_from_checkpoint(tiny_clm_config, tmp_path):
+    """12 steps straight vs. the same recipe interrupted after its step-6 checkpoint and resumed:
+    same losses, same final weights."""
+    import lmtune.train.loop as loop
+    from lmtune.train import checkpoint
+
+    straight = tiny_clm_config(max_steps=12, save_every=6, eval_every=4, log_every=1)
+    straight.output_dir = str(tmp_path / "straight")
+    train(straight, progress=False)
+
+    interrupted = tiny_clm_config(max_steps=12, save_every=6, eval_every=4, log_every=1)
+    interrupted.output_dir = str(tmp_path / "interrupted")
+    original = loop.checkpoint.save
+
+    calls = []
+
+    def save_then_interrupt(*args, **kwargs):
+        path = original(*args, **kwargs)
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the step-6 checkpoint
+        return path
+
+    loop.checkpoint.save = save_then_interrupt
+    try:
+        with pytest.raises(LmtuneError, match="interrupted at step 6"):
+            train(interrupted, progress=False)
+    finally:
+        loop.checkpoint.save = original
+    assert checkpoint.latest(tmp_path / "interrupted").name == "step-6"
+    resumed = train(interrupted, resume=True, progress=False)
+    assert resumed["steps"] == 12
+
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    wb = load_file(tmp_path / "interrupted" / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-6), key
+    events_a = [r for r in read_metrics(tmp_path / "straight") if r["event"] == "train"]
+    events_b = [r for r in read_metrics(tmp_path / "interrupted") if r["event"] == "train"]
+    assert [r["step"] for r in events_a] == [r["step"] for r in events_b] == list(range(1, 13))
+    assert [r["train_loss"] for r in events_a] == pytest.approx([r["train_loss"] for r in events_b], rel=1e-5)
+
+
+def test_refuses_to_overwrite_a_run(tiny_clm_config):
+    config = tiny_clm_config(max_steps=2)
+    train(config, progress=False)
+    with pytest.raises(LmtuneError, match="already holds a run"):
+        train(config, progress=False)
+
+
+def test_early_stopping(tiny_clm_config):
+    config = tiny_clm_config(max_steps=200, eval_every=2, lr=0.0, early_stopping_patience=2)
+    summary = train(config, progress=False)
+    assert summary["stopped_early"] and summary["steps"] < 20
