@@ -136,6 +136,42 @@ def generate(
         print(text + continuation)
 
 
+@app.command("fill-mask")
+def fill_mask(
+    model: Annotated[str, typer.Argument(help="run folder, model folder or alias of a masked LM")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="text(s) with [MASK] (any model's mask token works)")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="a file with one text per line")] = None,
+    top_k: Annotated[int, typer.Option(help="predictions per mask")] = 5,
+    compare: Annotated[Optional[str], typer.Option(help="a base model to show side by side")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+):
+    """Predict the masked words: top-k tokens with probabilities for every [MASK]."""
+    from lmtune.infer.fill_mask import compare_table, fill_mask as run_fill_mask, format_predictions
+
+    inputs = list(texts or [])
+    if input_file is not None:
+        if not input_file.is_file():
+            raise LmtuneError(f"file not found: {input_file}")
+        inputs += [line for line in input_file.read_text().splitlines() if line.strip()]
+    if not inputs:
+        raise LmtuneError('give a text with [MASK], e.g. lmtune fill-mask MODEL "To be or not to [MASK]."')
+    if compare:
+        from rich.console import Console
+
+        Console().print(compare_table(inputs, compare, model, top_k))
+        return
+    results = run_fill_mask(model, inputs, top_k)
+    if as_json:
+        print(json.dumps([{"text": t, "masks": r} for t, r in zip(inputs, results)], indent=2))
+        return
+    for text, masks in zip(inputs, results):
+        print(text)
+        for i, preds in enumerate(masks):
+            if len(masks) > 1:
+                print(f"  mask {i + 1}:")
+            print("\n".join("    " + line for line in format_predictions(preds).splitlines()))
+
+
 def quiet_libraries() -> None:
     """Our own progress bars and logs say what happens; the libraries' would repeat it."""
     for noisy in ("httpx", "huggingface_hub", "gguf"):

@@ -23,9 +23,9 @@ class Framing:
     @classmethod
     def for_objective(cls, tokenizer, objective: str) -> "Framing":
         if objective == "mlm":
-            framed = tokenizer.build_inputs_with_special_tokens([])
-            sep = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else []
-            return cls(separator=sep, prefix=framed[:1] if len(framed) == 2 else [], suffix=framed[-1:] if framed else [])
+            framed = tokenizer("", add_special_tokens=True)["input_ids"]  # [CLS] [SEP], <s> </s>, ...
+            sep = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else framed[-1:]
+            return cls(separator=sep, prefix=framed[:1] if len(framed) == 2 else [], suffix=framed[-1:])
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         return cls(separator=eos, prefix=[], suffix=[])
 
