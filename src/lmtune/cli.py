@@ -172,6 +172,47 @@ def fill_mask(
             print("\n".join("    " + line for line in format_predictions(preds).splitlines()))
 
 
+@app.command()
+def classify(
+    model: Annotated[str, typer.Argument(help="run folder or model folder of a classifier")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="text(s) to classify")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="CSV/JSONL/TXT to classify")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV of predictions")] = None,
+    text_column: Annotated[str, typer.Option(help="text column of the input file")] = "text",
+    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+):
+    """Label and class probabilities for texts, or for a whole file (--input reviews.csv --output preds.csv)."""
+    import csv
+
+    from lmtune.data.ingest import read_documents
+    from lmtune.infer.classify import classify as run_classify
+
+    rows = [{text_column: t} for t in texts or []]
+    if input_file is not None:
+        rows += [d.fields or {text_column: d.text} for d in read_documents(input_file, text_column)]
+    if not rows:
+        raise LmtuneError('give text(s) or --input FILE, e.g. lmtune classify MODEL "A wonderful film."')
+    results = run_classify(model, [str(r.get(text_column) or "") for r in rows], batch_size=batch_size,
+                           progress=input_file is not None)
+    if output is not None:
+        labels = list(results[0]["scores"])
+        with output.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[*rows[0].keys(), "predicted_label", "score",
+                                                    *[f"p_{label}" for label in labels]])
+            writer.writeheader()
+            for row, result in zip(rows, results):
+                writer.writerow({**row, "predicted_label": result["label"], "score": f"{result['score']:.6f}",
+                                 **{f"p_{k}": f"{v:.6f}" for k, v in result["scores"].items()}})
+        print(f"wrote {len(results)} predictions to {output}")
+    elif as_json:
+        print(json.dumps([{"text": r[text_column], **res} for r, res in zip(rows, results)], indent=2))
+    else:
+        for row, result in zip(rows, results):
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in result["scores"].items())
+            print(f"{result['label']}\t{result['score']:.3f}\t{probs}\t{row[text_column][:80]}")
+
+
 def quiet_libraries() -> None:
     """Our own progress bars and logs say what happens; the libraries' would repeat it."""
     for noisy in ("httpx", "huggingface_hub", "gguf"):

@@ -156,6 +156,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
     scheduler = make_scheduler(optimizer, config, total_steps)
     collate = task.make_collator(tokenizer, config, train=True)
+    loss_fn = task.make_loss(config, train_set) if hasattr(task, "make_loss") else task.loss
     mode = task.PRIMARY_METRIC[1] if tc.early_stopping_metric == task.PRIMARY_METRIC[0] else (
         "min" if "loss" in tc.early_stopping_metric or "perplexity" in tc.early_stopping_metric else "max")
 
@@ -198,7 +199,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
                 for indices in micro:
                     batch = {k: v.to(device) for k, v in collate(rows(train_set, indices)).items()}
                     with autocast():
-                        loss = task.loss(model, batch, state)
+                        loss = loss_fn(model, batch, state)
                     (loss / len(micro)).backward()
                     window_loss += float(loss.detach())
                     window_micro += 1

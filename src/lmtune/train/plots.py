@@ -19,8 +19,13 @@ def plot_run(run_dir: Path) -> list[Path]:
     records = read_metrics(run_dir)
     train = [(r["step"], r["train_loss"]) for r in records if r.get("event") == "train"]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval" and "val_loss" in r]
+    paths = []
+    confusion = [r for r in records if r.get("event") == "eval" and "val_confusion_matrix" in r]
+    if confusion:
+        paths.append(plot_confusion(confusion[-1]["val_confusion_matrix"], confusion[-1]["val_labels"],
+                                    Path(run_dir) / "confusion_matrix.png"))
     if not train and not val:
-        return []
+        return paths
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), label="train loss")
@@ -35,4 +40,28 @@ def plot_run(run_dir: Path) -> list[Path]:
     path = Path(run_dir) / "loss.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [path]
+    return [path, *paths]
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    ax.set_title("confusion matrix (validation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

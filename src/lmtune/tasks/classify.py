@@ -1,0 +1,172 @@
+"""Sequence classification: labelled rows from CSV/JSONL/datasets, stratified split, length-grouped
+dynamic padding, optional class weights; accuracy, macro-F1, per-class P/R/F1, confusion matrix."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import torch
+
+from lmtune.config import RunConfig
+from lmtune.errors import LmtuneError
+from lmtune.tasks.common import eval_batches
+
+PRIMARY_METRIC = ("val_accuracy", "max")
+MEGA_BATCH = 50  # batches sorted by length together: little padding, order still random
+
+
+def _label_order(values: list[str]) -> list[str]:
+    unique = set(values)
+    try:
+        return [str(v) for v in sorted(unique, key=lambda v: float(v))]
+    except ValueError:
+        return sorted(unique)
+
+
+def read_labelled(paths, config: RunConfig, tokenizer):
+    from lmtune.data.prepare import read_clean
+
+    docs, report = read_clean(paths, config, tokenizer)
+    column = config.data.label_column
+    if docs and column not in docs[0].fields:
+        raise LmtuneError(f"no label column '{column}' (columns: {', '.join(map(str, docs[0].fields))}); "
+                          "set data.label_column")
+    rows = [(d.text, str(d.fields[column]).strip()) for d in docs if d.fields.get(column) not in (None, "")]
+    if config.data.keep_labels is not None:
+        keep = set(map(str, config.data.keep_labels))
+        rows = [r for r in rows if r[1] in keep]
+    return rows, report
+
+
+def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Indices for each split, each class divided in the same proportions; seeded."""
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    rng = random.Random(seed)
+    out: dict[str, list[int]] = {name: [] for name in ["train", *fractions]}
+    for label in sorted(by_class):
+        members = by_class[label]
+        rng.shuffle(members)
+        start = 0
+        for name, fraction in fractions.items():
+            n = round(len(members) * fraction)
+            out[name] += members[start : start + n]
+            start += n
+        out["train"] += members[start:]
+    return {name: sorted(idx) for name, idx in out.items()}
+
+
+def prepare_splits(config: RunConfig, tokenizer):
+    data = config.data
+    if data.train is None:
+        raise LmtuneError("no training data: set data.train (a CSV/JSONL file or dataset folder)")
+    rows, report = read_labelled(data.train, config, tokenizer)
+    if not rows:
+        raise LmtuneError(f"no labelled rows in {data.train} (label column '{data.label_column}')")
+    labels = [str(v) for v in data.keep_labels] if data.keep_labels else _label_order([r[1] for r in rows])
+    if len(set(r[1] for r in rows)) < 2:
+        raise LmtuneError(f"only one class ({rows[0][1]!r}) in column '{data.label_column}': "
+                          "classification needs at least two")
+    if data.validation:
+        val_rows, _ = read_labelled(data.validation, config, tokenizer)
+        named = {"train": rows, "validation": val_rows}
+        how = "own validation files"
+    else:
+        fractions = {"validation": data.val_fraction}
+        if data.test_fraction:
+            fractions["test"] = data.test_fraction
+        idx = stratified_split([r[1] for r in rows], fractions, data.seed)
+        named = {name: [rows[i] for i in indices] for name, indices in idx.items()}
+        how = "stratified by label"
+    label_id = {label: i for i, label in enumerate(labels)}
+    columns, truncated = {}, 0
+    for name, split_rows in named.items():
+        split_rows = [r for r in split_rows if r[1] in label_id]
+        enc = tokenizer([r[0] for r in split_rows], truncation=False)["input_ids"] if split_rows else []
+        truncated += sum(len(ids) > data.block_size for ids in enc)
+        ids = [x[: data.block_size - 1] + x[-1:] if len(x) > data.block_size else x for x in enc]  # keep [SEP]
+        columns[name] = {"input_ids": ids, "label": [label_id[r[1]] for r in split_rows]}
+    stats = {"labels": labels, "rows": len(rows), "split": how,
+             **{f"{name} rows": len(c["label"]) for name, c in columns.items()},
+             "class counts (train)": {labels[k]: v for k, v in sorted(Counter(columns["train"]["label"]).items())},
+             "max length": data.block_size, "truncated samples": truncated, "cleaning": report}
+    return columns, tokenizer, stats
+
+
+def batch_order(dataset, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Random mega-batches, each sorted by length and cut into batches, then the batches shuffled."""
+    lengths = [len(x) for x in dataset["input_ids"]]
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    batches = []
+    span = batch_size * MEGA_BATCH
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def make_collator(tokenizer, config=None, train: bool = True):
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def collate(examples):
+        width = max(len(ex["input_ids"]) for ex in examples)
+        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for i, ex in enumerate(examples):
+            ids[i, : len(ex["input_ids"])] = torch.tensor(ex["input_ids"])
+            attention[i, : len(ex["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": attention,
+                "labels": torch.tensor([ex["label"] for ex in examples], dtype=torch.long)}
+
+    return collate
+
+
+def make_loss(config: RunConfig, train_set):
+    """Cross-entropy, weighted by inverse class frequency when train.class_weights is set."""
+    weights = None
+    if config.train.class_weights:
+        counts = Counter(train_set["label"])
+        n_classes = max(counts) + 1
+        weights = torch.tensor([len(train_set) / (n_classes * counts.get(c, 1)) for c in range(n_classes)])
+
+    def loss(model, batch, state=None):
+        labels = batch["labels"]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        w = weights.to(logits.device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w)
+
+    return loss
+
+
+def scores_from_confusion(confusion: list[list[int]], labels: list[str]) -> dict:
+    """Accuracy, macro-F1 and per-class precision/recall/F1 from a confusion matrix (rows: true)."""
+    cm = torch.tensor(confusion, dtype=torch.float64)
+    tp = cm.diag()
+    precision = tp / cm.sum(0).clamp(min=1)
+    recall = tp / cm.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"val_accuracy": float(tp.sum() / cm.sum().clamp(min=1)), "val_macro_f1": float(f1.mean()),
+            "val_per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]),
+                                      "f1": float(f1[i]), "support": int(cm[i].sum())}
+                              for i, label in enumerate(labels)}}
+
+
+@torch.inference_mode()
+def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 32, max_batches: int | None = None):
+    model.eval()
+    n = model.config.num_labels
+    labels = [model.config.id2label[i] for i in range(n)]
+    confusion = [[0] * n for _ in range(n)]
+    total_loss, count = 0.0, 0
+    for batch in eval_batches(dataset, make_collator(tokenizer), batch_size, max_batches):
+        with autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total_loss += float(torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum"))
+        count += len(batch["labels"])
+        for true, pred in zip(batch["labels"].tolist(), logits.argmax(-1).tolist()):
+            confusion[true][pred] += 1
+    loss = total_loss / max(count, 1)
+    return {"val_loss": loss, **scores_from_confusion(confusion, labels), "val_confusion_matrix": confusion,
+            "val_labels": labels, "val_samples": count}
