@@ -213,6 +213,28 @@ def classify(
             print(f"{result['label']}\t{result['score']:.3f}\t{probs}\t{row[text_column][:80]}")
 
 
+@app.command()
+def serve(
+    models: Annotated[list[str], typer.Argument(help="run folders, model folders or aliases to serve")],
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 7860,
+    api_key: Annotated[Optional[str], typer.Option(envvar="LMTUNE_API_KEY", help="require this key on REST routes")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="cap on generated tokens per request")] = 512,
+    max_input_chars: Annotated[int, typer.Option(help="cap on characters per input text")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="cap on texts per request")] = 64,
+    ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
+):
+    """Serve models: web UI at /, REST at /v1/..., OpenAI-compatible /v1/completions and /v1/chat/completions."""
+    import uvicorn
+
+    from lmtune.serve.app import Limits, create_app
+
+    app_ = create_app(models, api_key=api_key, ui=ui,
+                      limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch))
+    _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 def quiet_libraries() -> None:
     """Our own progress bars and logs say what happens; the libraries' would repeat it."""
     for noisy in ("httpx", "huggingface_hub", "gguf"):

@@ -22,8 +22,14 @@ def print_report(config: RunConfig, summary: dict) -> None:
         if isinstance(final[key], (int, float)):
             table.add_row(key, _fmt(base.get(key, "-")), _fmt(final[key]))
     console.print(table)
-    for line in summary.get("report_lines", []):
-        console.print(line)
+    if "val_confusion_matrix" in final:
+        confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
+        confusion.add_column("")
+        for label in final["val_labels"]:
+            confusion.add_column(label, justify="right")
+        for label, row in zip(final["val_labels"], final["val_confusion_matrix"]):
+            confusion.add_row(label, *map(str, row))
+        console.print(confusion)
     console.print(f"model: [bold]{summary['final_model']}[/bold]")
     for plot in summary.get("plots", []):
         console.print(f"plot:  {plot}")

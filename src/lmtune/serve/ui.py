@@ -1,0 +1,91 @@
+"""The browser UI (Gradio), a tab per capability of the served models."""
+from __future__ import annotations
+
+from lmtune.errors import LmtuneError
+
+
+def _names(served: dict, capability: str) -> list[str]:
+    return [name for name, m in served.items() if capability in m.capabilities]
+
+
+def build_ui(served: dict):
+    import gradio as gr
+
+    from lmtune.infer.classify import classify
+    from lmtune.infer.fill_mask import fill_mask
+    from lmtune.infer.generate import GenerationSettings, stream
+
+    masked, causal, classifiers = _names(served, "fill-mask"), _names(served, "generate"), _names(served, "classify")
+
+    def run_locked(name, fn, *args):
+        with served[name].lock:
+            return fn(served[name].loaded, *args)
+
+    with gr.Blocks(title="lmtune") as ui:
+        gr.Markdown("# lmtune\nTry the served models. The REST API is at `/v1/...` (schema: `/openapi.json`).")
+        if masked:
+            with gr.Tab("Fill-mask"):
+                text = gr.Textbox(label="Text with [MASK]", value="To be, or not to be, that is the [MASK].",
+                                  elem_id="fill-mask-input")
+                top_k = gr.Slider(1, 20, value=5, step=1, label="top-k")
+                button = gr.Button("Predict", variant="primary", elem_id="fill-mask-submit")
+                # One column per masked model: base vs tuned side by side when two are served.
+                tables, charts = [], []
+                with gr.Row():
+                    for name in masked:
+                        with gr.Column():
+                            gr.Markdown(f"**{name}**")
+                            tables.append(gr.Dataframe(headers=["mask", "rank", "token", "probability"],
+                                                       label="predictions", elem_classes=["fill-mask-table"]))
+                            charts.append(gr.Label(label="first mask", num_top_classes=20))
+
+                def predict(sentence, k):
+                    outputs = []
+                    try:
+                        for name in masked:
+                            masks = run_locked(name, fill_mask, sentence, int(k))
+                            rows = [[m + 1, r + 1, p["token"], round(p["score"], 4)]
+                                    for m, preds in enumerate(masks) for r, p in enumerate(preds)]
+                            outputs += [rows, {p["token"]: p["score"] for p in masks[0]}]
+                    except LmtuneError as err:
+                        raise gr.Error(str(err)) from None
+                    return outputs
+
+                outputs = [c for pair in zip(tables, charts) for c in pair]
+                button.click(predict, [text, top_k], outputs)
+                text.submit(predict, [text, top_k], outputs)
+        if causal:
+            with gr.Tab("Generate"):
+                model = gr.Dropdown(causal, value=causal[0], label="model")
+                prompt = gr.Textbox(label="Prompt", value="Once upon a time", lines=3)
+                with gr.Row():
+                    temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="temperature")
+                    top_k_gen = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)")
+                    top_p = gr.Slider(0.05, 1, value=0.95, step=0.01, label="top-p")
+                    max_tokens = gr.Slider(1, 512, value=80, step=1, label="max new tokens")
+                go = gr.Button("Generate", variant="primary")
+                output = gr.Textbox(label="Output", lines=10)
+
+                def run(name, text, temp, k, p, n):
+                    settings = GenerationSettings(max_new_tokens=int(n), temperature=temp, top_k=int(k) or None, top_p=p)
+                    result = text
+                    with served[name].lock:
+                        for piece in stream(served[name].loaded, text, settings):
+                            result += piece
+                            yield result
+
+                go.click(run, [model, prompt, temperature, top_k_gen, top_p, max_tokens], output)
+        if classifiers:
+            with gr.Tab("Classify"):
+                model_c = gr.Dropdown(classifiers, value=classifiers[0], label="model")
+                text_c = gr.Textbox(label="Text", value="A moving, beautifully acted film.")
+                button_c = gr.Button("Classify", variant="primary")
+                label = gr.Label(label="class probabilities")
+
+                def predict_class(name, sentence):
+                    if not sentence.strip():
+                        raise gr.Error("type some text")
+                    return run_locked(name, classify, [sentence])[0]["scores"]
+
+                button_c.click(predict_class, [model_c, text_c], label)
+    return ui
