@@ -106,25 +106,37 @@ def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="text to continue")] = None,
     prompt_opt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="text to continue")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.8,
+    temperature: Annotated[Optional[float], typer.Option(help="0 = greedy (default 0.8; 0 with --task)")] = None,
     top_k: Annotated[int, typer.Option(help="sample from the k most likely tokens (0 = off)")] = 50,
     top_p: Annotated[float, typer.Option(help="nucleus sampling mass")] = 0.95,
     repetition_penalty: Annotated[float, typer.Option(help=">1 discourages repeats")] = 1.0,
     num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", "-n", help="samples")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="seed for reproducible sampling")] = None,
     stream: Annotated[bool, typer.Option(help="print tokens as they come")] = True,
+    task: Annotated[Optional[str], typer.Option(help="a task of a multi-task model (e.g. SPELL): its template, "
+                                                     "greedy, stops at EOS, prints the completion")] = None,
 ):
     """Continue a prompt, streaming tokens to the terminal."""
+    from lmtune.infer import load
     from lmtune.infer.generate import GenerationSettings, generate as run_generate, stream as run_stream
 
     text = prompt_opt if prompt_opt is not None else prompt
     if text is None:
         raise LmtuneError("give a prompt: lmtune generate MODEL \"Once upon a time\"")
+    shown = text
+    if task is not None:
+        from lmtune.models.load import resolve
+        from lmtune.tasks.sft import task_prompt
+
+        text = task_prompt(resolve(model).path, load(model).tokenizer, task, text)
+        shown = ""
+    if temperature is None:
+        temperature = 0.0 if task is not None else 0.8
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
                                   top_p=top_p, repetition_penalty=repetition_penalty,
                                   num_return_sequences=num_return_sequences, seed=seed)
     if stream and num_return_sequences == 1:
-        sys.stdout.write(text)
+        sys.stdout.write(shown)
         for piece in run_stream(model, text, settings):
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -133,7 +145,7 @@ def generate(
     for i, continuation in enumerate(run_generate(model, text, settings)):
         if num_return_sequences > 1:
             print(f"--- {i + 1}")
-        print(text + continuation)
+        print(shown + continuation)
 
 
 @app.command("fill-mask")

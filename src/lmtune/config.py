@@ -98,6 +98,25 @@ class TrainConfig(_Strict):
     whole_word_mask: bool = False
 
 
+class TaskConfig(_Strict):
+    """One prompt/completion task of a multi-task SFT run."""
+
+    name: str
+    prefix: str = ""  # e.g. "[SPELL]"; marks the task in the prompt
+    train: str | list[str] | None = None  # CSV/JSONL with prompt/completion columns (or data.train with a task column)
+    validation: str | list[str] | None = None
+    weight: float = 1.0  # sampling weight in training (unbalanced tasks)
+    metric: Literal["exact_match", "loss"] = "exact_match"
+
+
+class SftConfig(_Strict):
+    template: str = "{prefix} {prompt}\n"  # the prompt as the model sees it; the completion and EOS follow
+    chat: bool = False  # use the tokenizer's chat template instead (instruct models)
+    task_column: str = "task"  # when tasks come from one file
+    eval_generate_max: int = 64  # held-out examples per task scored by greedy generation
+    max_new_tokens: int = 32
+
+
 class ReportConfig(_Strict):
     """What the end of a run prints: base vs tuned on held-out text, and sample continuations."""
 
@@ -115,7 +134,8 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
-    tasks: list[dict[str, Any]] = Field(default_factory=list)  # sft: [{name, prefix, train, validation}]
+    tasks: list[TaskConfig] = Field(default_factory=list)  # sft
+    sft: SftConfig = Field(default_factory=SftConfig)
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

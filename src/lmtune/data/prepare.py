@@ -41,7 +41,8 @@ def load_prepared(path: Path) -> Prepared:
 def _fingerprint(config: RunConfig) -> str:
     recipe = {"objective": config.objective, "data": config.data.model_dump(mode="json"),
               "tokenizer": config.tokenizer.model_dump(mode="json"), "model": config.model.name,
-              "tasks": config.tasks, "version": 1}
+              "tasks": [t.model_dump(mode="json") for t in config.tasks],
+              "sft": config.sft.model_dump(mode="json"), "version": 1}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -244,6 +244,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         metrics_log.write({"step": state.step, "event": "eval", "model": "final", **final})
     checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state))
     final_dir = checkpoint.save_final(out, model, tokenizer)
+    if hasattr(task, "metadata"):  # e.g. SFT task prefixes and template, for `lmtune generate --task`
+        (final_dir / task.METADATA_FILE).write_text(json.dumps(task.metadata(prepared), indent=2))
     from lmtune.train.plots import plot_run
 
     plots = plot_run(out)
