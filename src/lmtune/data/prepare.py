@@ -104,7 +104,7 @@ def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = Fals
     if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint and is_prepared(out_dir):
         return load_prepared(out_dir)
     if tokenizer is None and config.tokenizer.train is None:
-        tokenizer = load_tokenizer(config.tokenizer.name, config.model.name)
+        tokenizer = load_tokenizer(config.tokenizer.name, config.model.init_from or config.model.name)
     task = get_task(config.objective)
     prepare_fn = getattr(task, "prepare_splits", None) or _prepare_lm
     columns, tokenizer, stats = prepare_fn(config, tokenizer)

@@ -158,10 +158,50 @@ AUTO_CLASSES = {"clm": "AutoModelForCausalLM", "sft": "AutoModelForCausalLM", "m
                 "classify": "AutoModelForSequenceClassification"}
 
 
+def load_native_gpt(name: str, tokenizer, dropout: float | None = None, seed: int = 0):
+    """lmtune's own GPT (models/gpt.py): fresh from a gpt preset, or the weights of an HF GPT-2 folder."""
+    from lmtune.models.gpt import GPT, GPTConfig
+
+    source = resolve(name)
+    if source.kind == "preset":
+        config = GPTConfig.from_hf(_preset_config(name, tokenizer, "clm"))
+        config.eos_token_id = tokenizer.eos_token_id
+        if dropout is not None:
+            config.dropout = dropout
+        torch.manual_seed(seed)
+        return GPT(config)
+    if source.kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            source = ModelSource("folder", snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
+        except Exception as err:  # network or unknown repo: the same message as for other loaders
+            raise unknown_model_error(name, err) from None
+    import transformers
+
+    if transformers.AutoConfig.from_pretrained(source.path).model_type != "gpt2":
+        raise LmtuneError(f"model.impl native is a GPT-2; {name} is not a GPT-2 checkpoint")
+    model = GPT.from_pretrained(source.path)
+    if dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = dropout
+        model.config.dropout = dropout
+        for block in model.h:
+            block.attn.dropout = dropout
+    return model
+
+
 def load_model(objective: str, name: str, tokenizer, dropout: float | None = None,
-               labels: list[str] | None = None, mlm_head_init: str = "identity", seed: int = 0):
+               labels: list[str] | None = None, mlm_head_init: str = "identity", seed: int = 0,
+               impl: str = "hf"):
     """Pretrained weights from a folder/hub, or a fresh model from a preset, for the objective."""
     import transformers
+
+    if impl == "native":
+        if objective not in ("clm", "sft"):
+            raise LmtuneError(f"model.impl native is a causal GPT; it cannot train {objective}")
+        return load_native_gpt(name, tokenizer, dropout, seed)
 
     auto = getattr(transformers, AUTO_CLASSES[objective])
     label_kwargs: dict[str, Any] = {}

@@ -54,6 +54,9 @@ def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str,
 def load_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
+    if hasattr(model, "load_pretrained_weights"):  # lmtune's own GPT: HF GPT-2 layout on disk
+        model.load_pretrained_weights(folder)
+        return
     if _is_peft(model):
         from peft import set_peft_model_state_dict
 

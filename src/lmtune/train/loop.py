@@ -73,7 +73,7 @@ def build_model(config: RunConfig, prepared: Prepared):
     labels = prepared.stats.get("labels")
     name = config.model.init_from or config.model.name
     model = load_model(config.objective, name, prepared.tokenizer, dropout=config.model.dropout, labels=labels,
-                       mlm_head_init=config.model.mlm_head_init, seed=config.train.seed)
+                       mlm_head_init=config.model.mlm_head_init, seed=config.train.seed, impl=config.model.impl)
     if config.model.lora is not None:
         from lmtune.models.lora import apply_lora
 
