@@ -247,6 +247,18 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick/--full", help="small configs (~3 min) or the full comparison")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="folder for bench.json and bench.md")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask data")] = None,
+):
+    """Measure lmtune against the seed recipes side by side (ratios) and print a Markdown table."""
+    from lmtune.bench import run
+
+    run(quick=quick, out_dir=out, sections=only)
+
+
 def quiet_libraries() -> None:
     """Our own progress bars and logs say what happens; the libraries' would repeat it."""
     for noisy in ("httpx", "huggingface_hub", "gguf"):

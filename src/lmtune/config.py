@@ -77,6 +77,7 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
+    max_minutes: float | None = None  # stop (evaluate, save) after this much training time
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-4

@@ -34,6 +34,21 @@ def _display(tokenizer, token_id: int, marks_starts: bool) -> tuple[str, bool]:
     return text, marks_starts and not raw.startswith(("Ġ", "▁")) and raw.isalnum()
 
 
+def _mask_logits(model, enc, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vocabulary logits at the masks only, and (row, position) of each mask. The encoder runs on every
+    token, but the output layer (vocabulary x hidden, the largest matmul of a small encoder) only where
+    a word is asked for, when the model's head can be found (BERT's `cls`, RoBERTa's `lm_head`)."""
+    where = enc["input_ids"] == mask_id
+    head = next((getattr(model, n) for n in ("cls", "lm_head") if hasattr(model, n)), None)
+    base = getattr(model, "base_model", None)
+    if head is None or base is None or base is model:
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[where]
+    else:
+        hidden = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        logits = head(hidden[where])
+    return logits.float(), where.nonzero()
+
+
 @torch.inference_mode()
 def fill_mask(model: str | LoadedModel, texts: str | list[str], top_k: int = 5) -> list[list[dict]] | list[list[list[dict]]]:
     """For one text: a list (one per mask, in order) of top-k predictions
@@ -44,19 +59,19 @@ def fill_mask(model: str | LoadedModel, texts: str | list[str], top_k: int = 5) 
     tok = loaded.tokenizer
     device = next(loaded.model.parameters()).device
     enc = tok(batch, return_tensors="pt", padding=True, truncation=True).to(device)
-    logits = loaded.model(**enc).logits.float()
-    logits[..., tok.all_special_ids] = float("-inf")  # [CLS], [PAD], ... are never a word to fill in
+    logits, places = _mask_logits(loaded.model, enc, tok.mask_token_id)
+    logits[:, tok.all_special_ids] = float("-inf")  # [CLS], [PAD], ... are never a word to fill in
+    top_all = logits.softmax(-1).topk(min(top_k, logits.shape[-1]), dim=-1)
     marks_starts = _marks_word_starts(tok)
     results = []
     for row in range(len(batch)):
         ids = enc["input_ids"][row]
-        positions = (ids == tok.mask_token_id).nonzero().flatten().tolist()
-        probs = logits[row, positions].softmax(-1)
-        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        mine = (places[:, 0] == row).nonzero().flatten().tolist()  # this row's masks, in order
         per_mask = []
-        for m, position in enumerate(positions):
+        for m in mine:
+            position = int(places[m, 1])
             preds = []
-            for score, token_id in zip(top.values[m].tolist(), top.indices[m].tolist()):
+            for score, token_id in zip(top_all.values[m].tolist(), top_all.indices[m].tolist()):
                 filled = ids.clone()
                 filled[position] = token_id
                 token, continues = _display(tok, token_id, marks_starts)

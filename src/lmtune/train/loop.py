@@ -188,6 +188,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
 
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
+    started = time.perf_counter()
+    tokens_seen = 0  # non-padding tokens trained on in this process
+    deadline = started + tc.max_minutes * 60 if tc.max_minutes else math.inf
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     window_micro = 0
     try:
@@ -204,6 +207,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
                     window_loss += float(loss.detach())
                     window_micro += 1
                     window_tokens += int(batch["attention_mask"].sum())
+                    tokens_seen += int(batch["attention_mask"].sum())
                 if tc.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                 optimizer.step()
@@ -229,6 +233,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
                                  state.step, tc.early_stopping_metric, state.evals_without_improvement)
                 if tc.save_every and state.step % tc.save_every == 0 and state.step < total_steps:
                     checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state))
+                if time.perf_counter() > deadline:
+                    log.info("time limit of %.1f minutes reached at step %d", tc.max_minutes, state.step)
+                    total_steps = state.step
             if state.batches_done_in_epoch >= usable:
                 state.epoch += 1
                 state.batches_done_in_epoch = 0
@@ -250,6 +257,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
 
     plots = plot_run(out)
     summary = {"run": str(out), "final_model": str(final_dir), "steps": state.step, "precision": precision,
+               "train_seconds": time.perf_counter() - started, "train_tokens": tokens_seen,
                "base": state.base_metrics, "final": state.last_metrics, "plots": [str(p) for p in plots],
                "stopped_early": state.stopped_early, "data": {k: v for k, v in prepared.stats.items()
                                                               if not isinstance(v, dict)}}
