@@ -43,8 +43,8 @@ def train_flops_per_token(model, seq: int) -> float:
     cfg = model.config
     params = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "wpe" not in n
                  and "position" not in n and "token_type" not in n)
-    layers = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers")
-    width = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size")
+    layers = getattr(cfg, "n_layer", None) or cfg.num_hidden_layers
+    width = getattr(cfg, "n_embd", None) or cfg.hidden_size
     return 6 * params + 12 * layers * seq * width
 
 
@@ -441,13 +441,14 @@ def to_markdown(r: dict) -> str:
         if key not in r:
             continue
         pair = r[key]
-        lines += [f"## {title}", "", f"| | seed recipe | lmtune | ratio |", "|---|---|---|---|"]
+        lines += [f"## {title}", "", "| | seed recipe | lmtune | ratio |", "|---|---|---|---|"]
         seed, ours = pair["seed"], pair["lmtune"]
         if "error" in seed or "error" in ours:
             lines += [f"| error | {seed.get('error', '')} | {ours.get('error', '')} | |", ""]
             continue
         rows = [("effective tokens/s", "effective_tokens_per_s", 1), ("padding", "padding_fraction", 2),
-                ("steps in the time", "steps", 0), (f"{metric} after equal time", metric, 4)]
+                ("steps in the time", "steps", 0), (f"{metric} after equal time", metric, 4),
+                ("peak RSS, MB", "peak_rss_mb", 0)]
         if "mfu_fp32" in seed:
             rows += [("MFU vs fp32 peak", "mfu_fp32", 3), ("MFU vs bf16 peak", "mfu_bf16", 3), ("precision", "precision", 0)]
         for label, field, digits in rows:

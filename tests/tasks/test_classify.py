@@ -67,6 +67,12 @@ def test_learns_separable_data_and_labels_round_trip(tmp_path):
 
     from lmtune.infer.classify import classify
 
+    from lmtune.train.evaluate import evaluate_model
+
+    scored = evaluate_model(summary["final_model"], str(write_reviews(tmp_path / "more.csv", n=20)),
+                            text_column="review", label_column="sentiment")
+    assert scored["val_accuracy"] >= 0.9 and scored["val_samples"] == 20
+
     results = classify(summary["final_model"], ["brilliant and joyful", "boring and awful"])
     assert [r["label"] for r in results] == ["good", "bad"]
     assert all(sum(r["scores"].values()) == pytest.approx(1.0) for r in results)

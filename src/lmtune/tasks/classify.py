@@ -11,7 +11,6 @@ from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
 from lmtune.tasks.common import eval_batches
 
-PRIMARY_METRIC = ("val_accuracy", "max")
 MEGA_BATCH = 50  # batches sorted by length together: little padding, order still random
 
 

@@ -8,7 +8,6 @@ import torch
 from lmtune.tasks.common import default_loss as loss  # noqa: F401  (the model's own shifted CE)
 from lmtune.tasks.common import eval_batches, pad_batch
 
-PRIMARY_METRIC = ("val_loss", "min")
 
 
 def make_collator(tokenizer, config=None, train: bool = True):

@@ -11,7 +11,6 @@ from lmtune.tasks.common import default_loss as loss  # noqa: F401
 from lmtune.tasks.common import eval_batches, pad_batch
 
 log = logging.getLogger("lmtune")
-PRIMARY_METRIC = ("val_loss", "min")
 EVAL_MASK_SEED = 1234  # the same masks for every evaluation, run and model sharing a tokenizer
 
 

@@ -18,7 +18,6 @@ from lmtune.errors import LmtuneError
 from lmtune.tasks.common import default_loss as loss  # noqa: F401  (the model's own shifted CE)
 from lmtune.tasks.common import eval_batches
 
-PRIMARY_METRIC = ("val_loss", "min")
 METADATA_FILE = "lmtune_tasks.json"  # in final/: tasks and template, for `lmtune generate --task`
 
 

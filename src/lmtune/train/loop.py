@@ -157,8 +157,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     scheduler = make_scheduler(optimizer, config, total_steps)
     collate = task.make_collator(tokenizer, config, train=True)
     loss_fn = task.make_loss(config, train_set) if hasattr(task, "make_loss") else task.loss
-    mode = task.PRIMARY_METRIC[1] if tc.early_stopping_metric == task.PRIMARY_METRIC[0] else (
-        "min" if "loss" in tc.early_stopping_metric or "perplexity" in tc.early_stopping_metric else "max")
+    mode = "min" if any(word in tc.early_stopping_metric for word in ("loss", "perplexity")) else "max"
 
     state = TrainState()
     last = checkpoint.latest(out) if resume else None
@@ -227,7 +226,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
                     window_loss, window_tokens, window_micro, window_start = 0.0, 0, 0, time.perf_counter()
 
                 if tc.eval_every and state.step % tc.eval_every == 0 and state.step < total_steps:
-                    _evaluate_and_track(state, run_eval(), tc, mode, metrics_log, task)
+                    _evaluate_and_track(state, run_eval(), tc, mode, metrics_log)
                     if state.stopped_early:
                         log.info("early stopping at step %d: no improvement in %s for %d evaluations",
                                  state.step, tc.early_stopping_metric, state.evals_without_improvement)
@@ -244,6 +243,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         path = checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state))
         raise LmtuneError(f"interrupted at step {state.step}; saved {path} (continue with --resume)") from None
     bar.close()
+    train_seconds = time.perf_counter() - started
 
     final = run_eval()
     if final:
@@ -257,7 +257,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
 
     plots = plot_run(out)
     summary = {"run": str(out), "final_model": str(final_dir), "steps": state.step, "precision": precision,
-               "train_seconds": time.perf_counter() - started, "train_tokens": tokens_seen,
+               "train_seconds": train_seconds, "train_tokens": tokens_seen,
                "base": state.base_metrics, "final": state.last_metrics, "plots": [str(p) for p in plots],
                "stopped_early": state.stopped_early, "data": {k: v for k, v in prepared.stats.items()
                                                               if not isinstance(v, dict)}}
@@ -265,7 +265,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     return summary
 
 
-def _evaluate_and_track(state: TrainState, metrics: dict[str, float], tc, mode: str, metrics_log, task) -> None:
+def _evaluate_and_track(state: TrainState, metrics: dict[str, float], tc, mode: str, metrics_log) -> None:
     if not metrics:
         return
     state.last_metrics = metrics
