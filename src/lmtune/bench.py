@@ -89,10 +89,25 @@ class _TimeLimit:
         self.callback = Stop()
 
 
+def _run_trainer(model, dataset, collator, batch: int, lr: float, seconds: float) -> tuple[int, float]:
+    """The HF Trainer as the seed recipes use it (constant LR for comparability), stopped after `seconds`."""
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=10**6, learning_rate=lr,
+                                 lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
+                                 logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                          callbacks=[_TimeLimit(seconds).callback])
+        start = time.perf_counter()
+        steps = trainer.train().global_step
+        return steps, time.perf_counter() - start
+
+
 def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
     """The tutorial recipe: HF Trainer, each line of text one sample padded to max_length, fp32."""
     from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling
 
     from lmtune.models.load import load_model, load_tokenizer
 
@@ -104,17 +119,7 @@ def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[s
     nonpad_per_sample = sum(map(sum, enc["attention_mask"])) / len(lines)
     torch.manual_seed(0)
     model = load_model("clm", model_name, tok)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=10**6,
-                                 learning_rate=3e-4, lr_scheduler_type="constant", weight_decay=0.0,
-                                 report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-                                 dataloader_num_workers=0, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_TimeLimit(seconds).callback],
-                          data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
-        start = time.perf_counter()
-        state = trainer.train()
-        elapsed = time.perf_counter() - start
-    steps = state.global_step
+    steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm=False), batch, 3e-4, seconds)
     return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
             "effective_tokens_per_s": steps * batch * nonpad_per_sample / elapsed,
             "padding_fraction": 1 - nonpad_per_sample / seq, "precision": "fp32",
@@ -152,7 +157,7 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
 def seed_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
     """First seed: BERT-style MLM with the HF Trainer, each line padded to max_length 128."""
     from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling
 
     from lmtune.models.load import load_model, load_tokenizer
 
@@ -163,15 +168,8 @@ def seed_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, An
     dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     nonpad = sum(map(sum, enc["attention_mask"])) / len(lines)
     model = load_model("mlm", "minilm-l6", tok)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=10**6, learning_rate=2e-4,
-                                 lr_scheduler_type="constant", report_to=[], save_strategy="no", logging_strategy="no",
-                                 use_cpu=True, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_TimeLimit(seconds).callback],
-                          data_collator=DataCollatorForLanguageModeling(tok, mlm_probability=0.15))
-        start = time.perf_counter()
-        steps = trainer.train().global_step
-        elapsed = time.perf_counter() - start
+    steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
+                                  2e-4, seconds)
     return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
             "padding_fraction": 1 - nonpad / seq, **_val_loss(model, tok, "mlm", seq)}
 
@@ -219,7 +217,7 @@ def _accuracy(model, tok, rows) -> float:
 def seed_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
     """Third seed: HF Trainer, every review padded to max_length 512, fp32."""
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers import default_data_collator
 
     from lmtune.models.load import load_model, load_tokenizer
 
@@ -230,15 +228,7 @@ def seed_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, 
     dataset = Dataset.from_dict({**enc, "labels": [labels.index(r[1]) for r in train_rows]})
     nonpad = sum(map(sum, enc["attention_mask"])) / len(train_rows)
     model = load_model("classify", "minilm-l6", tok, labels=labels)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=10**6, learning_rate=1e-4,
-                                 lr_scheduler_type="constant", report_to=[], save_strategy="no", logging_strategy="no",
-                                 use_cpu=True, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
-                          callbacks=[_TimeLimit(seconds).callback])
-        start = time.perf_counter()
-        steps = trainer.train().global_step
-        elapsed = time.perf_counter() - start
+    steps, elapsed = _run_trainer(model, dataset, default_data_collator, batch, 1e-4, seconds)
     return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
             "padding_fraction": 1 - nonpad / seq, "val_accuracy": _accuracy(model, tok, val_rows)}
 
