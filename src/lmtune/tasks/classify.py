@@ -9,7 +9,7 @@ import torch
 
 from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
-from lmtune.tasks.common import eval_batches
+from lmtune.tasks.common import eval_batches, pad_batch
 
 MEGA_BATCH = 50  # batches sorted by length together: little padding, order still random
 
@@ -110,14 +110,9 @@ def make_collator(tokenizer, config=None, train: bool = True):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(examples):
-        width = max(len(ex["input_ids"]) for ex in examples)
-        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for i, ex in enumerate(examples):
-            ids[i, : len(ex["input_ids"])] = torch.tensor(ex["input_ids"])
-            attention[i, : len(ex["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": attention,
-                "labels": torch.tensor([ex["label"] for ex in examples], dtype=torch.long)}
+        batch = pad_batch([ex["input_ids"] for ex in examples], pad_id)
+        batch["labels"] = torch.tensor([ex["label"] for ex in examples], dtype=torch.long)
+        return batch
 
     return collate
 
