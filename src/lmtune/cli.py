@@ -12,6 +12,11 @@ import typer
 
 from lmtune.errors import LmtuneError
 
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import Abort as ClickAbort, ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import Abort as ClickAbort, ClickException
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt a language model to your own text: prepare data, train, evaluate, generate, serve.")
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -46,15 +51,22 @@ def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the prepared dataset")] = Path("prepared"),
     model: Annotated[Optional[str], typer.Option(help="model whose tokenizer to use")] = None,
     objective: Annotated[Optional[str], typer.Option(help="clm | mlm | classify | sft")] = None,
-    block_size: Annotated[Optional[int], typer.Option(help="tokens per block")] = None,
+    block_size: Annotated[Optional[int], typer.Option(min=2, help="tokens per block")] = None,
 ):
     """Read, clean, tokenize and pack text into a dataset folder (Arrow) with stats.json.
+
+    The output folder must be new, empty, or an earlier `lmtune prepare` output (which is replaced).
 
     Extra `--section.key value` options override recipe keys, e.g. --data.clean.dedup false."""
     from lmtune.data.prepare import prepare as run_prepare
 
+    # Unknown options land among the variadic inputs: everything from the first `--key` on is an override.
+    first = next((i for i, arg in enumerate(inputs) if arg.startswith("--")), len(inputs))
+    inputs, extra = inputs[:first], inputs[first:] + ctx.args
+    if not inputs:
+        raise LmtuneError("give the files or folders to prepare, or one recipe .yaml")
     recipe = Path(inputs[0]) if len(inputs) == 1 and inputs[0].endswith((".yaml", ".yml")) else None
-    config = _config(recipe, ctx.args, **{"model.name": model, "objective": objective,
+    config = _config(recipe, extra, **{"model.name": model, "objective": objective,
                                           "data.block_size": block_size,
                                           "data.train": None if recipe else inputs})
     run_prepare(config, out)
@@ -65,25 +77,35 @@ def train(
     ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="recipe YAML (see configs/)")],
     resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in output_dir (only lmtune's own files)")] = False,
     output_dir: Annotated[Optional[str], typer.Option(help="run folder (default: the recipe's)")] = None,
 ):
-    """Train from a recipe. Override any key: --train.lr 1e-4 --data.block_size 256 --train.max_steps 50."""
+    """Train from a recipe. Override any key: --train.lr 1e-4 --data.block_size 256 --train.max_steps 50.
+
+    Checkpoints are saved every 10 minutes (train.save_every_minutes) and on Ctrl-C or SIGTERM;
+    --resume continues from the newest one exactly where it stopped."""
     from lmtune.train.loop import train as run_train
     from lmtune.train.report import print_report
 
+    if resume and overwrite:
+        raise LmtuneError("--resume continues a run and --overwrite replaces it: choose one")
     config = _config(recipe, ctx.args, output_dir=output_dir)
-    summary = run_train(config, resume=resume)
-    print_report(config, summary)
+    summary = run_train(config, resume=resume, overwrite=overwrite)
+    try:
+        print_report(config, summary)
+    except Exception as err:  # the model is trained and saved: a failing report must not hide that
+        log.warning("warning: the end-of-run report failed (%s: %s); the trained model is in %s",
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "", summary["final_model"])
 
 
 @app.command("eval")
 def evaluate(
     model: Annotated[str, typer.Argument(help="run folder, model folder, alias or .gguf")],
     data: Annotated[str, typer.Argument(help="text/PDF/CSV file, folder, or prepared dataset")],
-    block_size: Annotated[int, typer.Option(help="tokens per block")] = 512,
+    block_size: Annotated[int, typer.Option(min=2, help="tokens per block")] = 512,
     text_column: Annotated[str, typer.Option(help="text column of CSV/JSONL")] = "text",
     label_column: Annotated[str, typer.Option(help="label column (classifiers)")] = "label",
-    max_batches: Annotated[Optional[int], typer.Option(help="evaluate at most this many batches")] = None,
+    max_batches: Annotated[Optional[int], typer.Option(min=1, help="evaluate at most this many batches")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Validation metrics of any model on any text: loss and perplexity (causal), MLM loss/accuracy
@@ -137,10 +159,13 @@ def generate(
                                   num_return_sequences=num_return_sequences, seed=seed)
     if stream and num_return_sequences == 1:
         sys.stdout.write(shown)
-        for piece in run_stream(model, text, settings):
-            sys.stdout.write(piece)
+        try:
+            for piece in run_stream(model, text, settings):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        finally:  # an error line must start on a line of its own
+            sys.stdout.write("\n")
             sys.stdout.flush()
-        sys.stdout.write("\n")
         return
     for i, continuation in enumerate(run_generate(model, text, settings)):
         if num_return_sequences > 1:
@@ -153,18 +178,18 @@ def fill_mask(
     model: Annotated[str, typer.Argument(help="run folder, model folder or alias of a masked LM")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="text(s) with [MASK] (any model's mask token works)")] = None,
     input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="a file with one text per line")] = None,
-    top_k: Annotated[int, typer.Option(help="predictions per mask")] = 5,
+    top_k: Annotated[int, typer.Option(min=1, max=1000, help="predictions per mask")] = 5,
     compare: Annotated[Optional[str], typer.Option(help="a base model to show side by side")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Predict the masked words: top-k tokens with probabilities for every [MASK]."""
     from lmtune.infer.fill_mask import compare_table, fill_mask as run_fill_mask, format_predictions
 
+    from lmtune.data.ingest import read_lines
+
     inputs = list(texts or [])
     if input_file is not None:
-        if not input_file.is_file():
-            raise LmtuneError(f"file not found: {input_file}")
-        inputs += [line for line in input_file.read_text().splitlines() if line.strip()]
+        inputs += [line for line in read_lines(input_file) if line.strip()]
     if not inputs:
         raise LmtuneError('give a text with [MASK], e.g. lmtune fill-mask MODEL "To be or not to [MASK]."')
     if compare:
@@ -188,18 +213,21 @@ def fill_mask(
 def classify(
     model: Annotated[str, typer.Argument(help="run folder or model folder of a classifier")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="text(s) to classify")] = None,
-    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="CSV/JSONL/TXT to classify")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV of predictions")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="CSV/TSV/JSONL/JSON/TXT to classify")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="predictions file; its suffix picks the "
+                                                   "format (.csv .tsv .jsonl .json), else the input's format")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --output file (never an input)")] = False,
     text_column: Annotated[str, typer.Option(help="text column of the input file")] = "text",
-    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="texts per forward pass")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Label and class probabilities for texts, or for a whole file (--input reviews.csv --output preds.csv)."""
-    import csv
-
     from lmtune.data.ingest import read_documents
-    from lmtune.infer.classify import classify as run_classify
+    from lmtune.infer.classify import classify as run_classify, write_predictions
+    from lmtune.outputs import check_output_file
 
+    if output is not None:  # before the long work: a bad output path fails in a second, not after an hour
+        check_output_file(output, [input_file] if input_file else [], overwrite=overwrite)
     rows = [{text_column: t} for t in texts or []]
     if input_file is not None:
         rows += [d.fields or {text_column: d.text} for d in read_documents(input_file, text_column)]
@@ -208,32 +236,25 @@ def classify(
     results = run_classify(model, [str(r.get(text_column) or "") for r in rows], batch_size=batch_size,
                            progress=input_file is not None)
     if output is not None:
-        labels = list(results[0]["scores"])
-        with output.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[*rows[0].keys(), "predicted_label", "score",
-                                                    *[f"p_{label}" for label in labels]])
-            writer.writeheader()
-            for row, result in zip(rows, results):
-                writer.writerow({**row, "predicted_label": result["label"], "score": f"{result['score']:.6f}",
-                                 **{f"p_{k}": f"{v:.6f}" for k, v in result["scores"].items()}})
+        write_predictions(output, rows, results, input_file)
         print(f"wrote {len(results)} predictions to {output}")
     elif as_json:
         print(json.dumps([{"text": r[text_column], **res} for r, res in zip(rows, results)], indent=2))
     else:
         for row, result in zip(rows, results):
             probs = "  ".join(f"{k}={v:.3f}" for k, v in result["scores"].items())
-            print(f"{result['label']}\t{result['score']:.3f}\t{probs}\t{row[text_column][:80]}")
+            print(f"{result['label']}\t{result['score']:.3f}\t{probs}\t{str(row[text_column])[:80]}")
 
 
 @app.command()
 def serve(
     models: Annotated[list[str], typer.Argument(help="run folders, model folders or aliases to serve")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 7860,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 7860,
     api_key: Annotated[Optional[str], typer.Option(envvar="LMTUNE_API_KEY", help="require this key on REST routes")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="cap on generated tokens per request")] = 512,
-    max_input_chars: Annotated[int, typer.Option(help="cap on characters per input text")] = 8000,
-    max_batch: Annotated[int, typer.Option(help="cap on texts per request")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="cap on generated tokens per request")] = 512,
+    max_input_chars: Annotated[int, typer.Option(min=1, help="cap on characters per input text")] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="cap on texts per request")] = 64,
     ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
 ):
     """Serve models: web UI at /, REST at /v1/..., OpenAI-compatible /v1/completions and /v1/chat/completions."""
@@ -241,10 +262,31 @@ def serve(
 
     from lmtune.serve.app import Limits, create_app
 
+    _check_port_free(host, port)  # before loading models: a busy port fails in a second
     app_ = create_app(models, api_key=api_key, ui=ui,
                       limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch))
     _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise LmtuneError(f"cannot serve on host '{host}': no such address") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except PermissionError:
+            raise LmtuneError(f"no permission to serve on port {port} (ports below 1024 need root); "
+                              "choose another with --port") from None
+        except OSError as err:
+            raise LmtuneError(f"cannot serve on {host}:{port}: {err.strerror} (is another server running? "
+                              "choose another with --port)") from None
 
 
 @app.command()
@@ -254,8 +296,15 @@ def bench(
     only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask data")] = None,
 ):
     """Measure lmtune against the seed recipes side by side (ratios) and print a Markdown table."""
-    from lmtune.bench import run
+    from lmtune.bench import SECTIONS, run
 
+    unknown = [name for name in only or [] if name not in SECTIONS]
+    if unknown:
+        raise LmtuneError(f"unknown bench section(s) {', '.join(unknown)}; choose from {' '.join(SECTIONS)}")
+    if out is not None:
+        from lmtune.outputs import check_output_dir
+
+        check_output_dir(out, kind="bench")
     run(quick=quick, out_dir=out, sections=only)
 
 
@@ -277,22 +326,28 @@ def main() -> None:
     quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
-        app()
+        code = app(standalone_mode=False)
+        sys.exit(code or 0)
+    except ClickException as err:  # a bad option or argument: one line, like every other error
+        where = f" (see {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
+        _fail(f"{err.format_message()}{where}", 2)
     except LmtuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        print(f"error: {err.strerror}: {err.filename}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(err), err.exit_code)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        _fail(f"{err.strerror}: {err.filename}", 1)
+    except (KeyboardInterrupt, ClickAbort):
+        _fail("interrupted", 130)
     except Exception as err:  # the last resort: one line, full trace only on request
         if os.environ.get("LMTUNE_DEBUG"):
             raise
-        print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
-              "(set LMTUNE_DEBUG=1 for the traceback)", file=sys.stderr)
-        sys.exit(1)
+        first = str(err).splitlines()[0] if str(err) else ""
+        _fail(f"{type(err).__name__}: {first} (set LMTUNE_DEBUG=1 for the traceback)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stdout.flush()
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

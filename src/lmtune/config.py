@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmtune.errors import LmtuneError
 
@@ -27,13 +27,13 @@ class CleanConfig(_Strict):
     # special tokens; "doc" splits documents there (e.g. "<eos>": doc).
     delimiters: dict[str, str] = Field(default_factory=dict)
     dedup: bool = True  # drop exact-duplicate documents
-    min_chars: int = 1  # drop documents shorter than this after cleaning
+    min_chars: int = Field(1, ge=0) # drop documents shorter than this after cleaning
 
 
 class TokenizerTrainConfig(_Strict):
     kind: Literal["bpe", "wordpiece"] = "bpe"
-    vocab_size: int = 8000
-    min_frequency: int = 2
+    vocab_size: int = Field(8000, ge=64)
+    min_frequency: int = Field(2, ge=1)
 
 
 class TokenizerConfig(_Strict):
@@ -50,18 +50,24 @@ class DataConfig(_Strict):
     prompt_column: str = "prompt"
     completion_column: str = "completion"
     clean: CleanConfig = Field(default_factory=CleanConfig)
-    block_size: int = 512
-    stride: int = 0  # tokens shared by consecutive blocks (0: no overlap)
+    block_size: int = Field(512, ge=2)
+    stride: int = Field(0, ge=0) # tokens shared by consecutive blocks (0: no overlap)
     packing: bool = True  # False: one sample per document/line, truncated to block_size
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    seed: int = 42
+    seed: int = Field(42, ge=0)
+
+    @model_validator(mode="after")
+    def _stride_below_block(self):
+        if self.stride >= self.block_size:
+            raise ValueError(f"data.stride ({self.stride}) must be smaller than data.block_size ({self.block_size})")
+        return self
 
 
 class LoraConfig(_Strict):
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | str = "all-linear"
 
 
@@ -70,32 +76,34 @@ class ModelConfig(_Strict):
     impl: Literal["hf", "native"] = "hf"
     init_from: str | None = None  # a run folder or model to take weights from (e.g. after pre-training)
     lora: LoraConfig | None = None
-    dropout: float | None = None  # override the model's dropout (0 is fastest on CPU)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # override the model's dropout (0 is fastest on CPU)
     mlm_head_init: Literal["identity", "random"] = "identity"
 
 
 class TrainConfig(_Strict):
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when set
-    max_minutes: float | None = None  # stop (evaluate, save) after this much training time
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    max_minutes: float | None = Field(None, gt=0)  # stop (evaluate, save) after this much training time
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    eval_every: int = 50
-    eval_max_batches: int | None = None
-    log_every: int = 10
-    save_every: int | None = None
-    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    eval_every: int = Field(50, ge=0)  # steps between evaluations (0: only at the start and end)
+    eval_max_batches: int | None = Field(None, ge=1)
+    log_every: int = Field(10, ge=1)
+    save_every: int | None = Field(None, ge=1)  # checkpoint every N steps, besides save_every_minutes
+    save_every_minutes: float | None = Field(10.0, gt=0)  # checkpoint by wall time (None: off)
+    keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept (each holds optimizer state: ~3x the model)
+    early_stopping_patience: int | None = Field(None, ge=1)  # evaluations without improvement before stopping
     early_stopping_metric: str = "val_loss"
-    seed: int = 42
-    threads: int | None = None
+    seed: int = Field(42, ge=0)
+    threads: int | None = Field(None, ge=1)
     class_weights: bool = False  # classification: weight the loss by inverse class frequency
-    mlm_probability: float = 0.15
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     whole_word_mask: bool = False
 
 
@@ -106,7 +114,7 @@ class TaskConfig(_Strict):
     prefix: str = ""  # e.g. "[SPELL]"; marks the task in the prompt
     train: str | list[str] | None = None  # CSV/JSONL with prompt/completion columns (or data.train with a task column)
     validation: str | list[str] | None = None
-    weight: float = 1.0  # sampling weight in training (unbalanced tasks)
+    weight: float = Field(1.0, gt=0)  # sampling weight in training (unbalanced tasks)
     metric: Literal["exact_match", "loss"] = "exact_match"
 
 
@@ -114,8 +122,8 @@ class SftConfig(_Strict):
     template: str = "{prefix} {prompt}\n"  # the prompt as the model sees it; the completion and EOS follow
     chat: bool = False  # use the tokenizer's chat template instead (instruct models)
     task_column: str = "task"  # when tasks come from one file
-    eval_generate_max: int = 64  # held-out examples per task scored by greedy generation
-    max_new_tokens: int = 32
+    eval_generate_max: int = Field(64, ge=0)  # held-out examples per task scored by greedy generation
+    max_new_tokens: int = Field(32, ge=1)
 
 
 class ReportConfig(_Strict):
@@ -123,7 +131,7 @@ class ReportConfig(_Strict):
 
     compare_base: bool = True
     prompts: list[str] = Field(default_factory=list)
-    max_new_tokens: int = 40
+    max_new_tokens: int = Field(40, ge=1)
     fill_mask: list[str] = Field(default_factory=list)
 
 
@@ -150,14 +158,19 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _explain(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
+def _explain_one(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
         close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"unknown config key '{loc}'{hint}"
-    return f"config key '{loc}': {first['msg']}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"config key '{loc}': {message}" if loc else f"config: {message}"
+
+
+def _explain(err: ValidationError) -> str:
+    """Every problem at once, on one line: the user fixes them in one go."""
+    return "; ".join(dict.fromkeys(_explain_one(e) for e in err.errors()))
 
 
 def _parse_value(text: str) -> Any:
@@ -223,7 +236,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise LmtuneError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise LmtuneError(f"{where}: not valid YAML ({problem})") from None
         if not isinstance(data, dict):
             raise LmtuneError(f"{path} must hold a mapping of config keys")
     return build_config(_merge(data, overrides or {}))
@@ -231,3 +247,20 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 def save_config(config: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def data_inputs(config: RunConfig) -> list[Path]:
+    """Every file or folder the recipe reads: outputs must never land on or inside one of them."""
+    from lmtune.paths import resolve_data_path
+
+    refs: list[str] = []
+    for value in (config.data.train, config.data.validation, *[v for t in config.tasks for v in (t.train, t.validation)]):
+        if value is not None:
+            refs += [value] if isinstance(value, str) else list(value)
+    found = []
+    for ref in refs:
+        try:
+            found.append(resolve_data_path(ref))
+        except LmtuneError:
+            continue  # a missing package: reading it reports that
+    return found

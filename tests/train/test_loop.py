@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -59,16 +61,17 @@ def test_exact_resume_from_checkpoint(tiny_clm_config, tmp_path):
     def save_then_interrupt(*args, **kwargs):
         path = original(*args, **kwargs)
         calls.append(path)
-        if len(calls) == 1:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the step-6 checkpoint
+        if len(calls) == 1:  # a real Ctrl-C (SIGINT to this process) right after the step-6 checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
         return path
 
     loop.checkpoint.save = save_then_interrupt
     try:
-        with pytest.raises(LmtuneError, match="interrupted at step 6"):
+        with pytest.raises(LmtuneError, match="stopped by SIGINT at step 6"):
             train(interrupted, progress=False)
     finally:
         loop.checkpoint.save = original
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a stopped run leaves signals ignored
     assert checkpoint.latest(tmp_path / "interrupted").name == "step-6"
     resumed = train(interrupted, resume=True, progress=False)
     assert resumed["steps"] == 12

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmtune.config import RunConfig
+from lmtune.config import RunConfig, data_inputs
 from lmtune.data.clean import clean_documents
 from lmtune.data.ingest import Document, read_documents
 from lmtune.data.pack import Framing, pack_splits, tokenize
 from lmtune.errors import LmtuneError
+from lmtune.outputs import check_output_dir, claim_dir, is_lmtune_dir, remove_own
 
 
 @dataclass
@@ -27,7 +27,8 @@ class Prepared:
 
 
 def is_prepared(path: Path) -> bool:
-    return (path / "stats.json").exists() and (path / "dataset_dict.json").exists()
+    """A finished `lmtune prepare` folder (`prepare.json` is its last file)."""
+    return all((path / name).exists() for name in ("stats.json", "dataset_dict.json", "prepare.json"))
 
 
 def load_prepared(path: Path) -> Prepared:
@@ -89,8 +90,15 @@ def _prepare_lm(config: RunConfig, tokenizer) -> tuple[dict[str, list], Any, dic
     return {k: {"input_ids": v} for k, v in splits.items()}, tokenizer, stats
 
 
+PREPARED_ENTRIES = ("prepare.json", "stats.json", "dataset_dict.json", "train", "validation", "test", "tokenizer")
+
+
 def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = False) -> Prepared:
-    """Prepare `config.data` for `config.objective` into `out_dir`, or reuse an identical earlier result."""
+    """Prepare `config.data` for `config.objective` into `out_dir`, or reuse an identical earlier result.
+
+    `out_dir` must be new, empty, or an earlier prepared folder of lmtune's (checked before any reading);
+    only lmtune's own entries in it are replaced, and `prepare.json` is written last, so an interrupted
+    prepare is never mistaken for a finished one."""
     from datasets import Dataset, DatasetDict
 
     from lmtune.models.load import load_tokenizer
@@ -101,8 +109,10 @@ def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = Fals
     out_dir = Path(out_dir)
     fingerprint = _fingerprint(config)
     marker = out_dir / "prepare.json"
-    if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint and is_prepared(out_dir):
+    if marker.exists() and is_lmtune_dir(out_dir) and is_prepared(out_dir) \
+            and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         return load_prepared(out_dir)
+    check_output_dir(out_dir, data_inputs(config), kind="prepared")
     if tokenizer is None and config.tokenizer.train is None:
         tokenizer = load_tokenizer(config.tokenizer.name, config.model.init_from or config.model.name)
     task = get_task(config.objective)
@@ -113,14 +123,12 @@ def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = Fals
     # Empty splits are left out (Arrow cannot infer a type from no rows); readers use .get().
     dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()
                            if cols[next(iter(cols))]})
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-    (tmp / "prepare.json").write_text(json.dumps({"fingerprint": fingerprint}))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    claim_dir(out_dir, "prepared")
+    remove_own(out_dir, PREPARED_ENTRIES)
+    dataset.save_to_disk(str(out_dir))
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    (out_dir / "prepare.json").write_text(json.dumps({"fingerprint": fingerprint}))
     if not quiet:
         print_stats(stats, out_dir)
     return load_prepared(out_dir)

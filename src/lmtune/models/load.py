@@ -3,7 +3,6 @@ aliases for the offline packages, from-scratch presets, and (for users with a ne
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from lmtune.errors import LmtuneError
+from lmtune.outputs import checkpoint_dirs, replace_dir
 from lmtune.paths import cache_dir, package_dir
 
 log = logging.getLogger("lmtune")
@@ -50,7 +50,6 @@ def _convert_gguf(gguf_path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to a safetensors folder (once): %s", gguf_path.name, target)
-    tmp = target.with_name(target.name + ".tmp")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # The dequantized model still counts as "GGUF-quantized" and refuses save_pretrained: copy the
@@ -60,11 +59,12 @@ def _convert_gguf(gguf_path: Path) -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(model.state_dict())
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+
+    def write(folder: Path) -> None:
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return replace_dir(target, write)
 
 
 def run_model_dir(path: Path) -> Path | None:
@@ -73,7 +73,7 @@ def run_model_dir(path: Path) -> Path | None:
         return path
     if (path / "final" / "config.json").exists():
         return path / "final"
-    checkpoints = sorted((path / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = checkpoint_dirs(path)
     return checkpoints[-1] if checkpoints else None
 
 
@@ -99,6 +99,30 @@ def resolve(name: str) -> ModelSource:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise LmtuneError(f"model not found: {name}")
     return ModelSource("hub", name)
+
+
+def context_length_of(config) -> int | None:
+    """Positions a model can attend over, from its (HF) config; None when it does not say."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None) if not isinstance(config, dict) else config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def context_length(name: str) -> int | None:
+    """The context length of a model by name, read from its config alone (no weights loaded)."""
+    if name in PRESETS:
+        return context_length_of(PRESETS[name])
+    try:
+        source = resolve(name)
+        if source.kind == "hub":
+            return None  # unknown until downloaded; the model's own limits apply later
+        import transformers
+
+        return context_length_of(transformers.AutoConfig.from_pretrained(source.path))
+    except (OSError, ValueError):
+        return None
 
 
 def unknown_model_error(name: str, err: Exception) -> LmtuneError:

@@ -1,7 +1,9 @@
 """Checkpoints: a Hugging Face folder (safetensors) plus `trainer_state.pt` (optimizer, scheduler, RNG,
-loop position). Written to a temporary folder and renamed, so a crash never leaves a half-written one."""
+loop position). Written to a temporary folder and renamed, so a crash never leaves a half-written one;
+`trainer_state.pt` is written last, and only folders that have it count as checkpoints."""
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -9,7 +11,9 @@ from typing import Any
 
 import torch
 
-KEEP = 1  # checkpoints kept besides `final/` (each holds optimizer state: 3x the model's size)
+from lmtune.outputs import TRAINER_STATE, checkpoint_dirs, replace_dir
+
+log = logging.getLogger("lmtune")
 
 
 def _is_peft(model) -> bool:
@@ -17,36 +21,33 @@ def _is_peft(model) -> bool:
 
 
 def latest(run_dir: Path) -> Path | None:
-    folders = [p for p in (Path(run_dir) / "checkpoints").glob("step-*") if not p.name.endswith(".tmp")]
-    return max(folders, key=lambda p: int(p.name.split("-")[1]), default=None)
+    found = checkpoint_dirs(run_dir)
+    return found[-1] if found else None
 
 
-def _atomic_write(target: Path, write) -> Path:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+def clean_leftovers(run_dir: Path) -> None:
+    """Remove what an interrupted save left (`step-N.tmp`, `step-N.old`): never a checkpoint, only clutter."""
+    for path in (Path(run_dir) / "checkpoints").glob("step-*"):
+        if path.name.endswith((".tmp", ".old")) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
-def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str, Any]) -> Path:
+def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
+    """Save `checkpoints/step-N` and keep the newest `keep`. Saving the same step twice is a no-op."""
+    target = Path(run_dir) / "checkpoints" / f"step-{state['step']}"
+    if target in checkpoint_dirs(run_dir):
+        return target
+
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-                   folder / "trainer_state.pt")
+                   folder / TRAINER_STATE)
 
-    path = _atomic_write(Path(run_dir) / "checkpoints" / f"step-{state['step']}", write)
-    folders = sorted((p for p in path.parent.glob("step-*") if not p.name.endswith((".tmp", ".old"))),
-                     key=lambda p: int(p.name.split("-")[1]))
-    for old in folders[:-KEEP]:
+    path = replace_dir(target, write)
+    for old in checkpoint_dirs(run_dir)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return path
 
@@ -76,7 +77,7 @@ def load_weights(model, folder: Path) -> None:
 
 def load_training_state(folder: Path, model, optimizer, scheduler, device) -> dict[str, Any]:
     load_weights(model, folder)
-    saved = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -90,11 +91,11 @@ def save_final(run_dir: Path, model, tokenizer) -> Path:
     """`final/`: a plain Hugging Face folder; LoRA adapters are merged in (and also kept in `adapter/`)."""
     run_dir = Path(run_dir)
     if _is_peft(model):
-        _atomic_write(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
+        replace_dir(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
         model = model.merge_and_unload()
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return _atomic_write(run_dir / "final", write)
+    return replace_dir(run_dir / "final", write)

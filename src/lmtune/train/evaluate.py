@@ -8,19 +8,11 @@ from typing import Any
 from lmtune.config import RunConfig
 from lmtune.data.prepare import is_prepared, load_prepared, prepare
 from lmtune.infer import as_loaded
+from lmtune.models.load import context_length_of
 from lmtune.tasks import get_task
 from lmtune.train.loop import autocast_for
 
 OBJECTIVE_OF_KIND = {"causal": "clm", "masked": "mlm", "classifier": "classify"}
-
-
-def max_positions(model) -> int | None:
-    config = model.config
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def evaluate_model(model: str, data: str, block_size: int = 512, text_column: str = "text",
@@ -28,7 +20,7 @@ def evaluate_model(model: str, data: str, block_size: int = 512, text_column: st
                    config: RunConfig | None = None) -> dict[str, Any]:
     loaded = as_loaded(model)
     objective = OBJECTIVE_OF_KIND[loaded.kind]
-    limit = max_positions(loaded.model)
+    limit = context_length_of(loaded.model.config)
     block_size = min(block_size, limit) if limit else block_size
     if is_prepared(Path(data)):
         split = load_prepared(Path(data)).dataset

@@ -10,6 +10,9 @@ import logging
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +20,11 @@ from typing import Any
 
 import torch
 
-from lmtune.config import RunConfig, save_config
+from lmtune.config import RunConfig, data_inputs, save_config
 from lmtune.data.prepare import Prepared, prepare
-from lmtune.errors import LmtuneError
+from lmtune.errors import Interrupted, LmtuneError
+from lmtune.models.load import context_length
+from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
 from lmtune.tasks import get_task
 from lmtune.train import checkpoint
 
@@ -118,10 +123,24 @@ def rows(dataset, indices: list[int]) -> list[dict[str, Any]]:
 class MetricsLog:
     """metrics.jsonl in the run folder: one JSON object per log or evaluation event."""
 
-    def __init__(self, path: Path, truncate_after_step: int | None = None):
+    def __init__(self, path: Path, keep_until_step: int | None = None):
+        """`keep_until_step`: resume; events after the checkpoint go, and so does a line torn by a kill.
+        None: a fresh run starts a fresh file."""
         self.path = path
-        if truncate_after_step is not None and path.exists():  # resume: drop events after the checkpoint
-            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= truncate_after_step]
+        if keep_until_step is None:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            kept, torn = [], 0
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    torn += 1
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= keep_until_step:
+                    kept.append(line)
+            if torn:
+                log.info("metrics.jsonl: dropped %d unreadable line(s) (a write cut off by a kill)", torn)
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -129,18 +148,78 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
 
 
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM during training: finish the current step, save a checkpoint, exit.
+    Handled at step boundaries, so the checkpoint equals a periodic one and resume is exact; a second
+    signal never interrupts the save; a third aborts at once (the last complete checkpoint stays)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            # Stopping on a signal: the process is on its way out, and a late second Ctrl-C must not
+            # turn the clean exit (status 130/143, resume line) into a traceback or a kill.
+            signal.signal(signum, signal.SIG_IGN if self.signum is not None else handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.signum is None:
+            self.signum = signum
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then "
+                             "stopping (press Ctrl-C twice more to abort without saving)\n")
+        elif self.count >= 3:
+            raise KeyboardInterrupt
+        else:
+            sys.stderr.write("still saving the checkpoint; press Ctrl-C once more to abort without it\n")
+
+
 def _improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
-def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run the recipe; returns a summary (base and final metrics, paths)."""
-    tc = config.train
+def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Check the run folder before any work: never lmtune's to write unless it is new, empty or lmtune's."""
     out = Path(config.output_dir)
-    if out.exists() and not resume and checkpoint.latest(out) is not None:
-        raise LmtuneError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    check_output_dir(out, data_inputs(config), kind="run")
+    if run_has_model(out) and not resume:
+        if not overwrite:
+            raise LmtuneError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
+                              "it, or choose another output_dir")
+        remove_own(out, RUN_ENTRIES)
+    limit = context_length(config.model.init_from or config.model.name)
+    if limit is not None and config.data.block_size > limit:
+        raise LmtuneError(f"data.block_size {config.data.block_size} is beyond the context of "
+                          f"{config.model.init_from or config.model.name} ({limit} tokens); "
+                          f"set --data.block_size {limit} or less")
+    return out
+
+
+def train(config: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run the recipe; returns a summary (base and final metrics, paths)."""
+    out = Path(config.output_dir)
+    existed = out.exists()
+    prepare_run_dir(config, resume, overwrite)
+    try:
+        claim_dir(out, "run")
+        save_config(config, out / "config.yaml")
+        return _train(config, out, resume, progress)
+    except BaseException:
+        if not (out / "metrics.jsonl").exists() and not run_has_model(out):
+            remove_if_created(out, existed)  # failed before training began: leave no half-made run folder
+        raise
+
+
+def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    tc = config.train
     torch.set_num_threads(tc.threads or os.cpu_count() or 1)
     set_seed(tc.seed)
     device = pick_device()
@@ -159,14 +238,20 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     loss_fn = task.make_loss(config, train_set) if hasattr(task, "make_loss") else task.loss
     mode = "min" if any(word in tc.early_stopping_metric for word in ("loss", "perplexity")) else "max"
 
+    def save_checkpoint() -> Path:
+        return checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state), keep=tc.keep_checkpoints)
+
     state = TrainState()
-    last = checkpoint.latest(out) if resume else None
-    if resume and last is None:
-        log.info("no checkpoint in %s; starting from the beginning", out)
+    last = None
+    if resume:
+        checkpoint.clean_leftovers(out)
+        last = checkpoint.latest(out)
+        if last is None:
+            log.info("no checkpoint in %s; starting from the beginning", out)
     if last is not None:
         state = TrainState(**checkpoint.load_training_state(last, model, optimizer, scheduler, device))
-        log.info("resumed from %s (step %d)", last, state.step)
-    metrics_log = MetricsLog(out / "metrics.jsonl", truncate_after_step=state.step if last else 0)
+        log.info("resuming from %s (step %d of %d)", last, state.step, total_steps)
+    metrics_log = MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if last else None)
 
     def run_eval() -> dict[str, float]:
         if len(val_set) == 0:
@@ -178,6 +263,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
 
     log.info("training %s on %s (%s), %d steps, %d train / %d validation samples", config.objective, device,
              precision, total_steps, len(train_set), len(val_set))
+    if len(val_set) == 0:
+        log.warning("warning: no validation split (the corpus is too small for data.val_fraction %.2f, or it is "
+                    "0): held-out metrics cannot be tracked", config.data.val_fraction)
     if state.step == 0:
         state.base_metrics = run_eval()
         state.last_metrics = dict(state.base_metrics)
@@ -188,27 +276,33 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
     started = time.perf_counter()
+    last_save = started
     tokens_seen = 0  # non-padding tokens trained on in this process
     deadline = started + tc.max_minutes * 60 if tc.max_minutes else math.inf
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     window_micro = 0
-    try:
+    with StopSignals() as stop:
         while state.step < total_steps and not state.stopped_early:
             batches = epoch_batches(task, train_set, tc.batch_size, tc.seed, state.epoch)
             usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
             while state.batches_done_in_epoch < usable and state.step < total_steps and not state.stopped_early:
                 micro = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + tc.grad_accum]
+                step_loss = 0.0
                 for indices in micro:
                     batch = {k: v.to(device) for k, v in collate(rows(train_set, indices)).items()}
                     with autocast():
                         loss = loss_fn(model, batch, state)
                     (loss / len(micro)).backward()
-                    window_loss += float(loss.detach())
+                    step_loss += float(loss.detach())
                     window_micro += 1
                     window_tokens += int(batch["attention_mask"].sum())
                     tokens_seen += int(batch["attention_mask"].sum())
-                if tc.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                             if tc.max_grad_norm else None)
+                if not math.isfinite(step_loss) or (grad_norm is not None and not torch.isfinite(grad_norm)):
+                    bar.close()
+                    raise LmtuneError(_divergence_message(state.step + 1, step_loss, tc.lr, checkpoint.latest(out)))
+                window_loss += step_loss
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -230,29 +324,35 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
                     if state.stopped_early:
                         log.info("early stopping at step %d: no improvement in %s for %d evaluations",
                                  state.step, tc.early_stopping_metric, state.evals_without_improvement)
-                if tc.save_every and state.step % tc.save_every == 0 and state.step < total_steps:
-                    checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state))
-                if time.perf_counter() > deadline:
+                if state.batches_done_in_epoch >= usable:  # the epoch's end belongs to this step's state
+                    state.epoch += 1
+                    state.batches_done_in_epoch = 0
+                now = time.perf_counter()
+                due_by_steps = tc.save_every and state.step % tc.save_every == 0
+                due_by_time = tc.save_every_minutes and now - last_save >= tc.save_every_minutes * 60
+                if (due_by_steps or due_by_time or stop.signum) and state.step < total_steps:
+                    path = save_checkpoint()
+                    last_save = time.perf_counter()
+                    if stop.signum:
+                        bar.close()
+                        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {state.step}; "
+                                          f"saved {path} (continue with --resume)", stop.signum)
+                if now > deadline:
                     log.info("time limit of %.1f minutes reached at step %d", tc.max_minutes, state.step)
                     total_steps = state.step
-            if state.batches_done_in_epoch >= usable:
-                state.epoch += 1
-                state.batches_done_in_epoch = 0
-    except KeyboardInterrupt:
+                if state.batches_done_in_epoch == 0:
+                    break  # a new epoch: recompute its batch order
         bar.close()
-        path = checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state))
-        raise LmtuneError(f"interrupted at step {state.step}; saved {path} (continue with --resume)") from None
-    bar.close()
-    train_seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - started
 
-    final = run_eval()
-    if final:
-        state.last_metrics = final
-        metrics_log.write({"step": state.step, "event": "eval", "model": "final", **final})
-    checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state))
-    final_dir = checkpoint.save_final(out, model, tokenizer)
-    if hasattr(task, "metadata"):  # e.g. SFT task prefixes and template, for `lmtune generate --task`
-        (final_dir / task.METADATA_FILE).write_text(json.dumps(task.metadata(prepared), indent=2))
+        final = run_eval()
+        if final:
+            state.last_metrics = final
+            metrics_log.write({"step": state.step, "event": "eval", "model": "final", **final})
+        save_checkpoint()
+        final_dir = checkpoint.save_final(out, model, tokenizer)
+        if hasattr(task, "metadata"):  # e.g. SFT task prefixes and template, for `lmtune generate --task`
+            (final_dir / task.METADATA_FILE).write_text(json.dumps(task.metadata(prepared), indent=2))
     from lmtune.train.plots import plot_run
 
     plots = plot_run(out)
@@ -263,6 +363,12 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
                                                               if not isinstance(v, dict)}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _divergence_message(step: int, loss: float, lr: float, last: Path | None) -> str:
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+    return (f"training diverged at step {step}: the loss is {loss} (the learning rate {lr:g} is likely too high; "
+            f"try --train.lr {lr / 10:g}); {kept}; no final model was written")
 
 
 def _evaluate_and_track(state: TrainState, metrics: dict[str, float], tc, mode: str, metrics_log) -> None:

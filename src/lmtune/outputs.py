@@ -1,0 +1,175 @@
+"""Where lmtune writes, and the rules that keep the user's own files safe.
+
+lmtune deletes or replaces only what it made. Every folder it creates holds a marker file
+(`.lmtune`); a folder without one is the user's, and lmtune refuses to write into it unless it is
+empty. An output is never an input, never inside an input folder, never the current folder, the home
+folder or one of their parents. Files are written to a temporary name and renamed, so a crash leaves
+either the old file or the new one, never half of one. All checks run before the long work starts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from lmtune.errors import LmtuneError
+
+MARKER = ".lmtune"
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def is_lmtune_dir(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def marker_kind(path: str | Path) -> str | None:
+    try:
+        return json.loads((Path(path) / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _protected(folder: Path) -> str | None:
+    """Why `folder` may never be an output folder, or None."""
+    for name, place in (("the current folder", Path.cwd().resolve()), ("your home folder", Path.home().resolve())):
+        if _is_within(place, folder):
+            return f"it is {name}" if place == folder else f"it contains {name}"
+    if folder == Path(folder.anchor):
+        return "it is the root of the file system"
+    return None
+
+
+def check_output_dir(path: str | Path, inputs: Iterable[str | Path] = (), kind: str = "run") -> Path:
+    """Raise LmtuneError unless lmtune may write its `kind` of output into `path`. Creates nothing."""
+    folder = _resolved(path)
+    why = _protected(folder)
+    if why:
+        raise LmtuneError(f"refusing to write into {path}: {why}; choose a new folder, e.g. runs/my-run")
+    for given in inputs:
+        source = _resolved(given)
+        if not source.exists():
+            continue
+        if _is_within(source, folder):
+            raise LmtuneError(f"refusing to write into {path}: it holds the input {given}; choose another folder")
+        source_dir = source if source.is_dir() else source.parent
+        if folder == source_dir or _is_within(folder, source_dir) and source.is_dir():
+            raise LmtuneError(f"refusing to write into {path}: it is inside the input folder {source_dir}; "
+                              "choose a folder outside it")
+    if folder.exists() and not folder.is_dir():
+        raise LmtuneError(f"{path} is a file, not a folder; choose a folder for the output")
+    if folder.is_dir() and any(folder.iterdir()) and not is_lmtune_dir(folder):
+        raise LmtuneError(f"refusing to write into {path}: the folder is not empty and lmtune did not make it; "
+                          "choose a new or empty folder")
+    found = marker_kind(folder)
+    if found is not None and found != kind:
+        raise LmtuneError(f"{path} holds lmtune {found} output, not a {kind}; choose another folder")
+    return folder
+
+
+def claim_dir(path: str | Path, kind: str) -> Path:
+    """Create `path` (or take an empty/own one) and mark it as lmtune's."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not is_lmtune_dir(folder):
+        (folder / MARKER).write_text(json.dumps({"kind": kind, "note": "made by lmtune; lmtune may replace "
+                                                 "what it wrote here, and nothing else"}) + "\n")
+    return folder
+
+
+def remove_own(folder: str | Path, names: Iterable[str]) -> None:
+    """Delete the named entries of an lmtune folder; anything else in it stays."""
+    folder = Path(folder)
+    if not is_lmtune_dir(folder):
+        raise LmtuneError(f"{folder} was not made by lmtune; not deleting anything in it")
+    for name in names:
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
+def remove_if_created(folder: Path, existed: bool) -> None:
+    """Undo a folder this invocation created (on failure before it held anything of value)."""
+    if not existed and is_lmtune_dir(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """Write a folder next to `target` and swap it in, so a crash never leaves a half-written one.
+    `target` must be lmtune's (its parent is an lmtune folder); stray `.tmp`/`.old` siblings are ours."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
+    """Raise LmtuneError unless a result may be written to the file `path`. Creates nothing."""
+    target = _resolved(path)
+    for given in inputs:
+        source = _resolved(given)
+        if source == target or (source.exists() and target.exists() and os.path.samefile(source, target)):
+            raise LmtuneError(f"refusing to write {path}: it is the input file; choose another output name")
+    if target.is_dir():
+        raise LmtuneError(f"{path} is a folder; give a file name for the output")
+    if not target.parent.is_dir():
+        raise LmtuneError(f"cannot write {path}: the folder {Path(path).parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise LmtuneError(f"cannot write {path}: no permission to write in {Path(path).parent}")
+    if target.exists() and not overwrite:
+        raise LmtuneError(f"{path} already exists; pass --overwrite to replace it or choose another name")
+    return target
+
+
+def write_file_atomic(path: str | Path, write: Callable[[object], None], mode: str = "w") -> Path:
+    """Write through `write(file_object)` into a temporary file beside `path`, then rename over it."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# ---- the run folder -------------------------------------------------------------------------------
+# What `lmtune train` writes into its run folder: `--overwrite` removes these and nothing else.
+RUN_ENTRIES = ("checkpoints", "final", "last", "adapter", "data", "metrics.jsonl", "summary.json", "config.yaml",
+               "loss.png", "confusion_matrix.png")
+TRAINER_STATE = "trainer_state.pt"  # written last into a checkpoint: its presence means complete
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints `checkpoints/step-N`, oldest first. Leftovers of an interrupted write
+    (`step-N.tmp`, `step-N.old`) are not checkpoints."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("step-*"):
+        number = path.name.removeprefix("step-")
+        if number.isdigit() and (path / TRAINER_STATE).is_file():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
+def run_has_model(run_dir: str | Path) -> bool:
+    run_dir = Path(run_dir)
+    return bool(checkpoint_dirs(run_dir)) or (run_dir / "final" / "config.json").exists()
