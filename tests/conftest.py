@@ -115,3 +115,22 @@ def snapshot(folder) -> dict:
     from pathlib import Path
 
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    """A tiny BERT classifier (pos/neg) and its JSONL training file, whose rows carry nested values."""
+    import json
+
+    from lmtune.config import build_config
+    from lmtune.train.loop import train
+
+    root = tmp_path_factory.mktemp("cls")
+    rows = [{"text": f"{w} film {i}", "label": "pos" if w == "great" else "neg", "meta": {"id": i, "tags": [w]}}
+            for i in range(40) for w in ("great", "awful")]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = build_config({"objective": "classify", "output_dir": str(root / "run"), "model": {"name": "bert-tiny"},
+                           "data": {"train": str(root / "train.jsonl"), "block_size": 32},
+                           "train": {"max_steps": 3, "precision": "fp32", "eval_every": 0},
+                           "report": {"compare_base": False}})
+    return train(config, progress=False)["final_model"], root / "train.jsonl"

@@ -114,22 +114,6 @@ def test_output_file_checks(tmp_path):
     assert check_output_file(tmp_path / "p.csv", [source], overwrite=True)
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory):
-    from lmtune.config import build_config
-    from lmtune.train.loop import train
-
-    root = tmp_path_factory.mktemp("cls")
-    rows = [{"text": f"{w} film {i}", "label": "pos" if w == "great" else "neg", "meta": {"id": i, "tags": [w]}}
-            for i in range(40) for w in ("great", "awful")]
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = build_config({"objective": "classify", "output_dir": str(root / "run"), "model": {"name": "bert-tiny"},
-                           "data": {"train": str(root / "train.jsonl"), "block_size": 32},
-                           "train": {"max_steps": 3, "precision": "fp32", "eval_every": 0},
-                           "report": {"compare_base": False}})
-    return train(config, progress=False)["final_model"], root / "train.jsonl"
-
-
 def test_classify_output_keeps_format_and_never_replaces_input(cli, tiny_classifier, tmp_path):
     model, source = tiny_classifier
     data = tmp_path / "x.jsonl"

@@ -13,9 +13,9 @@ import typer
 from lmtune.errors import LmtuneError
 
 try:  # typer >= 0.20 vendors click
-    from typer._click.exceptions import Abort as ClickAbort, ClickException
+    from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click.exceptions import Abort as ClickAbort, ClickException
+    from click.exceptions import ClickException
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt a language model to your own text: prepare data, train, evaluate, generate, serve.")
@@ -69,6 +69,10 @@ def prepare(
     config = _config(recipe, extra, **{"model.name": model, "objective": objective,
                                           "data.block_size": block_size,
                                           "data.train": None if recipe else inputs})
+    if config.tokenizer.train is None:  # a trained tokenizer needs no model yet
+        from lmtune.models.load import check_block_size
+
+        check_block_size(config.model.init_from or config.model.name, config.data.block_size)
     run_prepare(config, out)
 
 
@@ -327,6 +331,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into exit status 130 and says nothing
+            _fail("interrupted", 130)
         sys.exit(code or 0)
     except ClickException as err:  # a bad option or argument: one line, like every other error
         where = f" (see {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
@@ -335,8 +341,11 @@ def main() -> None:
         _fail(str(err), err.exit_code)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
         _fail(f"{err.strerror}: {err.filename}", 1)
-    except (KeyboardInterrupt, ClickAbort):
+    except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except typer.Abort as err:  # typer's wrapping of an EOFError (e.g. from a truncated compressed file)
+        cause = err.__cause__
+        _fail(f"{type(cause).__name__}: {cause}" if cause else "aborted", 1)
     except Exception as err:  # the last resort: one line, full trace only on request
         if os.environ.get("LMTUNE_DEBUG"):
             raise

@@ -236,7 +236,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
+            # Where the broken construct starts (an unclosed bracket) beats where the parser gave up.
+            mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise LmtuneError(f"{where}: not valid YAML ({problem})") from None

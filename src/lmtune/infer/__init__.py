@@ -41,7 +41,7 @@ def load(name: str, kind: str | None = None, device: str | None = None) -> Loade
     """Load a model for inference from a run folder, model folder, alias or .gguf; cached per process."""
     import transformers
 
-    from lmtune.models.load import AUTO_CLASSES, load_tokenizer, resolve, unknown_model_error
+    from lmtune.models.load import AUTO_CLASSES, check_weight_files, load_tokenizer, resolve, unknown_model_error
     from lmtune.tasks.mlm import init_missing_mlm_head
 
     source = resolve(name)
@@ -53,6 +53,8 @@ def load(name: str, kind: str | None = None, device: str | None = None) -> Loade
         if source.kind == "hub":
             raise unknown_model_error(name, err) from None
         raise LmtuneError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
+    if source.kind == "folder":
+        check_weight_files(source.path)
     kind = kind or _kind_of(config)
     objective = {"causal": "clm", "masked": "mlm", "classifier": "classify"}[kind]
     auto = getattr(transformers, AUTO_CLASSES[objective])

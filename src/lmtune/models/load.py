@@ -101,6 +101,20 @@ def resolve(name: str) -> ModelSource:
     return ModelSource("hub", name)
 
 
+def check_weight_files(folder: str | Path) -> None:
+    """Read the header of every safetensors file: a truncated or corrupt one is named in one line,
+    before the (slow) load fails somewhere inside transformers."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise LmtuneError(f"{file}: corrupt or truncated weights file ({str(err).splitlines()[0]}); "
+                              "restore it or use another checkpoint") from None
+
+
 def context_length_of(config) -> int | None:
     """Positions a model can attend over, from its (HF) config; None when it does not say."""
     for key in ("n_positions", "max_position_embeddings", "n_ctx"):
@@ -123,6 +137,14 @@ def context_length(name: str) -> int | None:
         return context_length_of(transformers.AutoConfig.from_pretrained(source.path))
     except (OSError, ValueError):
         return None
+
+
+def check_block_size(model_name: str, block_size: int) -> None:
+    """Blocks longer than the model's context would fail deep in the first forward pass: say so first."""
+    limit = context_length(model_name)
+    if limit is not None and block_size > limit:
+        raise LmtuneError(f"data.block_size {block_size} is beyond the context of {model_name} ({limit} tokens); "
+                          f"set --data.block_size {limit} or less")
 
 
 def unknown_model_error(name: str, err: Exception) -> LmtuneError:
@@ -240,6 +262,8 @@ def load_model(objective: str, name: str, tokenizer, dropout: float | None = Non
         _apply_dropout(config, dropout)
         torch.manual_seed(seed)
         return auto.from_config(config)
+    if source.kind == "folder":
+        check_weight_files(source.path)
     try:
         config = transformers.AutoConfig.from_pretrained(source.path, **label_kwargs)
         _apply_dropout(config, dropout)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from lmtune.errors import LmtuneError
 from lmtune.outputs import TRAINER_STATE, checkpoint_dirs, replace_dir
 
 log = logging.getLogger("lmtune")
@@ -55,6 +56,9 @@ def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str,
 def load_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
+    from lmtune.models.load import check_weight_files
+
+    check_weight_files(folder)
     if hasattr(model, "load_pretrained_weights"):  # lmtune's own GPT: HF GPT-2 layout on disk
         model.load_pretrained_weights(folder)
         return
@@ -77,7 +81,11 @@ def load_weights(model, folder: Path) -> None:
 
 def load_training_state(folder: Path, model, optimizer, scheduler, device) -> dict[str, Any]:
     load_weights(model, folder)
-    saved = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle/zip errors of a damaged file: name it, keep the traceback out
+        raise LmtuneError(f"{folder / TRAINER_STATE}: cannot read the checkpoint ({type(err).__name__}); "
+                          f"delete {folder} to resume from the one before it") from None
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])

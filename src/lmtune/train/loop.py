@@ -23,7 +23,7 @@ import torch
 from lmtune.config import RunConfig, data_inputs, save_config
 from lmtune.data.prepare import Prepared, prepare
 from lmtune.errors import Interrupted, LmtuneError
-from lmtune.models.load import context_length
+from lmtune.models.load import check_block_size
 from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
 from lmtune.tasks import get_task
 from lmtune.train import checkpoint
@@ -195,11 +195,7 @@ def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
             raise LmtuneError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
                               "it, or choose another output_dir")
         remove_own(out, RUN_ENTRIES)
-    limit = context_length(config.model.init_from or config.model.name)
-    if limit is not None and config.data.block_size > limit:
-        raise LmtuneError(f"data.block_size {config.data.block_size} is beyond the context of "
-                          f"{config.model.init_from or config.model.name} ({limit} tokens); "
-                          f"set --data.block_size {limit} or less")
+    check_block_size(config.model.init_from or config.model.name, config.data.block_size)
     return out
 
 

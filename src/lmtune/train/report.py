@@ -21,7 +21,11 @@ def print_report(config: RunConfig, summary: dict) -> None:
     for key in final:
         if isinstance(final[key], (int, float)):
             table.add_row(key, _fmt(base.get(key, "-")), _fmt(final[key]))
-    console.print(table)
+    if final:
+        console.print(table)
+    else:
+        console.print("[yellow]no held-out metrics: the corpus was too small for a validation split "
+                      "(add text, or give data.validation files)[/yellow]")
     if "val_confusion_matrix" in final:
         confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
         confusion.add_column("")
