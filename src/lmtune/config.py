@@ -92,16 +92,28 @@ class TrainConfig(_Strict):
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    eval_every: int = Field(50, ge=0)  # steps between evaluations (0: only at the start and end)
+    # Steps between evaluations; "auto": about 15 per run, so a short run sees the validation turn.
+    eval_every: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     eval_max_batches: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     save_every: int | None = Field(None, ge=1)  # checkpoint every N steps, besides save_every_minutes
     save_every_minutes: float | None = Field(10.0, gt=0)  # checkpoint by wall time (None: off)
     keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept (each holds optimizer state: ~3x the model)
-    early_stopping_patience: int | None = Field(None, ge=1)  # evaluations without improvement before stopping
-    early_stopping_metric: str = "val_loss"
+    # Evaluations without improvement before stopping; "auto": 4 when there is a validation split; null: off.
+    early_stopping_patience: int | Literal["auto"] | None = Field("auto", union_mode="left_to_right")
+    early_stopping_metric: str = "val_loss"  # also picks the best model
+    keep: Literal["best", "last"] = "best"  # which model final/ holds (the other is kept in last/ or best/)
     seed: int = Field(42, ge=0)
     threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _positive_schedules(self):
+        if isinstance(self.eval_every, int) and self.eval_every < 0:
+            raise ValueError(f"train.eval_every must be >= 0 or auto (got {self.eval_every})")
+        if isinstance(self.early_stopping_patience, int) and self.early_stopping_patience < 1:
+            raise ValueError(f"train.early_stopping_patience must be >= 1, auto or null "
+                             f"(got {self.early_stopping_patience})")
+        return self
     class_weights: bool = False  # classification: weight the loss by inverse class frequency
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     whole_word_mask: bool = False
@@ -158,19 +170,28 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _explain_one(error: dict) -> str:
-    loc = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown config key '{loc}'{hint}"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"config key '{loc}': {message}" if loc else f"config: {message}"
+def _field_path(loc: tuple) -> str:
+    # Unions add the member's type to the location (train.eval_every.int): not a key the user wrote.
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS)))
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
 
 
 def _explain(err: ValidationError) -> str:
     """Every problem at once, on one line: the user fixes them in one go."""
-    return "; ".join(dict.fromkeys(_explain_one(e) for e in err.errors()))
+    problems: dict[str, list[str]] = {}
+    for error in err.errors():
+        loc = _field_path(error["loc"])
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.setdefault(f"unknown config key '{loc}'{hint}", [])
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        problems.setdefault(f"config key '{loc}'" if loc else "config", []).append(message)
+    return "; ".join(f"{where}: {' or '.join(dict.fromkeys(msgs))}" if msgs else where
+                     for where, msgs in problems.items())
 
 
 def _parse_value(text: str) -> Any:

@@ -95,15 +95,24 @@ def load_training_state(folder: Path, model, optimizer, scheduler, device) -> di
     return saved["state"]
 
 
-def save_final(run_dir: Path, model, tokenizer) -> Path:
-    """`final/`: a plain Hugging Face folder; LoRA adapters are merged in (and also kept in `adapter/`)."""
+def save_model(folder: Path, model, tokenizer) -> Path:
+    """A model as it is now, as a Hugging Face folder (LoRA: the adapter only), replaced atomically."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return replace_dir(Path(folder), write)
+
+
+def save_final(run_dir: Path, model, tokenizer, name: str = "final") -> Path:
+    """`final/` (or `last/`): a plain Hugging Face folder; LoRA adapters are merged in (the adapter alone
+    is kept in `adapter/` for final/)."""
     run_dir = Path(run_dir)
     if _is_peft(model):
-        replace_dir(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
-        model = model.merge_and_unload()
+        if name == "final":
+            replace_dir(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
+        import copy
 
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return replace_dir(run_dir / "final", write)
+        # last/ is written before the best adapter is loaded back: merge a copy; final/ is the end of the run.
+        model = (model if name == "final" else copy.deepcopy(model)).merge_and_unload()
+    return save_model(run_dir / name, model, tokenizer)

@@ -17,7 +17,7 @@ OBJECTIVE_OF_KIND = {"causal": "clm", "masked": "mlm", "classifier": "classify"}
 
 def evaluate_model(model: str, data: str, block_size: int = 512, text_column: str = "text",
                    label_column: str = "label", max_batches: int | None = None, batch_size: int = 8,
-                   config: RunConfig | None = None) -> dict[str, Any]:
+                   config: RunConfig | None = None, precision: str = "auto") -> dict[str, Any]:
     loaded = as_loaded(model)
     objective = OBJECTIVE_OF_KIND[loaded.kind]
     limit = context_length_of(loaded.model.config)
@@ -36,7 +36,7 @@ def evaluate_model(model: str, data: str, block_size: int = 512, text_column: st
         with tempfile.TemporaryDirectory(prefix="lmtune-eval-") as tmp:
             train_split = prepare(run_config, Path(tmp) / "data", tokenizer=loaded.tokenizer, quiet=True).dataset["train"]
             dataset = type(train_split).from_dict(train_split.to_dict())  # in memory: the folder goes away
-    autocast, _ = autocast_for("auto", next(loaded.model.parameters()).device)
+    autocast, _ = autocast_for(precision, next(loaded.model.parameters()).device)
     task = get_task(objective)
     return task.evaluate(loaded.model, dataset, loaded.tokenizer, run_config, autocast, batch_size=batch_size,
                          max_batches=max_batches)

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -36,7 +37,10 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     batches_done_in_epoch: int = 0  # micro-batches of `epoch` already consumed
-    best_metric: float | None = None
+    best_metric: float | None = None  # of train.early_stopping_metric, over the tuned model's evaluations
+    best_step: int | None = None  # its step; the model of that step is in best/
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    evaluated_step: int = 0  # step of the latest evaluation
     evals_without_improvement: int = 0
     base_metrics: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -233,9 +237,14 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     collate = task.make_collator(tokenizer, config, train=True)
     loss_fn = task.make_loss(config, train_set) if hasattr(task, "make_loss") else task.loss
     mode = "min" if any(word in tc.early_stopping_metric for word in ("loss", "perplexity")) else "max"
+    eval_every = _eval_interval(tc.eval_every, total_steps)
+    patience = (4 if len(val_set) else None) if tc.early_stopping_patience == "auto" else tc.early_stopping_patience
 
     def save_checkpoint() -> Path:
         return checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state), keep=tc.keep_checkpoints)
+
+    def save_best() -> None:
+        checkpoint.save_model(out / "best", model, tokenizer)
 
     state = TrainState()
     last = None
@@ -261,7 +270,9 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
              precision, total_steps, len(train_set), len(val_set))
     if len(val_set) == 0:
         log.warning("warning: no validation split (the corpus is too small for data.val_fraction %.2f, or it is "
-                    "0): held-out metrics cannot be tracked", config.data.val_fraction)
+                    "0): held-out metrics cannot be tracked, and final/ is the last model", config.data.val_fraction)
+    for warning in plan_warnings(config, model, prepared.stats.get("train tokens") or 0, len(train_set), total_steps):
+        log.warning("warning: %s", warning)
     if state.step == 0:
         state.base_metrics = run_eval()
         state.last_metrics = dict(state.base_metrics)
@@ -315,8 +326,9 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
                     bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                     window_loss, window_tokens, window_micro, window_start = 0.0, 0, 0, time.perf_counter()
 
-                if tc.eval_every and state.step % tc.eval_every == 0 and state.step < total_steps:
-                    _evaluate_and_track(state, run_eval(), tc, mode, metrics_log)
+                if eval_every and state.step % eval_every == 0 and state.step < total_steps:
+                    _evaluate_and_track(state, run_eval(), tc.early_stopping_metric, mode, patience, metrics_log,
+                                        save_best)
                     if state.stopped_early:
                         log.info("early stopping at step %d: no improvement in %s for %d evaluations",
                                  state.step, tc.early_stopping_metric, state.evals_without_improvement)
@@ -341,22 +353,28 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
         bar.close()
         train_seconds = time.perf_counter() - started
 
-        final = run_eval()
-        if final:
-            state.last_metrics = final
-            metrics_log.write({"step": state.step, "event": "eval", "model": "final", **final})
+        # The run may have just been evaluated (early stopping): that evaluation is the last one.
+        evaluated_now = state.step > 0 and state.evaluated_step == state.step
+        last_metrics = state.last_metrics if evaluated_now else run_eval()
+        if last_metrics and not evaluated_now:
+            metrics_log.write({"step": state.step, "event": "eval", "model": "last", **last_metrics})
+            _evaluate_and_track(state, last_metrics, tc.early_stopping_metric, mode, None, None, lambda: None)
         save_checkpoint()
-        final_dir = checkpoint.save_final(out, model, tokenizer)
+        final_dir = _save_final_model(out, model, tokenizer, state, tc.keep)
         if hasattr(task, "metadata"):  # e.g. SFT task prefixes and template, for `lmtune generate --task`
             (final_dir / task.METADATA_FILE).write_text(json.dumps(task.metadata(prepared), indent=2))
     from lmtune.train.plots import plot_run
 
     plots = plot_run(out)
+    kept_best = tc.keep == "best" and state.best_step is not None
     summary = {"run": str(out), "final_model": str(final_dir), "steps": state.step, "precision": precision,
-               "train_seconds": train_seconds, "train_tokens": tokens_seen,
-               "base": state.base_metrics, "final": state.last_metrics, "plots": [str(p) for p in plots],
-               "stopped_early": state.stopped_early, "data": {k: v for k, v in prepared.stats.items()
-                                                              if not isinstance(v, dict)}}
+               "train_seconds": train_seconds, "train_tokens": tokens_seen, "keep": tc.keep,
+               "base": state.base_metrics, "final": state.best_metrics if kept_best else state.last_metrics,
+               "best": state.best_metrics, "best_step": state.best_step, "last": state.last_metrics,
+               "selection_metric": tc.early_stopping_metric, "selection_mode": mode,
+               "beats_base": _beats_base(state, tc.early_stopping_metric, mode),
+               "plots": [str(p) for p in plots], "stopped_early": state.stopped_early,
+               "data": {k: v for k, v in prepared.stats.items() if not isinstance(v, dict)}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -367,18 +385,69 @@ def _divergence_message(step: int, loss: float, lr: float, last: Path | None) ->
             f"try --train.lr {lr / 10:g}); {kept}; no final model was written")
 
 
-def _evaluate_and_track(state: TrainState, metrics: dict[str, float], tc, mode: str, metrics_log) -> None:
+def _evaluate_and_track(state: TrainState, metrics: dict[str, float], metric: str, mode: str,
+                        patience: int | None, metrics_log: MetricsLog | None, save_best) -> None:
+    """Record an evaluation of the tuned model; on a new best, keep that model (best/); count patience."""
     if not metrics:
         return
-    state.last_metrics = metrics
-    metrics_log.write({"step": state.step, "event": "eval", "model": "tuned", **metrics})
-    value = metrics.get(tc.early_stopping_metric)
+    state.last_metrics, state.evaluated_step = metrics, state.step
+    if metrics_log is not None:
+        metrics_log.write({"step": state.step, "event": "eval", "model": "tuned", **metrics})
+    value = metrics.get(metric)
     if value is None:
         return
     if _improved(value, state.best_metric, mode):
-        state.best_metric = value
+        state.best_metric, state.best_step, state.best_metrics = value, state.step, dict(metrics)
         state.evals_without_improvement = 0
+        save_best()
     else:
         state.evals_without_improvement += 1
-        if tc.early_stopping_patience is not None and state.evals_without_improvement >= tc.early_stopping_patience:
+        if patience is not None and state.evals_without_improvement >= patience:
             state.stopped_early = True
+
+
+def _eval_interval(setting: int | str, total_steps: int) -> int:
+    """'auto': about 15 evaluations per run (at least every step of a very short one)."""
+    if setting == "auto":
+        return max(1, math.ceil(total_steps / 15))
+    return int(setting)
+
+
+def _save_final_model(out: Path, model, tokenizer, state: TrainState, keep: str) -> Path:
+    """final/ holds the best evaluated model (or the last, with train.keep: last); when the two differ,
+    the other one stays beside it (last/ or best/), so nothing trained is thrown away."""
+    best_dir = out / "best"
+    if keep == "best" and state.best_step is not None and state.best_step != state.step and best_dir.exists():
+        checkpoint.save_final(out, model, tokenizer, name="last")
+        checkpoint.load_weights(model, best_dir)
+        final_dir = checkpoint.save_final(out, model, tokenizer)
+        shutil.rmtree(best_dir, ignore_errors=True)  # final/ holds it now
+        log.info("final/ holds the best model (step %d); the last one (step %d) is in last/",
+                 state.best_step, state.step)
+        return final_dir
+    final_dir = checkpoint.save_final(out, model, tokenizer)
+    if state.best_step == state.step or keep == "last" and state.best_step is None:
+        shutil.rmtree(best_dir, ignore_errors=True)  # the same model as final/
+    return final_dir
+
+
+def _beats_base(state: TrainState, metric: str, mode: str) -> bool | None:
+    base = state.base_metrics.get(metric)
+    if base is None or state.best_metric is None:
+        return None
+    return _improved(state.best_metric, base, mode)
+
+
+def plan_warnings(config: RunConfig, model, tokens: int, samples: int, total_steps: int) -> list[str]:
+    """Before training: plans that usually end in a model worse than the base, with what to do instead."""
+    warnings = []
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    epochs = total_steps * config.train.batch_size * config.train.grad_accum / max(1, samples)
+    if tokens and trainable > 10_000 * tokens and config.model.lora is None:
+        warnings.append(f"a full fine-tune of {trainable / 1e6:.0f}M parameters on only {tokens:,} training tokens "
+                        "tends to overfit at once; consider LoRA (--model.lora.r 8) or more text")
+    if tokens and tokens < 50_000 and epochs > 3:
+        warnings.append(f"{epochs:.0f} epochs over only {tokens:,} training tokens will likely overfit; try "
+                        f"--train.epochs 2 and a lower --train.lr {config.train.lr / 3:.1e} (the best model is "
+                        "kept either way)")
+    return warnings

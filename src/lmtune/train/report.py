@@ -14,18 +14,31 @@ def print_report(config: RunConfig, summary: dict) -> None:
 
     console = Console()
     base, final = summary.get("base", {}), summary.get("final", {})
+    best, last, best_step = summary.get("best") or {}, summary.get("last") or {}, summary.get("best_step")
     table = Table(title=f"{config.objective} run {summary['run']} ({summary['steps']} steps, {summary['precision']})")
     table.add_column("held-out metric")
     table.add_column("base model", justify="right")
-    table.add_column("tuned", justify="right")
+    show_both = bool(best) and best_step != summary["steps"]
+    if show_both:
+        table.add_column(f"best (step {best_step})" + (" = final/" if summary.get("keep") == "best" else ""),
+                         justify="right")
+        table.add_column(f"last (step {summary['steps']})" + (" = final/" if summary.get("keep") == "last" else ""),
+                         justify="right")
+    else:
+        table.add_column("tuned", justify="right")
     for key in final:
         if isinstance(final[key], (int, float)):
-            table.add_row(key, _fmt(base.get(key, "-")), _fmt(final[key]))
+            cells = [_fmt(best.get(key, "-")), _fmt(last.get(key, "-"))] if show_both else [_fmt(final[key])]
+            table.add_row(key, _fmt(base.get(key, "-")), *cells)
     if final:
         console.print(table)
     else:
         console.print("[yellow]no held-out metrics: the corpus was too small for a validation split "
                       "(add text, or give data.validation files)[/yellow]")
+    if summary.get("beats_base") is False:
+        console.print(f"[bold red]warning: no tuned model beat the base model on {summary['selection_metric']}"
+                      "[/bold red]: the base model is better on held-out text. Likely fixes: fewer epochs "
+                      "(--train.epochs 1), a lower learning rate (--train.lr), LoRA (--model.lora.r 8), or more text.")
     if "val_confusion_matrix" in final:
         confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
         confusion.add_column("")
