@@ -76,30 +76,87 @@ def prepare(
     run_prepare(config, out)
 
 
+def _recipe_and_overrides(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """Split `RECIPE --a.b v --c=d` (in any order) into the recipe and the override tokens: typer would
+    take an override's value for the optional recipe argument."""
+    recipe, overrides, i = None, [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("--"):
+            takes_value = "=" not in token and i + 1 < len(tokens)
+            overrides += tokens[i : i + 1 + takes_value]
+            i += 1 + takes_value
+            continue
+        if recipe is not None:
+            raise LmtuneError(f"unexpected argument '{token}' (one recipe; overrides look like --train.lr 1e-4)")
+        recipe, i = token, i + 1
+    return recipe, overrides
+
+
 @app.command(context_settings=EXTRA)
 def train(
     ctx: typer.Context,
-    recipe: Annotated[Path, typer.Argument(help="recipe YAML (see configs/)")],
+    recipe: Annotated[Optional[str], typer.Argument(help="recipe YAML (see configs/); not needed with --data")] = None,
+    data: Annotated[Optional[list[str]], typer.Option(help="train on these files/folders with defaults chosen "
+                                                      "for the corpus (no recipe needed); repeatable")] = None,
+    model: Annotated[Optional[str], typer.Option(help="with --data: the model (default: smollm2-135m, or "
+                                                  "minilm-l6 for mlm/classify)")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="with --data: clm | mlm | classify | sft "
+                                                      "(default: from the data)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in output_dir (only lmtune's own files)")] = False,
     output_dir: Annotated[Optional[str], typer.Option(help="run folder (default: the recipe's)")] = None,
 ):
-    """Train from a recipe. Override any key: --train.lr 1e-4 --data.block_size 256 --train.max_steps 50.
+    """Train from a recipe, or straight from data: lmtune train --data book.pdf.
 
-    Checkpoints are saved every 10 minutes (train.save_every_minutes) and on Ctrl-C or SIGTERM;
-    --resume continues from the newest one exactly where it stopped."""
+    Override any recipe key: --train.lr 1e-4 --data.block_size 256 --train.max_steps 50. final/ holds the
+    best evaluated model. Checkpoints are saved every 10 minutes (train.save_every_minutes) and on Ctrl-C
+    or SIGTERM; --resume continues from the newest one exactly where it stopped."""
+    from lmtune.config import build_config, load_config, parse_overrides
     from lmtune.train.loop import train as run_train
     from lmtune.train.report import print_report
 
     if resume and overwrite:
         raise LmtuneError("--resume continues a run and --overwrite replaces it: choose one")
-    config = _config(recipe, ctx.args, output_dir=output_dir)
+    recipe, extra = _recipe_and_overrides(([recipe] if recipe else []) + ctx.args)
+    if recipe is None and not data:
+        raise LmtuneError("give a recipe (lmtune train configs/hamlet-smollm2.yaml) or data "
+                          "(lmtune train --data book.pdf)")
+    if recipe is None:
+        from lmtune.config import merge_dicts
+        from lmtune.train.defaults import describe, recipe_for_data
+
+        base = recipe_for_data(data, model=model, objective=objective, output_dir=output_dir,
+                               device="cuda" if _cuda() else "cpu")
+        config = build_config(merge_dicts(base, parse_overrides(extra)))
+        _console().print(f"[bold]recipe[/bold] (saved as {config.output_dir}/config.yaml; "
+                         "change any key with --section.key value):\n" + describe(config))
+    else:
+        config = load_config(Path(recipe), parse_overrides(extra))
+        updates = {"output_dir": output_dir, "objective": objective}
+        config = build_config(_merge_settings(config, updates, model, data))
     summary = run_train(config, resume=resume, overwrite=overwrite)
     try:
         print_report(config, summary)
     except Exception as err:  # the model is trained and saved: a failing report must not hide that
         log.warning("warning: the end-of-run report failed (%s: %s); the trained model is in %s",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "", summary["final_model"])
+
+
+def _merge_settings(config, updates: dict, model: str | None, data: list[str] | None) -> dict:
+    merged = config.model_dump(mode="json")
+    merged.update({k: v for k, v in updates.items() if v is not None})
+    if model is not None:
+        merged["model"]["name"] = model
+    if data:
+        merged["data"]["train"] = data if len(data) > 1 else data[0]
+    return merged
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @app.command("eval")

@@ -231,11 +231,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -264,7 +264,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise LmtuneError(f"{where}: not valid YAML ({problem})") from None
         if not isinstance(data, dict):
             raise LmtuneError(f"{path} must hold a mapping of config keys")
-    return build_config(_merge(data, overrides or {}))
+    return build_config(merge_dicts(data, overrides or {}))
 
 
 def save_config(config: RunConfig, path: Path) -> None:
