@@ -78,6 +78,7 @@ class ModelConfig(_Strict):
     lora: LoraConfig | None = None
     dropout: float | None = Field(None, ge=0.0, lt=1.0)  # override the model's dropout (0 is fastest on CPU)
     mlm_head_init: Literal["identity", "random"] = "identity"
+    freeze_encoder: bool = False  # classification: train only the pooler and classifier head (a linear probe)
 
 
 class TrainConfig(_Strict):

@@ -85,7 +85,8 @@ def prepare_splits(config: RunConfig, tokenizer):
         enc = tokenizer([r[0] for r in split_rows], truncation=False)["input_ids"] if split_rows else []
         truncated += sum(len(ids) > data.block_size for ids in enc)
         ids = [x[: data.block_size - 1] + x[-1:] if len(x) > data.block_size else x for x in enc]  # keep [SEP]
-        columns[name] = {"input_ids": ids, "label": [label_id[r[1]] for r in split_rows]}
+        columns[name] = {"input_ids": ids, "label": [label_id[r[1]] for r in split_rows],
+                         "text": [r[0] for r in split_rows]}  # for the baselines
     stats = {"labels": labels, "rows": len(rows), "split": how,
              **{f"{name} rows": len(c["label"]) for name, c in columns.items()},
              "class counts (train)": {labels[k]: v for k, v in sorted(Counter(columns["train"]["label"]).items())},
@@ -145,6 +146,32 @@ def scores_from_confusion(confusion: list[list[int]], labels: list[str]) -> dict
             "val_per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]),
                                       "f1": float(f1[i]), "support": int(cm[i].sum())}
                               for i, label in enumerate(labels)}}
+
+
+def baselines(train_set, val_set, labels: list[str]) -> dict[str, dict[str, float]]:
+    """What fine-tuning must beat, on the same split: always the majority class, and TF-IDF + logistic
+    regression (scikit-learn, default settings: what a user would try first)."""
+    if len(val_set) == 0 or "text" not in train_set.column_names:
+        return {}
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    y_train, y_val = list(train_set["label"]), list(val_set["label"])
+    n = len(labels)
+
+    def scores(predicted: list[int]) -> dict[str, float]:
+        confusion = [[0] * n for _ in range(n)]
+        for true, pred in zip(y_val, predicted):
+            confusion[true][pred] += 1
+        found = scores_from_confusion(confusion, labels)
+        return {"val_accuracy": found["val_accuracy"], "val_macro_f1": found["val_macro_f1"]}
+
+    majority = Counter(y_train).most_common(1)[0][0]
+    vectorizer = TfidfVectorizer()
+    features = vectorizer.fit_transform(train_set["text"])
+    linear = LogisticRegression(max_iter=1000).fit(features, y_train)
+    return {"majority class": scores([majority] * len(y_val)),
+            "TF-IDF + logistic regression": scores(linear.predict(vectorizer.transform(val_set["text"])).tolist())}
 
 
 @torch.inference_mode()

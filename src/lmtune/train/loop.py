@@ -87,6 +87,10 @@ def build_model(config: RunConfig, prepared: Prepared):
         from lmtune.models.lora import apply_lora
 
         model = apply_lora(model, config.model.lora, config.objective)
+    if config.model.freeze_encoder:
+        # Train only what sits on top of the encoder (BERT's pooler and the classifier): a linear probe.
+        for name_, param in model.base_model.named_parameters():
+            param.requires_grad = "pooler" in name_
     return model
 
 
@@ -273,7 +277,12 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
                     "0): held-out metrics cannot be tracked, and final/ is the last model", config.data.val_fraction)
     for warning in plan_warnings(config, model, prepared.stats.get("train tokens") or 0, len(train_set), total_steps):
         log.warning("warning: %s", warning)
+    baselines = {}
+    if hasattr(task, "baselines"):  # e.g. classification: majority class, TF-IDF + logistic regression
+        baselines = task.baselines(train_set, val_set, prepared.stats.get("labels") or [])
     if state.step == 0:
+        for name, metrics in baselines.items():
+            metrics_log.write({"step": 0, "event": "baseline", "model": name, **metrics})
         state.base_metrics = run_eval()
         state.last_metrics = dict(state.base_metrics)
         metrics_log.write({"step": 0, "event": "eval", "model": "base", **state.base_metrics})
@@ -369,7 +378,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     kept_best = tc.keep == "best" and state.best_step is not None
     summary = {"run": str(out), "final_model": str(final_dir), "steps": state.step, "precision": precision,
                "train_seconds": train_seconds, "train_tokens": tokens_seen, "keep": tc.keep,
-               "base": state.base_metrics, "final": state.best_metrics if kept_best else state.last_metrics,
+               "baselines": baselines, "base": state.base_metrics, "final": state.best_metrics if kept_best else state.last_metrics,
                "best": state.best_metrics, "best_step": state.best_step, "last": state.last_metrics,
                "selection_metric": tc.early_stopping_metric, "selection_mode": mode,
                "beats_base": _beats_base(state, tc.early_stopping_metric, mode),

@@ -26,10 +26,14 @@ def print_report(config: RunConfig, summary: dict) -> None:
                          justify="right")
     else:
         table.add_column("tuned", justify="right")
+    baselines = summary.get("baselines") or {}
+    for name in baselines:  # what fine-tuning must beat, on the same held-out rows
+        table.add_column(f"{name} (baseline)", justify="right", style="dim")
     for key in final:
         if isinstance(final[key], (int, float)):
             cells = [_fmt(best.get(key, "-")), _fmt(last.get(key, "-"))] if show_both else [_fmt(final[key])]
-            table.add_row(key, _fmt(base.get(key, "-")), *cells)
+            table.add_row(key, _fmt(base.get(key, "-")), *cells,
+                          *[_fmt(metrics.get(key, "-")) for metrics in baselines.values()])
     if final:
         console.print(table)
     else:
