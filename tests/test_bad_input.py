@@ -155,7 +155,7 @@ CASES = [
     ("generate-n-0", lambda ws: ["generate", ws.clm, "hi", "-n", "0"], "num_return_sequences"),
     ("generate-seed-huge", lambda ws: ["generate", ws.clm, "hi", "--seed", str(10**30)], "seed"),
     ("generate-preset", lambda ws: ["generate", "gpt-tiny", "hi"], "untrained preset"),
-    ("generate-classifier", lambda ws: ["generate", ws.classifier, "hi"], "not a causal"),
+    ("generate-classifier", lambda ws: ["generate", ws.classifier, "hi"], "cannot generate"),
     ("generate-corrupt", lambda ws: ["generate", ws.corrupt_model, "hi"], "model.safetensors"),
     ("generate-unknown-option", lambda ws: ["generate", ws.clm, "hi", "--temprature", "1"], "--temprature"),
     # fill-mask
@@ -165,7 +165,7 @@ CASES = [
     ("fill-mask-input-missing", lambda ws: ["fill-mask", "minilm-l6", "--input", U(ws, "gone.txt")],
      "gone.txt"),
     ("fill-mask-input-binary", lambda ws: ["fill-mask", "minilm-l6", "--input", U(ws, "binary.txt")], "binary"),
-    ("fill-mask-causal-model", lambda ws: ["fill-mask", ws.clm, "a [MASK]."], "not a masked"),
+    ("fill-mask-causal-model", lambda ws: ["fill-mask", ws.clm, "a [MASK]."], "cannot fill-mask"),
     # classify
     ("classify-no-text", lambda ws: ["classify", ws.classifier], "give text"),
     ("classify-input-missing", lambda ws: ["classify", ws.classifier, "--input", U(ws, "gone.csv")], "gone.csv"),
@@ -176,7 +176,7 @@ CASES = [
     ("classify-output-exists", lambda ws: ["classify", ws.classifier, "a", "--output", U(ws, "notes.md")],
      "--overwrite"),
     ("classify-batch-0", lambda ws: ["classify", ws.classifier, "a", "--batch-size", "0"], "--batch-size"),
-    ("classify-causal-model", lambda ws: ["classify", ws.clm, "a"], "not a classifier"),
+    ("classify-causal-model", lambda ws: ["classify", ws.clm, "a"], "cannot classify"),
     ("classify-no-text-column", lambda ws: ["classify", ws.classifier, "--input", U(ws, "no-text-col.csv")],
      "no column 'text'"),
     ("classify-corrupt-input", lambda ws: ["classify", ws.classifier, "--input", U(ws, "half.txt.gz")],

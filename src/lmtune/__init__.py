@@ -24,9 +24,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
 
 
 def prepare(config: RunConfig, out_dir):
-    from lmtune.data.prepare import prepare as _prepare
+    from lmtune.train.data import prepare_data
 
-    return _prepare(config, out_dir)
+    return prepare_data(config, out_dir)
 
 
 def generate(model, prompt: str, **settings) -> list[str]:

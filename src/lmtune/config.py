@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmtune.errors import LmtuneError
+from lmtune.paths import resolve_data_path
 
 
 class _Strict(BaseModel):
@@ -274,7 +275,6 @@ def save_config(config: RunConfig, path: Path) -> None:
 
 def data_inputs(config: RunConfig) -> list[Path]:
     """Every file or folder the recipe reads: outputs must never land on or inside one of them."""
-    from lmtune.paths import resolve_data_path
 
     refs: list[str] = []
     for value in (config.data.train, config.data.validation, *[v for t in config.tasks for v in (t.train, t.validation)]):

@@ -44,5 +44,5 @@ def test_not_a_causal_model_is_refused(tiny_clm_run):
     from lmtune.errors import LmtuneError
     from lmtune.infer import as_loaded
 
-    with pytest.raises(LmtuneError, match="not a masked"):
-        as_loaded(tiny_clm_run, "masked")
+    with pytest.raises(LmtuneError, match="clm model: it cannot fill-mask"):
+        as_loaded(tiny_clm_run, "fill-mask")

@@ -88,8 +88,8 @@ def sse_events(response):
 def test_health_models_and_openapi(server, client):
     assert httpx.get(server["url"] + "/health").json()["status"] == "ok"
     data = client.get("/v1/models").json()["data"]
-    kinds = {m["id"]: m["kind"] for m in data}
-    assert kinds == {server["clm"]: "causal", server["mlm"]: "masked", server["cls"]: "classifier"}
+    objectives = {m["id"]: m["objective"] for m in data}
+    assert objectives == {server["clm"]: "clm", server["mlm"]: "mlm", server["cls"]: "classify"}
     schema = client.get("/openapi.json").json()
     for route in ("/v1/fill-mask", "/v1/generate", "/v1/classify", "/v1/completions", "/v1/chat/completions"):
         assert route in schema["paths"]

@@ -21,13 +21,17 @@ class Framing:
     suffix: list[int]  # at the end of every block ([SEP] for BERT)
 
     @classmethod
-    def for_objective(cls, tokenizer, objective: str) -> "Framing":
-        if objective == "mlm":
-            framed = tokenizer("", add_special_tokens=True)["input_ids"]  # [CLS] [SEP], <s> </s>, ...
-            sep = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else framed[-1:]
-            return cls(separator=sep, prefix=framed[:1] if len(framed) == 2 else [], suffix=framed[-1:])
+    def eos(cls, tokenizer) -> "Framing":
+        """Decoders: documents joined by EOS, blocks unframed."""
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         return cls(separator=eos, prefix=[], suffix=[])
+
+    @classmethod
+    def encoder(cls, tokenizer) -> "Framing":
+        """BERT-style encoders: every block framed as the model saw text in pre-training ([CLS] ... [SEP])."""
+        framed = tokenizer("", add_special_tokens=True)["input_ids"]  # [CLS] [SEP], <s> </s>, ...
+        sep = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else framed[-1:]
+        return cls(separator=sep, prefix=framed[:1] if len(framed) == 2 else [], suffix=framed[-1:])
 
 
 def tokenize(tokenizer, texts: list[str], batch_size: int = 1000) -> list[list[int]]:

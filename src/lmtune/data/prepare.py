@@ -8,12 +8,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lmtune.config import RunConfig, data_inputs
 from lmtune.data.clean import clean_documents
 from lmtune.data.ingest import Document, read_documents
 from lmtune.data.pack import Framing, pack_splits, tokenize
+from lmtune.data.tokenizer import train_tokenizer
 from lmtune.errors import LmtuneError
 from lmtune.outputs import check_output_dir, claim_dir, is_lmtune_dir, remove_own
 
@@ -57,8 +58,10 @@ def read_clean(paths, config: RunConfig, tokenizer, text_column: str | None = No
     return clean_documents(docs, config.data.clean, specials_of(tokenizer) if tokenizer is not None else {})
 
 
-def _prepare_lm(config: RunConfig, tokenizer) -> tuple[dict[str, list], Any, dict]:
-    from lmtune.data.tokenizer import train_tokenizer
+def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Framing]
+                   ) -> tuple[dict[str, dict[str, list]], Any, dict]:
+    """Language-model splits: documents read, cleaned, tokenized and packed into blocks framed by
+    `framing_for(tokenizer)` (EOS between documents for decoders, [CLS]/[SEP] for encoders)."""
 
     data = config.data
     if data.train is None:
@@ -69,7 +72,7 @@ def _prepare_lm(config: RunConfig, tokenizer) -> tuple[dict[str, list], Any, dic
         raise LmtuneError("nothing left to train on after cleaning (check data.clean settings)")
     if config.tokenizer.train is not None:
         tokenizer = train_tokenizer((d.text for d in docs), config.tokenizer.train)
-    framing = Framing.for_objective(tokenizer, config.objective)
+    framing = framing_for(tokenizer)
     ids = tokenize(tokenizer, [d.text for d in docs])
     if val_docs is not None:
         splits, info = pack_splits(ids, data.block_size, framing, data.stride, 0.0, data.seed, data.packing)
@@ -93,16 +96,18 @@ def _prepare_lm(config: RunConfig, tokenizer) -> tuple[dict[str, list], Any, dic
 PREPARED_ENTRIES = ("prepare.json", "stats.json", "dataset_dict.json", "train", "validation", "test", "tokenizer")
 
 
-def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = False) -> Prepared:
-    """Prepare `config.data` for `config.objective` into `out_dir`, or reuse an identical earlier result.
+SplitFn = Callable[[RunConfig, Any], tuple[dict[str, dict[str, list]], Any, dict]]
+
+
+def prepare(config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: Callable[[], Any],
+            quiet: bool = False) -> Prepared:
+    """Prepare `config.data` into `out_dir` with the objective's `split_fn(config, tokenizer)`, or reuse an
+    identical earlier result. `tokenizer_fn()` gives the tokenizer, only when one is needed.
 
     `out_dir` must be new, empty, or an earlier prepared folder of lmtune's (checked before any reading);
     only lmtune's own entries in it are replaced, and `prepare.json` is written last, so an interrupted
     prepare is never mistaken for a finished one."""
     from datasets import Dataset, DatasetDict
-
-    from lmtune.models.load import load_tokenizer
-    from lmtune.tasks import get_task
 
     if config.data.train and not isinstance(config.data.train, list) and is_prepared(Path(config.data.train)):
         return load_prepared(Path(config.data.train))
@@ -113,11 +118,8 @@ def prepare(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = Fals
             and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         return load_prepared(out_dir)
     check_output_dir(out_dir, data_inputs(config), kind="prepared")
-    if tokenizer is None and config.tokenizer.train is None:
-        tokenizer = load_tokenizer(config.tokenizer.name, config.model.init_from or config.model.name)
-    task = get_task(config.objective)
-    prepare_fn = getattr(task, "prepare_splits", None) or _prepare_lm
-    columns, tokenizer, stats = prepare_fn(config, tokenizer)
+    tokenizer = tokenizer_fn() if config.tokenizer.train is None else None
+    columns, tokenizer, stats = split_fn(config, tokenizer)
     if not columns["train"][next(iter(columns["train"]))]:
         raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
     # Empty splits are left out (Arrow cannot infer a type from no rows); readers use .get().

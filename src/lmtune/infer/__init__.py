@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
 
 from lmtune.errors import LmtuneError
+from lmtune.models.load import load_pretrained, load_tokenizer, resolve, unknown_model_error
+from lmtune.tasks import Objective, get_objective, objective_of
 
 log = logging.getLogger("lmtune")
 
@@ -18,7 +21,11 @@ class LoadedModel:
     name: str
     model: Any
     tokenizer: Any
-    kind: str  # "causal" | "masked" | "classifier"
+    objective: Objective  # what the model does at inference (a tuned SFT model is a causal LM)
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return self.objective.capabilities
 
     @property
     def labels(self) -> list[str]:
@@ -26,24 +33,10 @@ class LoadedModel:
         return [id2label[i] for i in sorted(id2label)]
 
 
-def _kind_of(config) -> str:
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if "SequenceClassification" in archs:
-        return "classifier"
-    if "MaskedLM" in archs or (config.model_type in {"bert", "distilbert", "roberta", "xlm-roberta", "electra",
-                                                      "deberta-v2", "albert", "camembert"} and "LM" not in archs):
-        return "masked"
-    return "causal"
-
-
 @functools.lru_cache(maxsize=4)
-def load(name: str, kind: str | None = None, device: str | None = None) -> LoadedModel:
-    """Load a model for inference from a run folder, model folder, alias or .gguf; cached per process."""
-    import transformers
-
-    from lmtune.models.load import AUTO_CLASSES, check_weight_files, load_tokenizer, resolve, unknown_model_error
-    from lmtune.tasks.mlm import init_missing_mlm_head
-
+def load(name: str, objective: str | None = None, device: str | None = None) -> LoadedModel:
+    """Load a model for inference from a run folder, model folder, alias or .gguf; cached per process.
+    `objective`: load it as that (e.g. "mlm" for an encoder); default: what its config.json says."""
     source = resolve(name)
     if source.kind == "preset":
         raise LmtuneError(f"'{name}' is an untrained preset; train it first (lmtune train)")
@@ -53,25 +46,18 @@ def load(name: str, kind: str | None = None, device: str | None = None) -> Loade
         if source.kind == "hub":
             raise unknown_model_error(name, err) from None
         raise LmtuneError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
-    if source.kind == "folder":
-        check_weight_files(source.path)
-    kind = kind or _kind_of(config)
-    objective = {"causal": "clm", "masked": "mlm", "classifier": "classify"}[kind]
-    auto = getattr(transformers, AUTO_CLASSES[objective])
-    try:
-        model, info = auto.from_pretrained(source.path, output_loading_info=True)
-    except (OSError, ValueError) as err:
-        raise LmtuneError(f"cannot load '{name}' as a {kind} model: {str(err).splitlines()[0]}") from None
-    if kind == "masked":
-        init_missing_mlm_head(model, info.get("missing_keys", []), "identity")
+    chosen = get_objective(objective) if objective else objective_of(config)
+    model = load_pretrained(source, chosen, name)
     tokenizer = load_tokenizer(None, source.path)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(target).eval()
-    return LoadedModel(name, model, tokenizer, kind)
+    return LoadedModel(name, model, tokenizer, chosen)
 
 
-def as_loaded(model: str | LoadedModel, kind: str | None = None) -> LoadedModel:
+def as_loaded(model: str | LoadedModel, capability: str | None = None) -> LoadedModel:
+    """A loaded model (loading it by name if need be) that can do `capability` ("generate", ...)."""
     loaded = model if isinstance(model, LoadedModel) else load(str(model))
-    if kind is not None and loaded.kind != kind:
-        raise LmtuneError(f"{loaded.name} is a {loaded.kind} model, not a {kind} one")
+    if capability is not None and capability not in loaded.capabilities:
+        raise LmtuneError(f"{loaded.name} is a {loaded.objective.name} model: it cannot {capability} "
+                          f"(it can: {', '.join(loaded.capabilities)})")
     return loaded

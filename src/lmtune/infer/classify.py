@@ -15,7 +15,7 @@ from lmtune.outputs import write_file_atomic
 def classify(model: str | LoadedModel, texts: str | list[str], batch_size: int = 32, max_length: int = 512,
              progress: bool = False) -> list[dict]:
     """`[{"label": ..., "score": p, "scores": {label: p, ...}}]`, one per text, in input order."""
-    loaded = as_loaded(model, "classifier")
+    loaded = as_loaded(model, "classify")
     texts = [texts] if isinstance(texts, str) else list(texts)
     labels = loaded.labels
     device = next(loaded.model.parameters()).device

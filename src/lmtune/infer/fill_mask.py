@@ -53,7 +53,7 @@ def _mask_logits(model, enc, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 def fill_mask(model: str | LoadedModel, texts: str | list[str], top_k: int = 5) -> list[list[dict]] | list[list[list[dict]]]:
     """For one text: a list (one per mask, in order) of top-k predictions
     `{"token", "score", "continues_word", "sequence"}` sorted by score. For a list of texts: one such list each."""
-    loaded = as_loaded(model, "masked")
+    loaded = as_loaded(model, "fill-mask")
     single = isinstance(texts, str)
     batch = [_with_model_mask(t, loaded.tokenizer) for t in ([texts] if single else texts)]
     tok = loaded.tokenizer

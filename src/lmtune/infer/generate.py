@@ -46,7 +46,7 @@ def _encode(loaded: LoadedModel, prompt: str) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None, **overrides) -> list[str]:
     """Continuations of `prompt` (without the prompt), one per returned sequence."""
-    loaded = as_loaded(model, "causal")
+    loaded = as_loaded(model, "generate")
     settings = settings or GenerationSettings(**overrides)
     enc = _encode(loaded, prompt)
     if settings.seed is not None:
@@ -60,7 +60,7 @@ def stream(model: str | LoadedModel, prompt: str, settings: GenerationSettings |
     """Yield text pieces as they are generated (one sequence)."""
     from transformers import TextIteratorStreamer
 
-    loaded = as_loaded(model, "causal")
+    loaded = as_loaded(model, "generate")
     settings = settings or GenerationSettings(**overrides)
     settings.num_return_sequences = 1
     enc = _encode(loaded, prompt)

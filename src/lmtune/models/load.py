@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from huggingface_hub import snapshot_download
+from safetensors import SafetensorError, safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, GPT2Config, GPT2TokenizerFast
 
 from lmtune.errors import LmtuneError
+from lmtune.models.gpt import GPT, GPTConfig
 from lmtune.outputs import checkpoint_dirs, replace_dir
 from lmtune.paths import cache_dir, package_dir
+from lmtune.tasks import Objective, get_objective
 
 log = logging.getLogger("lmtune")
 
@@ -47,7 +53,6 @@ def _convert_gguf(gguf_path: Path) -> Path:
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{stat.st_size}"
     if (target / "config.json").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to a safetensors folder (once): %s", gguf_path.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
@@ -104,7 +109,6 @@ def resolve(name: str) -> ModelSource:
 def check_weight_files(folder: str | Path) -> None:
     """Read the header of every safetensors file: a truncated or corrupt one is named in one line,
     before the (slow) load fails somewhere inside transformers."""
-    from safetensors import SafetensorError, safe_open
 
     for file in sorted(Path(folder).glob("*.safetensors")):
         try:
@@ -132,7 +136,6 @@ def context_length(name: str) -> int | None:
         source = resolve(name)
         if source.kind == "hub":
             return None  # unknown until downloaded; the model's own limits apply later
-        import transformers
 
         return context_length_of(transformers.AutoConfig.from_pretrained(source.path))
     except (OSError, ValueError):
@@ -157,7 +160,6 @@ def unknown_model_error(name: str, err: Exception) -> LmtuneError:
 
 def load_tokenizer(name: str | None, model_name: str):
     """The tokenizer named (a folder, hub id, or gpt2-bpe), else the model's own."""
-    from transformers import AutoTokenizer, GPT2TokenizerFast
 
     name = name or model_name
     if name == GPT2_BPE or (name in PRESETS and PRESETS[name]["arch"] == "gpt2"):
@@ -185,45 +187,36 @@ def _apply_dropout(config, dropout: float | None) -> None:
             setattr(config, key, dropout)
 
 
-def _preset_config(name: str, tokenizer, objective: str):
-    from transformers import BertConfig, GPT2Config
-
+def _preset_config(name: str, tokenizer, objective: Objective | None):
     spec = dict(PRESETS[name])
     arch = spec.pop("arch")
     if arch == "gpt2":
-        if objective not in ("clm", "sft"):
-            raise LmtuneError(f"preset {name} is a GPT (causal LM); use a bert-* preset for {objective}")
+        if objective is not None and not objective.decoder:
+            raise LmtuneError(f"preset {name} is a GPT (causal LM); use a bert-* preset for {objective.name}")
         return GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                           eos_token_id=tokenizer.eos_token_id, **spec)
-    if objective in ("clm", "sft"):
-        raise LmtuneError(f"preset {name} is an encoder; use a gpt-* preset for {objective}")
+    if objective is not None and objective.decoder:
+        raise LmtuneError(f"preset {name} is an encoder; use a gpt-* preset for {objective.name}")
     return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **spec)
-
-
-AUTO_CLASSES = {"clm": "AutoModelForCausalLM", "sft": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM",
-                "classify": "AutoModelForSequenceClassification"}
 
 
 def load_native_gpt(name: str, tokenizer, dropout: float | None = None, seed: int = 0):
     """lmtune's own GPT (models/gpt.py): fresh from a gpt preset, or the weights of an HF GPT-2 folder."""
-    from lmtune.models.gpt import GPT, GPTConfig
 
     source = resolve(name)
     if source.kind == "preset":
-        config = GPTConfig.from_hf(_preset_config(name, tokenizer, "clm"))
+        config = GPTConfig.from_hf(_preset_config(name, tokenizer, None))
         config.eos_token_id = tokenizer.eos_token_id
         if dropout is not None:
             config.dropout = dropout
         torch.manual_seed(seed)
         return GPT(config)
     if source.kind == "hub":
-        from huggingface_hub import snapshot_download
 
         try:
             source = ModelSource("folder", snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
         except Exception as err:  # network or unknown repo: the same message as for other loaders
             raise unknown_model_error(name, err) from None
-    import transformers
 
     if transformers.AutoConfig.from_pretrained(source.path).model_type != "gpt2":
         raise LmtuneError(f"model.impl native is a GPT-2; {name} is not a GPT-2 checkpoint")
@@ -238,18 +231,36 @@ def load_native_gpt(name: str, tokenizer, dropout: float | None = None, seed: in
     return model
 
 
-def load_model(objective: str, name: str, tokenizer, dropout: float | None = None,
+def load_pretrained(source: ModelSource, objective: Objective, name: str, head_init: str = "identity",
+                    dropout: float | None = None, **config_overrides):
+    """The one way a saved model (folder or hub id) is loaded, for training and for inference alike:
+    its config (with overrides such as label names), the objective's HF class, then the objective's
+    fix-ups (an MLM head for an encoder saved without one)."""
+    if source.kind == "folder":
+        check_weight_files(source.path)
+    auto = getattr(transformers, objective.auto_class)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source.path, **config_overrides)
+        _apply_dropout(config, dropout)
+        model, info = auto.from_pretrained(source.path, config=config, output_loading_info=True)
+    except (OSError, ValueError) as err:
+        if source.kind == "hub":
+            raise unknown_model_error(name, err) from None
+        raise LmtuneError(f"cannot load '{name}' for {objective.name}: {str(err).splitlines()[0]}") from None
+    objective.init_model(model, info.get("missing_keys", []), head_init)
+    return model
+
+
+def load_model(objective: Objective | str, name: str, tokenizer, dropout: float | None = None,
                labels: list[str] | None = None, mlm_head_init: str = "identity", seed: int = 0,
                impl: str = "hf"):
-    """Pretrained weights from a folder/hub, or a fresh model from a preset, for the objective."""
-    import transformers
-
+    """Pretrained weights from a folder/hub, or a fresh model from a preset, for training `objective`."""
+    objective = get_objective(objective) if isinstance(objective, str) else objective
     if impl == "native":
-        if objective not in ("clm", "sft"):
-            raise LmtuneError(f"model.impl native is a causal GPT; it cannot train {objective}")
+        if not objective.decoder:
+            raise LmtuneError(f"model.impl native is a causal GPT; it cannot train {objective.name}")
         return load_native_gpt(name, tokenizer, dropout, seed)
 
-    auto = getattr(transformers, AUTO_CLASSES[objective])
     label_kwargs: dict[str, Any] = {}
     if labels is not None:
         label_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
@@ -261,21 +272,8 @@ def load_model(objective: str, name: str, tokenizer, dropout: float | None = Non
             setattr(config, key, value)
         _apply_dropout(config, dropout)
         torch.manual_seed(seed)
-        return auto.from_config(config)
-    if source.kind == "folder":
-        check_weight_files(source.path)
-    try:
-        config = transformers.AutoConfig.from_pretrained(source.path, **label_kwargs)
-        _apply_dropout(config, dropout)
-        model, info = auto.from_pretrained(source.path, config=config, output_loading_info=True)
-    except (OSError, ValueError) as err:
-        if source.kind == "hub":
-            raise unknown_model_error(name, err) from None
-        raise LmtuneError(f"cannot load {objective} model from {source.path}: {str(err).splitlines()[0]}") from None
+        return getattr(transformers, objective.auto_class).from_config(config)
+    model = load_pretrained(source, objective, name, mlm_head_init, dropout, **label_kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    if objective == "mlm":
-        from lmtune.tasks.mlm import init_missing_mlm_head
-
-        init_missing_mlm_head(model, info.get("missing_keys", []), mlm_head_init)
     return model

@@ -20,7 +20,6 @@ from starlette.concurrency import run_in_threadpool
 from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel, load
 
-CAPABILITIES = {"causal": ["generate", "completions", "chat"], "masked": ["fill-mask"], "classifier": ["classify"]}
 
 
 @dataclass
@@ -38,7 +37,7 @@ class Served:
 
     @property
     def capabilities(self) -> list[str]:
-        return CAPABILITIES[self.loaded.kind]
+        return list(self.loaded.capabilities)
 
 
 class ApiError(Exception):
@@ -187,7 +186,7 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def list_models():
         return {"object": "list", "data": [
-            {"id": m.name, "object": "model", "owned_by": "lmtune", "created": 0, "kind": m.loaded.kind,
+            {"id": m.name, "object": "model", "owned_by": "lmtune", "created": 0, "objective": m.loaded.objective.name,
              "capabilities": m.capabilities, "labels": m.loaded.labels or None} for m in served.values()]}
 
     @app.post("/v1/fill-mask", dependencies=[Depends(check_key)])

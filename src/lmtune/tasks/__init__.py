@@ -1,16 +1,34 @@
-"""One module per training objective. Each provides what the generic loop needs:
-
-- `make_collator(tokenizer, config, train)`: list of examples -> batch of tensors
-- `evaluate(model, dataset, tokenizer, config, autocast)`: validation metrics (keys start with `val_`)
-- `loss(model, batch, state)`: the training loss (defaults to the model's own loss on `labels`)
-- `prepare_splits(config, tokenizer)` (optional): tokenized columns for each split; default is packing
-"""
+"""One module per training objective, each an `Objective` (tasks/base.py): what differs between
+objectives (data splits, collator, loss, metrics, the HF class, LoRA task type, how a saved model is
+recognised, what inference offers) lives there. Register a new one here."""
 from __future__ import annotations
 
-import importlib
+from lmtune.errors import LmtuneError
+from lmtune.tasks import classify, clm, mlm, sft
+from lmtune.tasks.base import Objective
 
-OBJECTIVES = {"clm": "clm", "mlm": "mlm", "classify": "classify", "sft": "sft"}
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (clm.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE,
+                                                         sft.OBJECTIVE)}
+# Inference: a saved model is the first of these that recognises its config (the causal LM is the fallback).
+INFERENCE_ORDER = (classify.OBJECTIVE, mlm.OBJECTIVE, clm.OBJECTIVE)
 
 
-def get_task(objective: str):
-    return importlib.import_module(f"lmtune.tasks.{OBJECTIVES[objective]}")
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise LmtuneError(f"unknown objective '{name}' (choose from {', '.join(OBJECTIVES)})") from None
+
+
+def objective_of(hf_config) -> Objective:
+    """The objective a saved model serves, from its config.json."""
+    return next(o for o in INFERENCE_ORDER if o.recognizes(hf_config))
+
+
+def serving_objective(name: str) -> Objective:
+    """The objective whose inference a model trained for `name` uses (SFT models generate like CLM)."""
+    objective = get_objective(name)
+    return get_objective(objective.used_as) if objective.used_as else objective
+
+
+__all__ = ["OBJECTIVES", "Objective", "get_objective", "objective_of", "serving_objective"]

@@ -8,7 +8,9 @@ from collections import Counter
 import torch
 
 from lmtune.config import RunConfig
+from lmtune.data.prepare import read_clean
 from lmtune.errors import LmtuneError
+from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch
 
 MEGA_BATCH = 50  # batches sorted by length together: little padding, order still random
@@ -23,7 +25,6 @@ def _label_order(values: list[str]) -> list[str]:
 
 
 def read_labelled(paths, config: RunConfig, tokenizer):
-    from lmtune.data.prepare import read_clean
 
     docs, report = read_clean(paths, config, tokenizer)
     column = config.data.label_column
@@ -107,7 +108,7 @@ def batch_order(dataset, batch_size: int, generator: torch.Generator) -> list[li
     return [batches[i] for i in shuffle]
 
 
-def make_collator(tokenizer, config=None, train: bool = True):
+def make_collator(tokenizer, config=None):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(examples):
@@ -126,7 +127,7 @@ def make_loss(config: RunConfig, train_set):
         n_classes = max(counts) + 1
         weights = torch.tensor([len(train_set) / (n_classes * counts.get(c, 1)) for c in range(n_classes)])
 
-    def loss(model, batch, state=None):
+    def loss(model, batch):
         labels = batch["labels"]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         w = weights.to(logits.device) if weights is not None else None
@@ -191,3 +192,35 @@ def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 32, 
     loss = total_loss / max(count, 1)
     return {"val_loss": loss, **scores_from_confusion(confusion, labels), "val_confusion_matrix": confusion,
             "val_labels": labels, "val_samples": count}
+
+
+class Classification(Objective):
+    name = "classify"
+    summary = "sequence classification: labelled rows, stratified split, accuracy / macro-F1"
+    auto_class = "AutoModelForSequenceClassification"
+    lora_task_type = "SEQ_CLS"
+    capabilities = ("classify",)
+
+    def prepare_splits(self, config, tokenizer):
+        return prepare_splits(config, tokenizer)
+
+    def batch_order(self, dataset, batch_size, generator):
+        return batch_order(dataset, batch_size, generator)
+
+    def make_collator(self, tokenizer, config):
+        return make_collator(tokenizer, config)
+
+    def make_loss(self, config, train_set):
+        return make_loss(config, train_set)
+
+    def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
+        return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)
+
+    def baselines(self, train_set, val_set, labels):
+        return baselines(train_set, val_set, labels)
+
+    def recognizes(self, hf_config) -> bool:
+        return "SequenceClassification" in " ".join(getattr(hf_config, "architectures", None) or [])
+
+
+OBJECTIVE = Classification()

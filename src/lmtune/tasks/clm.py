@@ -5,12 +5,11 @@ import math
 
 import torch
 
-from lmtune.tasks.common import default_loss as loss  # noqa: F401  (the model's own shifted CE)
+from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch
 
 
-
-def make_collator(tokenizer, config=None, train: bool = True):
+def make_collator(tokenizer, config=None):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(examples):
@@ -32,3 +31,24 @@ def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, m
         count += n
     loss_value = total / max(count, 1)
     return {"val_loss": loss_value, "val_perplexity": math.exp(min(loss_value, 50))}
+
+
+class CausalLM(Objective):
+    name = "clm"
+    summary = "causal language modelling: next-token loss on packed blocks"
+    auto_class = "AutoModelForCausalLM"
+    lora_task_type = "CAUSAL_LM"
+    decoder = True
+    capabilities = ("generate", "completions", "chat")
+
+    def make_collator(self, tokenizer, config):
+        return make_collator(tokenizer, config)
+
+    def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
+        return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)
+
+    def recognizes(self, hf_config) -> bool:
+        return True  # the fallback: whatever is neither a classifier nor a masked LM generates
+
+
+OBJECTIVE = CausalLM()

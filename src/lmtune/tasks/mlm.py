@@ -7,7 +7,8 @@ import math
 
 import torch
 
-from lmtune.tasks.common import default_loss as loss  # noqa: F401
+from lmtune.data.pack import Framing
+from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch
 
 log = logging.getLogger("lmtune")
@@ -68,7 +69,7 @@ class MaskingCollator:
         return batch
 
 
-def make_collator(tokenizer, config=None, train: bool = True):
+def make_collator(tokenizer, config=None):
     tc = config.train if config is not None else None
     return MaskingCollator(tokenizer, tc.mlm_probability if tc else 0.15, tc.whole_word_mask if tc else False)
 
@@ -118,3 +119,39 @@ def init_missing_mlm_head(model, missing_keys: list[str], mode: str = "identity"
         model.tie_weights()
     log.warning("%s has no masked-LM head; initialised one (%s transform, decoder tied to embeddings). "
                 "Its predictions mean little until it is MLM-trained.", type(model).__name__, mode)
+
+
+ENCODER_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "albert", "camembert",
+                 "mpnet", "modernbert"}
+
+
+class MaskedLM(Objective):
+    name = "mlm"
+    summary = "masked language modelling: BERT-style masking, fresh masks every epoch"
+    auto_class = "AutoModelForMaskedLM"
+    lora_task_type = None  # peft has no MLM task type; the head trains in full (modules_to_save)
+    capabilities = ("fill-mask",)
+
+    def framing(self, tokenizer):
+
+        return Framing.encoder(tokenizer)
+
+    def make_collator(self, tokenizer, config):
+        return make_collator(tokenizer, config)
+
+    def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
+        return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)
+
+    def init_model(self, model, missing_keys: list[str], head_init: str = "identity") -> None:
+        init_missing_mlm_head(model, missing_keys, head_init)
+
+    def lora_modules_to_save(self, model) -> list[str] | None:
+        # peft has no masked-LM task type: the (possibly new) MLM head trains in full beside the adapters.
+        return ["cls"] if hasattr(model, "cls") else ["lm_head"]
+
+    def recognizes(self, hf_config) -> bool:
+        archs = " ".join(getattr(hf_config, "architectures", None) or [])
+        return "MaskedLM" in archs or (hf_config.model_type in ENCODER_TYPES and "LM" not in archs)
+
+
+OBJECTIVE = MaskedLM()

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from lmtune.config import RunConfig, SftConfig, TaskConfig
+from lmtune.data.ingest import read_documents
 from lmtune.errors import LmtuneError
-from lmtune.tasks.common import default_loss as loss  # noqa: F401  (the model's own shifted CE)
+from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches
 
 METADATA_FILE = "lmtune_tasks.json"  # in final/: tasks and template, for `lmtune generate --task`
@@ -41,7 +42,6 @@ def encode(tokenizer, sft: SftConfig, prefix: str, prompt: str, completion: str,
 
 
 def _rows(paths, config: RunConfig) -> list[dict]:
-    from lmtune.data.ingest import read_documents
 
     docs = read_documents(paths, None)
     rows = [d.fields for d in docs]
@@ -127,7 +127,7 @@ def batch_order(dataset, batch_size: int, generator: torch.Generator) -> list[li
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def make_collator(tokenizer, config=None, train: bool = True):
+def make_collator(tokenizer, config=None):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def collate(examples):
@@ -226,3 +226,31 @@ def task_prompt(model_dir: str | Path, tokenizer, task: str, prompt: str) -> str
     if chosen is None:
         raise LmtuneError(f"unknown task '{task}' (this model knows: {', '.join(t['name'] for t in meta['tasks'])})")
     return format_prompt(tokenizer, SftConfig(template=meta["template"], chat=meta["chat"]), chosen["prefix"], prompt)
+
+
+class MultiTaskSFT(Objective):
+    name = "sft"
+    summary = "multi-task prompt/completion fine-tuning: loss on completions only, per-task metrics"
+    auto_class = "AutoModelForCausalLM"
+    lora_task_type = "CAUSAL_LM"
+    decoder = True
+    used_as = "clm"  # a tuned SFT model generates like any causal LM
+    metadata_file = METADATA_FILE
+
+    def prepare_splits(self, config, tokenizer):
+        return prepare_splits(config, tokenizer)
+
+    def batch_order(self, dataset, batch_size, generator):
+        return batch_order(dataset, batch_size, generator)
+
+    def make_collator(self, tokenizer, config):
+        return make_collator(tokenizer, config)
+
+    def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
+        return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)
+
+    def save_metadata(self, final_dir, prepared) -> None:
+        (Path(final_dir) / METADATA_FILE).write_text(json.dumps(metadata(prepared), indent=2))
+
+
+OBJECTIVE = MultiTaskSFT()

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from lmtune.errors import LmtuneError
+from lmtune.models.load import check_weight_files
 from lmtune.outputs import TRAINER_STATE, checkpoint_dirs, replace_dir
 
 log = logging.getLogger("lmtune")
@@ -56,7 +57,6 @@ def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str,
 def load_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
-    from lmtune.models.load import check_weight_files
 
     check_weight_files(folder)
     if hasattr(model, "load_pretrained_weights"):  # lmtune's own GPT: HF GPT-2 layout on disk

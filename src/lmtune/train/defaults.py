@@ -27,7 +27,7 @@ from typing import Any
 from lmtune.config import RunConfig
 from lmtune.data.ingest import COMPRESSED, TABLE_SUFFIXES, read_documents
 from lmtune.errors import LmtuneError
-from lmtune.models.load import context_length
+from lmtune.models.load import PRESETS, context_length, resolve
 from lmtune.paths import resolve_data_path
 
 LORA_ABOVE = 500_000_000  # parameters
@@ -69,7 +69,6 @@ def guess_objective(paths: list[str]) -> str:
 
 def model_parameters(name: str) -> int | None:
     """Parameter count from the model's config alone (weights are not loaded)."""
-    from lmtune.models.load import PRESETS, resolve
 
     if name in PRESETS:
         return None

@@ -6,37 +6,35 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.config import RunConfig
-from lmtune.data.prepare import is_prepared, load_prepared, prepare
+from lmtune.data.prepare import is_prepared, load_prepared
 from lmtune.infer import as_loaded
 from lmtune.models.load import context_length_of
-from lmtune.tasks import get_task
-from lmtune.train.loop import autocast_for
-
-OBJECTIVE_OF_KIND = {"causal": "clm", "masked": "mlm", "classifier": "classify"}
+from lmtune.train.data import prepare_data
+from lmtune.train.precision import autocast_for
 
 
 def evaluate_model(model: str, data: str, block_size: int = 512, text_column: str = "text",
                    label_column: str = "label", max_batches: int | None = None, batch_size: int = 8,
                    config: RunConfig | None = None, precision: str = "auto") -> dict[str, Any]:
     loaded = as_loaded(model)
-    objective = OBJECTIVE_OF_KIND[loaded.kind]
+    objective = loaded.objective
     limit = context_length_of(loaded.model.config)
     block_size = min(block_size, limit) if limit else block_size
     if is_prepared(Path(data)):
         split = load_prepared(Path(data)).dataset
         dataset = split.get("validation") or split["train"]
-        run_config = config or RunConfig(objective=objective)
+        run_config = config or RunConfig(objective=objective.name)
     else:
         run_config = config or RunConfig.model_validate({
-            "objective": objective,
+            "objective": objective.name,
             "data": {"train": data, "block_size": block_size, "val_fraction": 0.0, "text_column": text_column,
                      "label_column": label_column}})
-        if objective == "classify":
+        if "classify" in loaded.capabilities:
             run_config.data.keep_labels = loaded.labels  # rows with other labels cannot be scored
         with tempfile.TemporaryDirectory(prefix="lmtune-eval-") as tmp:
-            train_split = prepare(run_config, Path(tmp) / "data", tokenizer=loaded.tokenizer, quiet=True).dataset["train"]
+            prepared = prepare_data(run_config, Path(tmp) / "data", tokenizer=loaded.tokenizer, quiet=True)
+            train_split = prepared.dataset["train"]
             dataset = type(train_split).from_dict(train_split.to_dict())  # in memory: the folder goes away
     autocast, _ = autocast_for(precision, next(loaded.model.parameters()).device)
-    task = get_task(objective)
-    return task.evaluate(loaded.model, dataset, loaded.tokenizer, run_config, autocast, batch_size=batch_size,
-                         max_batches=max_batches)
+    return objective.evaluate(loaded.model, dataset, loaded.tokenizer, run_config, autocast, batch_size=batch_size,
+                              max_batches=max_batches)

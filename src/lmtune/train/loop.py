@@ -22,11 +22,16 @@ from typing import Any
 import torch
 
 from lmtune.config import RunConfig, data_inputs, save_config
-from lmtune.data.prepare import Prepared, prepare
+from lmtune.data.prepare import Prepared
 from lmtune.errors import Interrupted, LmtuneError
 from lmtune.models.load import check_block_size
 from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
-from lmtune.tasks import get_task
+from lmtune.models.load import load_model
+from lmtune.models.lora import apply_lora
+from lmtune.tasks import get_objective
+from lmtune.train.data import prepare_data
+from lmtune.train.plots import plot_run
+from lmtune.train.precision import autocast_for, pick_device
 from lmtune.train import checkpoint
 
 log = logging.getLogger("lmtune")
@@ -47,46 +52,18 @@ class TrainState:
     stopped_early: bool = False
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
-def autocast_for(precision: str, device: torch.device):
-    """A no-argument factory of autocast contexts. Weights stay fp32; matmuls run in bf16 where fast."""
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if cpu_has_bf16() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext, "fp32"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return (lambda: torch.autocast(device.type, dtype=dtype)), precision
-
-
 def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
 
 def build_model(config: RunConfig, prepared: Prepared):
-    from lmtune.models.load import load_model
-
     labels = prepared.stats.get("labels")
     name = config.model.init_from or config.model.name
     model = load_model(config.objective, name, prepared.tokenizer, dropout=config.model.dropout, labels=labels,
                        mlm_head_init=config.model.mlm_head_init, seed=config.train.seed, impl=config.model.impl)
     if config.model.lora is not None:
-        from lmtune.models.lora import apply_lora
-
-        model = apply_lora(model, config.model.lora, config.objective)
+        model = apply_lora(model, config.model.lora, get_objective(config.objective))
     if config.model.freeze_encoder:
         # Train only what sits on top of the encoder (BERT's pooler and the classifier): a linear probe.
         for name_, param in model.base_model.named_parameters():
@@ -113,14 +90,9 @@ def make_scheduler(optimizer, config: RunConfig, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=config.train.warmup_steps, num_training_steps=total_steps)
 
 
-def epoch_batches(task, dataset, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(objective, dataset, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Index lists of one epoch's micro-batches; a fixed function of (seed, epoch) so resume is exact."""
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order_fn = getattr(task, "batch_order", None)
-    if order_fn is not None:
-        return order_fn(dataset, batch_size, generator)
-    order = torch.randperm(len(dataset), generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return objective.batch_order(dataset, batch_size, torch.Generator().manual_seed(seed * 1000 + epoch))
 
 
 def rows(dataset, indices: list[int]) -> list[dict[str, Any]]:
@@ -229,8 +201,8 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     device = pick_device()
     autocast, precision = autocast_for(tc.precision, device)
 
-    task = get_task(config.objective)
-    prepared = prepare(config, out / "data")
+    objective = get_objective(config.objective)
+    prepared = prepare_data(config, out / "data")
     tokenizer, train_set, val_set = prepared.tokenizer, prepared.dataset["train"], prepared.dataset.get("validation", [])
     model = build_model(config, prepared).to(device)
     optimizer = make_optimizer(model, config, device)
@@ -238,9 +210,9 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     steps_per_epoch = max(1, batches_per_epoch // tc.grad_accum)
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
     scheduler = make_scheduler(optimizer, config, total_steps)
-    collate = task.make_collator(tokenizer, config, train=True)
-    loss_fn = task.make_loss(config, train_set) if hasattr(task, "make_loss") else task.loss
-    mode = "min" if any(word in tc.early_stopping_metric for word in ("loss", "perplexity")) else "max"
+    collate = objective.make_collator(tokenizer, config)
+    loss_fn = objective.make_loss(config, train_set)
+    mode = objective.metric_mode(tc.early_stopping_metric)
     eval_every = _eval_interval(tc.eval_every, total_steps)
     patience = (4 if len(val_set) else None) if tc.early_stopping_patience == "auto" else tc.early_stopping_patience
 
@@ -265,7 +237,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     def run_eval() -> dict[str, float]:
         if len(val_set) == 0:
             return {}
-        metrics = task.evaluate(model, val_set, tokenizer, config, autocast, batch_size=tc.batch_size,
+        metrics = objective.evaluate(model, val_set, tokenizer, config, autocast, batch_size=tc.batch_size,
                                 max_batches=tc.eval_max_batches)
         model.train()
         return metrics
@@ -277,9 +249,8 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
                     "0): held-out metrics cannot be tracked, and final/ is the last model", config.data.val_fraction)
     for warning in plan_warnings(config, model, prepared.stats.get("train tokens") or 0, len(train_set), total_steps):
         log.warning("warning: %s", warning)
-    baselines = {}
-    if hasattr(task, "baselines"):  # e.g. classification: majority class, TF-IDF + logistic regression
-        baselines = task.baselines(train_set, val_set, prepared.stats.get("labels") or [])
+    # e.g. classification: the majority class and TF-IDF + logistic regression on the same split
+    baselines = objective.baselines(train_set, val_set, prepared.stats.get("labels") or [])
     if state.step == 0:
         for name, metrics in baselines.items():
             metrics_log.write({"step": 0, "event": "baseline", "model": name, **metrics})
@@ -299,7 +270,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     window_micro = 0
     with StopSignals() as stop:
         while state.step < total_steps and not state.stopped_early:
-            batches = epoch_batches(task, train_set, tc.batch_size, tc.seed, state.epoch)
+            batches = epoch_batches(objective, train_set, tc.batch_size, tc.seed, state.epoch)
             usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
             while state.batches_done_in_epoch < usable and state.step < total_steps and not state.stopped_early:
                 micro = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + tc.grad_accum]
@@ -307,7 +278,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
                 for indices in micro:
                     batch = {k: v.to(device) for k, v in collate(rows(train_set, indices)).items()}
                     with autocast():
-                        loss = loss_fn(model, batch, state)
+                        loss = loss_fn(model, batch)
                     (loss / len(micro)).backward()
                     step_loss += float(loss.detach())
                     window_micro += 1
@@ -370,10 +341,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
             _evaluate_and_track(state, last_metrics, tc.early_stopping_metric, mode, None, None, lambda: None)
         save_checkpoint()
         final_dir = _save_final_model(out, model, tokenizer, state, tc.keep)
-        if hasattr(task, "metadata"):  # e.g. SFT task prefixes and template, for `lmtune generate --task`
-            (final_dir / task.METADATA_FILE).write_text(json.dumps(task.metadata(prepared), indent=2))
-    from lmtune.train.plots import plot_run
-
+        objective.save_metadata(final_dir, prepared)  # e.g. SFT task prefixes, for `lmtune generate --task`
     plots = plot_run(out)
     kept_best = tc.keep == "best" and state.best_step is not None
     summary = {"run": str(out), "final_model": str(final_dir), "steps": state.step, "precision": precision,

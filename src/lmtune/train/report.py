@@ -1,7 +1,14 @@
 """The end-of-run report: base vs tuned metrics on held-out text, and the same prompts through both."""
 from __future__ import annotations
 
+from rich.console import Console
+from rich.table import Table
+
 from lmtune.config import RunConfig
+from lmtune.infer.fill_mask import compare_table
+from lmtune.infer.generate import GenerationSettings, generate
+from lmtune.models.load import PRESETS
+from lmtune.tasks import serving_objective
 
 
 def _fmt(value) -> str:
@@ -9,9 +16,6 @@ def _fmt(value) -> str:
 
 
 def print_report(config: RunConfig, summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     base, final = summary.get("base", {}), summary.get("final", {})
     best, last, best_step = summary.get("best") or {}, summary.get("last") or {}, summary.get("best_step")
@@ -57,21 +61,16 @@ def print_report(config: RunConfig, summary: dict) -> None:
     report = config.report
     if not report.compare_base:
         return
-    if report.prompts and config.objective in ("clm", "sft"):
+    capabilities = serving_objective(config.objective).capabilities
+    if report.prompts and "generate" in capabilities:
         _compare_generations(console, config, summary)
-    if report.fill_mask and config.objective == "mlm":
+    if report.fill_mask and "fill-mask" in capabilities:
         _compare_fill_mask(console, config, summary)
 
 
 def _compare_generations(console, config: RunConfig, summary: dict) -> None:
-    from rich.table import Table
-
-    from lmtune.infer.generate import GenerationSettings, generate
-
     settings = GenerationSettings(max_new_tokens=config.report.max_new_tokens, temperature=0.7, top_p=0.9,
                                   top_k=50, repetition_penalty=1.15, seed=0)
-    from lmtune.models.load import PRESETS
-
     base_name = config.model.init_from or config.model.name
     table = Table(title="the same prompt, base vs tuned", show_lines=True)
     table.add_column("prompt", max_width=24)
@@ -85,7 +84,5 @@ def _compare_generations(console, config: RunConfig, summary: dict) -> None:
 
 
 def _compare_fill_mask(console, config: RunConfig, summary: dict) -> None:
-    from lmtune.infer.fill_mask import compare_table
-
     console.print(compare_table(config.report.fill_mask, config.model.init_from or config.model.name,
                                 summary["final_model"], top_k=5))

@@ -1,0 +1,84 @@
+"""The interface every training objective implements (in the spirit of torchtune's recipe and loss
+interfaces): everything that differs between objectives lives behind it, so the loop, the loaders, the
+report and the server ask the objective instead of switching on its name.
+
+Adding an objective = one module in `tasks/` with an `Objective` subclass + one line in the registry
+(`tasks/__init__.py`)."""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from lmtune.config import RunConfig
+from lmtune.data.pack import Framing
+from lmtune.data.prepare import prepare_packed
+from lmtune.tasks.common import default_loss
+
+Batch = dict[str, torch.Tensor]
+
+
+class Objective:
+    """Defaults fit packed language modelling; subclasses override what differs."""
+
+    name: ClassVar[str]  # the one vocabulary: the recipe's `objective`, run folders, reports
+    summary: ClassVar[str] = ""
+    auto_class: ClassVar[str]  # transformers class that loads a saved model of this objective
+    lora_task_type: ClassVar[str | None] = None  # peft TaskType
+    decoder: ClassVar[bool] = False  # a causal decoder (GPT presets) rather than an encoder (BERT presets)
+    used_as: ClassVar[str | None] = None  # the objective a saved model serves as (SFT models generate like CLM)
+    capabilities: ClassVar[tuple[str, ...]] = ()  # what inference and the server offer for its models
+    metadata_file: ClassVar[str | None] = None  # written into final/ by `save_metadata`
+
+    # ---- data ------------------------------------------------------------------------------------
+    def prepare_splits(self, config: RunConfig, tokenizer) -> tuple[dict[str, dict[str, list]], Any, dict]:
+        """Tokenized columns per split, the tokenizer (maybe trained here) and stats. Default: packing."""
+
+        return prepare_packed(config, tokenizer, self.framing)
+
+    def framing(self, tokenizer):
+        """Token ids around packed blocks: EOS between documents (encoders override)."""
+
+        return Framing.eos(tokenizer)
+
+    def batch_order(self, dataset, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+        """One epoch's micro-batches as index lists; a fixed function of the generator (exact resume)."""
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    # ---- training --------------------------------------------------------------------------------
+    def make_collator(self, tokenizer, config: RunConfig) -> Callable[[list[dict]], Batch]:
+        raise NotImplementedError
+
+    def make_loss(self, config: RunConfig, train_set) -> Callable[[Any, Batch], torch.Tensor]:
+        """The training loss of a batch. Default: the model's own (shifted cross-entropy on `labels`)."""
+        return default_loss
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, model, dataset, tokenizer, config: RunConfig, autocast, batch_size: int = 8,
+                 max_batches: int | None = None) -> dict[str, Any]:
+        """Validation metrics; keys start with `val_`."""
+        raise NotImplementedError
+
+    def metric_mode(self, metric: str) -> str:
+        """Whether lower ("min") or higher ("max") is better for `metric`."""
+        return "min" if any(word in metric for word in ("loss", "perplexity")) else "max"
+
+    def baselines(self, train_set, val_set, labels: list[str]) -> dict[str, dict[str, float]]:
+        """Simple models scored on the same validation split, shown next to the tuned one."""
+        return {}
+
+    # ---- the trained model -----------------------------------------------------------------------
+    def init_model(self, model, missing_keys: list[str], head_init: str = "identity") -> None:
+        """Fix up a freshly loaded pretrained model (e.g. an encoder saved without its MLM head)."""
+
+    def lora_modules_to_save(self, model) -> list[str] | None:
+        """Modules that train in full beside LoRA adapters (a new head, say)."""
+        return None
+
+    def recognizes(self, hf_config) -> bool:
+        """Whether a saved model (its config.json) is one of this objective's, for inference."""
+        return False
+
+    def save_metadata(self, final_dir, prepared) -> None:
+        """Anything inference needs beyond the HF folder (e.g. SFT task prefixes)."""
