@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmtune.errors import LmtuneError
+from lmtune.libraries import quiet_libraries
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -357,7 +358,7 @@ def bench(
     only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask data")] = None,
 ):
     """Measure lmtune against the seed recipes side by side (ratios) and print a Markdown table."""
-    from lmtune.bench import SECTIONS, run
+    from lmtune.bench.suite import SECTIONS, run
 
     unknown = [name for name in only or [] if name not in SECTIONS]
     if unknown:
@@ -367,19 +368,6 @@ def bench(
 
         check_output_dir(out, kind="bench")
     run(quick=quick, out_dir=out, sections=only)
-
-
-def quiet_libraries() -> None:
-    """Our own progress bars and logs say what happens; the libraries' would repeat it."""
-    for noisy in ("httpx", "huggingface_hub", "gguf"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def main() -> None:

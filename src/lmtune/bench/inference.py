@@ -1,0 +1,87 @@
+"""Inference and data benches: generation against `model.generate`, fill-mask against the transformers
+pipeline, and data preparation MB/s."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from transformers import pipeline
+
+from lmtune.bench.contenders import HAMLET
+from lmtune.config import CleanConfig
+from lmtune.data.clean import clean_documents
+from lmtune.data.ingest import Document, read_documents
+from lmtune.data.pack import Framing, pack, tokenize
+from lmtune.infer import load
+from lmtune.infer.fill_mask import fill_mask
+from lmtune.infer.generate import GenerationSettings, generate
+from lmtune.models.load import load_tokenizer
+
+
+def bench_generation(model: str, new_tokens: int) -> dict[str, Any]:
+    loaded = load(model)
+    out: dict[str, Any] = {}
+    for batch in (1, 8):  # sampling (top-k 50), so that 8 sequences from one prompt differ
+        settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
+                                      num_return_sequences=batch, stop_at_eos=False, seed=0)
+        enc = loaded.tokenizer("HAMLET. To be, or not to be", return_tensors="pt")
+        generate(loaded, "warm up", max_new_tokens=4, temperature=0)
+        start = time.perf_counter()
+        generate(loaded, "HAMLET. To be, or not to be", settings)
+        ours = batch * new_tokens / (time.perf_counter() - start)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            loaded.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
+                                  top_k=50, top_p=1.0, temperature=1.0, num_return_sequences=batch,
+                                  pad_token_id=loaded.tokenizer.pad_token_id)
+            theirs = batch * new_tokens / (time.perf_counter() - start)
+        out[f"batch {batch}"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs, "ratio": ours / theirs}
+    return out
+
+
+def bench_fill_mask(model: str, calls: int) -> dict[str, Any]:
+
+    loaded = load(model)
+    pipe = pipeline("fill-mask", model=loaded.model, tokenizer=loaded.tokenizer, device="cpu")
+    sentence = "To be, or not to be, that is the [MASK]."
+    batch = [f"The {w} of Denmark is a [MASK] man." for w in ["king", "prince", "queen", "ghost"] * 16]
+
+    def latency(fn) -> tuple[float, float]:
+        fn()
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        times.sort()
+        return statistics.median(times) * 1000, times[int(0.95 * (len(times) - 1))] * 1000
+
+    ours_p50, ours_p95 = latency(lambda: fill_mask(loaded, sentence, top_k=5))
+    pipe_p50, pipe_p95 = latency(lambda: pipe(sentence, top_k=5))
+    start = time.perf_counter()
+    fill_mask(loaded, batch, top_k=5)
+    ours_tp = len(batch) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    pipe(batch, top_k=5, batch_size=len(batch))
+    pipe_tp = len(batch) / (time.perf_counter() - start)
+    return {"lmtune_p50_ms": ours_p50, "lmtune_p95_ms": ours_p95, "pipeline_p50_ms": pipe_p50,
+            "pipeline_p95_ms": pipe_p95, "p50_ratio": ours_p50 / pipe_p50,
+            "lmtune_sentences_per_s": ours_tp, "pipeline_sentences_per_s": pipe_tp}
+
+
+def bench_data_prep(copies: int) -> dict[str, Any]:
+    text = read_documents(HAMLET)[0].text
+    docs = [Document(f"{i}\n{text}", "hamlet") for i in range(copies)]
+    megabytes = sum(len(d.text.encode()) for d in docs) / 1e6
+    tok = load_tokenizer("gpt2-bpe", "gpt-tiny")
+    start = time.perf_counter()
+    cleaned, _ = clean_documents(docs, CleanConfig())
+    ids = tokenize(tok, [d.text for d in cleaned], batch_size=8)
+    blocks = pack(ids, 512, Framing.eos(tok))
+    elapsed = time.perf_counter() - start
+    return {"megabytes": megabytes, "seconds": elapsed, "mb_per_s": megabytes / elapsed, "blocks": len(blocks)}
+
+
+# ---- the report ------------------------------------------------------------------------------------------

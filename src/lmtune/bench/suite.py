@@ -1,0 +1,69 @@
+"""The bench suite: every section, side by side, in one run (`lmtune bench`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from lmtune.bench.inference import bench_data_prep, bench_fill_mask, bench_generation
+from lmtune.bench.machine import cpu_name, peak_matmul
+from lmtune.bench.report import to_markdown, with_ratio
+from lmtune.bench.worker import run_worker
+from lmtune.outputs import check_output_dir, claim_dir
+
+QUICK = {"clm_model": "gpt-tiny", "seq": 128, "batch": 8, "seconds": 10, "encoder_seconds": 10, "gen_tokens": 16,
+         "prep_copies": 10, "fill_calls": 10}
+FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encoder_seconds": 90, "gen_tokens": 64,
+        "prep_copies": 60, "fill_calls": 40}
+
+
+SECTIONS = ("peak", "clm", "mlm", "classify", "generate", "fill-mask", "data")
+
+
+def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | None = None) -> dict[str, Any]:
+    console = Console(stderr=True)
+    p = QUICK if quick else FULL
+    sections = sections or list(SECTIONS)
+    result: dict[str, Any] = {"mode": "quick" if quick else "full", "threads": torch.get_num_threads(),
+                              "torch": torch.__version__, "cpu": cpu_name()}
+    if "peak" in sections:
+        console.print("measuring peak matmul throughput ...")
+        result["peak_gflops"] = {"fp32": peak_matmul(torch.float32), "bf16": peak_matmul(torch.bfloat16)}
+    peak = result.get("peak_gflops", {"fp32": float("nan"), "bf16": float("nan")})
+    if "clm" in sections:
+        args = {"model_name": p["clm_model"], "seq": p["seq"], "batch": p["batch"], "seconds": p["seconds"]}
+        console.print(f"causal LM training: seed recipe vs lmtune, {p['seconds']} s each ({p['clm_model']}, "
+                      f"{p['batch']}x{p['seq']}) ...")
+        pair = {"seed": run_worker("seed_causal", **args), "lmtune": run_worker("lmtune_causal", **args)}
+        for side in pair.values():
+            if "flops_per_token" in side:
+                side["mfu_fp32"] = side["effective_tokens_per_s"] * side["flops_per_token"] / (peak["fp32"] * 1e9)
+                side["mfu_bf16"] = side["effective_tokens_per_s"] * side["flops_per_token"] / (peak["bf16"] * 1e9)
+        result["clm"] = with_ratio(pair, **args)
+    if "mlm" in sections:
+        console.print(f"masked LM training: seed recipe vs lmtune, {p['encoder_seconds']} s each ...")
+        result["mlm"] = with_ratio({"seed": run_worker("seed_masked", seconds=p["encoder_seconds"]),
+                                     "lmtune": run_worker("lmtune_masked", seconds=p["encoder_seconds"])})
+    if "classify" in sections:
+        console.print(f"classification training: seed recipe vs lmtune, {p['encoder_seconds']} s each ...")
+        result["classify"] = with_ratio({"seed": run_worker("seed_classify", seconds=p["encoder_seconds"]),
+                                          "lmtune": run_worker("lmtune_classify", seconds=p["encoder_seconds"])})
+    if "generate" in sections:
+        console.print("generation ...")
+        result["generate"] = bench_generation("smollm2-135m", p["gen_tokens"])
+    if "fill-mask" in sections:
+        console.print("fill-mask ...")
+        result["fill_mask"] = bench_fill_mask("minilm-l6", p["fill_calls"])
+    if "data" in sections:
+        console.print("data prep ...")
+        result["data_prep"] = bench_data_prep(p["prep_copies"])
+    markdown = to_markdown(result)
+    if out_dir is not None:
+        out_dir = claim_dir(check_output_dir(out_dir, kind="bench"), "bench")
+        (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+        (out_dir / "bench.md").write_text(markdown)
+    print(markdown)
+    return result

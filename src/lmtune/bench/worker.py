@@ -1,0 +1,33 @@
+"""One contender in a fresh process (its peak RSS is its own): `python -m lmtune.bench.worker NAME JSON`."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from typing import Any
+
+from lmtune.bench import contenders
+from lmtune.libraries import quiet_libraries
+
+WORKERS = {name: getattr(contenders, name) for name in ("seed_causal", "lmtune_causal", "seed_masked",
+                                                        "lmtune_masked", "seed_classify", "lmtune_classify")}
+
+
+def run_worker(name: str, **kwargs) -> dict[str, Any]:
+    """Run one contender in a fresh process; its peak RSS is the process's own."""
+    cmd = [sys.executable, "-m", "lmtune.bench.worker", name, json.dumps(kwargs)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # worker entry: python -m lmtune.bench.worker NAME '{"kwargs": ...}'
+    quiet_libraries()
+    name, kwargs = sys.argv[1], json.loads(sys.argv[2])
+    outcome = WORKERS[name](**kwargs)
+    outcome["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(outcome))

@@ -1,0 +1,78 @@
+"""Layers import one way only: each module uses only the layers before it (and its own), with no circle.
+
+config/errors/paths/outputs/libraries -> data -> tasks (the objectives) -> models -> infer -> train -> serve
+-> bench -> cli. Checked on every import statement, at module top or inside functions."""
+import ast
+from pathlib import Path
+
+import lmtune
+
+PACKAGE = Path(lmtune.__file__).parent
+LAYERS = ["base", "data", "tasks", "models", "infer", "train", "serve", "bench", "cli"]
+BASE = {"config", "errors", "paths", "outputs", "libraries"}
+
+
+def layer_of(module: str) -> str | None:
+    """'lmtune.data.ingest' -> 'data'; the package's own API (`lmtune/__init__.py`) sits above all."""
+    parts = module.split(".")
+    if parts[0] != "lmtune":
+        return None
+    if len(parts) == 1:
+        return "api"
+    head = parts[1]
+    return "base" if head in BASE else head
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_layers_import_one_way():
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mine = layer_of(module_name(path))
+        if mine == "api":
+            continue
+        for imported, line in imports_of(path):
+            theirs = layer_of(imported)
+            if theirs in (None, "api") or theirs == mine:
+                if theirs == "api":
+                    problems.append(f"{path.relative_to(PACKAGE)}:{line} imports the package API ({imported})")
+                continue
+            if LAYERS.index(theirs) > LAYERS.index(mine):
+                problems.append(f"{path.relative_to(PACKAGE)}:{line} ({mine}) imports {imported} ({theirs})")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_import_circle_between_modules():
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        graph[name] = {imported for imported, _ in imports_of(path) if imported.startswith("lmtune.")}
+
+    def visit(node, stack, done):
+        if node in stack:
+            raise AssertionError("import circle: " + " -> ".join([*stack[stack.index(node):], node]))
+        if node in done:
+            return
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt in graph and nxt != node and not nxt.startswith(node + "."):  # a package and its own modules
+                visit(nxt, stack, done)
+        stack.pop()
+        done.add(node)
+
+    done: set[str] = set()
+    for node in graph:
+        visit(node, [], done)
