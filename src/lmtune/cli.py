@@ -107,6 +107,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in output_dir (only lmtune's own files)")] = False,
     output_dir: Annotated[Optional[str], typer.Option(help="run folder (default: the recipe's)")] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="processes on this machine (one per GPU): runs torchrun for "
+                                               "you; train.distributed picks ddp or fsdp")] = 1,
 ):
     """Train from a recipe, or straight from data: lmtune train --data book.pdf.
 
@@ -119,6 +121,8 @@ def train(
 
     if resume and overwrite:
         raise LmtuneError("--resume continues a run and --overwrite replaces it: choose one")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc)
     recipe, extra = _recipe_and_overrides(([recipe] if recipe else []) + ctx.args)
     if recipe is None and not data:
         raise LmtuneError("give a recipe (lmtune train configs/hamlet-smollm2.yaml) or data "
@@ -137,11 +141,41 @@ def train(
         updates = {"output_dir": output_dir, "objective": objective}
         config = build_config(_merge_settings(config, updates, model, data))
     summary = run_train(config, resume=resume, overwrite=overwrite)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one report, from the main process
     try:
         print_report(config, summary)
     except Exception as err:  # the model is trained and saved: a failing report must not hide that
         log.warning("warning: the end-of-run report failed (%s: %s); the trained model is in %s",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "", summary["final_model"])
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """`lmtune train ... --nproc N` = `torchrun --standalone --nproc-per-node N -m lmtune.cli train ...`."""
+    import subprocess
+
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N: each worker is one process
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "lmtune.cli", *args]
+    _console().print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} "
+                     f"-m lmtune.cli {' '.join(args)}")
+    import signal
+
+    proc = subprocess.Popen(command)
+    # Ctrl-C reaches the workers too (same terminal): they finish the step, save and exit; wait for that.
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    while True:
+        try:
+            sys.exit(proc.wait())
+        except KeyboardInterrupt:
+            continue
 
 
 def _merge_settings(config, updates: dict, model: str | None, data: list[str] | None) -> dict:

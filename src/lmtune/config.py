@@ -102,7 +102,13 @@ class TrainConfig(_Strict):
     early_stopping_metric: str = Field("val_loss", description="also picks the best model")
     keep: Literal["best", "last"] = Field("best", description="which model final/ holds (the other is kept in last/ or best/)")
     seed: int = Field(42, ge=0, description="seed of the data order, dropout and masking")
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    threads: int | None = Field(None, ge=1, description="CPU threads per process (default: the cores / processes)")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun (or --nproc): ddp replicates "
+                                                "the model; fsdp shards it per transformer block (models too big "
+                                                "for one device)")
+    activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
+                                           "less memory, ~30% more compute")
+    cpu_offload: bool = Field(False, description="fsdp: keep parameters and optimizer state in CPU memory")
 
     @model_validator(mode="after")
     def _positive_schedules(self):

@@ -67,12 +67,12 @@ def test_exact_resume_from_checkpoint(tiny_clm_config, tmp_path):
 
     loop.checkpoint.save = save_then_interrupt
     try:
-        with pytest.raises(LmtuneError, match="stopped by SIGINT at step 6"):
+        with pytest.raises(LmtuneError, match="stopped by SIGINT at step 7"):  # after the step under way
             train(interrupted, progress=False)
     finally:
         loop.checkpoint.save = original
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a stopped run leaves signals ignored
-    assert checkpoint.latest(tmp_path / "interrupted").name == "step-6"
+    assert checkpoint.latest(tmp_path / "interrupted").name == "step-7"
     resumed = train(interrupted, resume=True, progress=False)
     assert resumed["steps"] == 12
 

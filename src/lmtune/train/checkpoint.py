@@ -3,6 +3,7 @@ loop position). Written to a temporary folder and renamed, so a crash never leav
 `trainer_state.pt` is written last, and only folders that have it count as checkpoints."""
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import shutil
@@ -34,16 +35,19 @@ def clean_leftovers(run_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
-    """Save `checkpoints/step-N` and keep the newest `keep`. Saving the same step twice is a no-op."""
+def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int = 2,
+         model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """Save `checkpoints/step-N` and keep the newest `keep`. Saving the same step twice is a no-op.
+    `model_state`/`optimizer_state`: gathered full states of a sharded (FSDP) model."""
     target = Path(run_dir) / "checkpoints" / f"step-{state['step']}"
     if target in checkpoint_dirs(run_dir):
         return target
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder)
+        _save_pretrained(model, folder, model_state)
         tokenizer.save_pretrained(folder)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+        optimizer_state_ = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        torch.save({"optimizer": optimizer_state_, "scheduler": scheduler.state_dict(), "state": state,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
                    folder / TRAINER_STATE)
@@ -79,14 +83,20 @@ def load_weights(model, folder: Path) -> None:
         model.tie_weights()
 
 
-def load_training_state(folder: Path, model, optimizer, scheduler, device) -> dict[str, Any]:
+def load_training_state(folder: Path, model, optimizer, scheduler, device=None) -> dict[str, Any]:
+    """Weights, optimizer, scheduler and RNG state of a checkpoint; returns the loop's position."""
     load_weights(model, folder)
+    return load_trainer_state(folder, optimizer, scheduler)
+
+
+def load_trainer_state(folder: Path, optimizer, scheduler, load_optimizer=None) -> dict[str, Any]:
+    """Everything but the weights. `load_optimizer(state_dict)`: how a sharded optimizer takes a full state."""
     try:
         saved = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle/zip errors of a damaged file: name it, keep the traceback out
         raise LmtuneError(f"{folder / TRAINER_STATE}: cannot read the checkpoint ({type(err).__name__}); "
                           f"delete {folder} to resume from the one before it") from None
-    optimizer.load_state_dict(saved["optimizer"])
+    (load_optimizer or optimizer.load_state_dict)(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
     random.setstate(saved["rng"]["python"])
@@ -95,24 +105,44 @@ def load_training_state(folder: Path, model, optimizer, scheduler, device) -> di
     return saved["state"]
 
 
-def save_model(folder: Path, model, tokenizer) -> Path:
+def _save_pretrained(model, folder: Path, model_state: dict | None = None) -> None:
+    if model_state is None:
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, state_dict=model_state)
+
+
+def save_model(folder: Path, model, tokenizer, model_state: dict | None = None) -> Path:
     """A model as it is now, as a Hugging Face folder (LoRA: the adapter only), replaced atomically."""
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        _save_pretrained(model, tmp, model_state)
         tokenizer.save_pretrained(tmp)
 
     return replace_dir(Path(folder), write)
 
 
-def save_final(run_dir: Path, model, tokenizer, name: str = "final") -> Path:
+def is_adapter(folder: Path) -> bool:
+    return (Path(folder) / "adapter_config.json").exists()
+
+
+def promote(source: Path, target: Path) -> Path:
+    """Make the complete model folder `source` the new `target` (e.g. best/ -> final/)."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    source.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def save_final(run_dir: Path, model, tokenizer, name: str = "final", model_state: dict | None = None) -> Path:
     """`final/` (or `last/`): a plain Hugging Face folder; LoRA adapters are merged in (the adapter alone
     is kept in `adapter/` for final/)."""
     run_dir = Path(run_dir)
     if _is_peft(model):
         if name == "final":
             replace_dir(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
-        import copy
-
         # last/ is written before the best adapter is loaded back: merge a copy; final/ is the end of the run.
         model = (model if name == "final" else copy.deepcopy(model)).merge_and_unload()
-    return save_model(run_dir / name, model, tokenizer)
+    return save_model(run_dir / name, model, tokenizer, model_state)

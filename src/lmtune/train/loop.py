@@ -20,19 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from lmtune.config import RunConfig, data_inputs, save_config
 from lmtune.data.prepare import Prepared
 from lmtune.errors import Interrupted, LmtuneError
-from lmtune.models.load import check_block_size
-from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
-from lmtune.models.load import load_model
+from lmtune.models.load import check_block_size, load_model
 from lmtune.models.lora import apply_lora
+from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
 from lmtune.tasks import get_objective
-from lmtune.train.data import prepare_data
-from lmtune.train.plots import plot_run
-from lmtune.train.precision import autocast_for, pick_device
 from lmtune.train import checkpoint
+from lmtune.train.data import prepare_data
+from lmtune.train.distributed import Cluster
+from lmtune.train.plots import plot_run
+from lmtune.train.precision import autocast_for
 
 log = logging.getLogger("lmtune")
 
@@ -180,33 +181,65 @@ def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
 
 
 def train(config: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Run the recipe; returns a summary (base and final metrics, paths)."""
+    """Run the recipe; returns a summary (base and final metrics, paths). Under torchrun every process
+    calls this; the main one checks and writes the run folder, and all of them train."""
     out = Path(config.output_dir)
     existed = out.exists()
-    prepare_run_dir(config, resume, overwrite)
+    cluster = Cluster.from_env(config.train.distributed)
     try:
-        claim_dir(out, "run")
-        save_config(config, out / "config.yaml")
-        return _train(config, out, resume, progress)
-    except BaseException:
-        if not (out / "metrics.jsonl").exists() and not run_has_model(out):
-            remove_if_created(out, existed)  # failed before training began: leave no half-made run folder
-        raise
+        if cluster.main:
+            prepare_run_dir(config, resume, overwrite)
+        cluster.barrier()
+        try:
+            if cluster.main:
+                claim_dir(out, "run")
+                save_config(config, out / "config.yaml")
+            return _train(config, out, resume, progress, cluster)
+        except BaseException:
+            if cluster.main and not (out / "metrics.jsonl").exists() and not run_has_model(out):
+                remove_if_created(out, existed)  # failed before training began: leave no half-made run folder
+            raise
+    finally:
+        cluster.close()
 
 
-def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
+class _NoLog:
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+
+def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: Cluster) -> dict[str, Any]:
     tc = config.train
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // cluster.world))
     set_seed(tc.seed)
-    device = pick_device()
+    device = cluster.device
     autocast, precision = autocast_for(tc.precision, device)
+    main = cluster.main
 
     objective = get_objective(config.objective)
-    prepared = prepare_data(config, out / "data")
+    if not main:  # the main process prepares (and caches) the data; the others read what it wrote
+        cluster.barrier()
+    prepared = prepare_data(config, out / "data", quiet=not main)
+    if main:
+        cluster.barrier()
     tokenizer, train_set, val_set = prepared.tokenizer, prepared.dataset["train"], prepared.dataset.get("validation", [])
     model = build_model(config, prepared).to(device)
+    last = None
+    if resume:
+        if main:
+            checkpoint.clean_leftovers(out)
+        last = checkpoint.latest(out)
+        if last is None:
+            log.info("no checkpoint in %s; starting from the beginning", out)
+        else:
+            checkpoint.load_weights(model, last)  # before sharding: every process loads the whole model
+    model = cluster.wrap(model, tc.activation_checkpointing, tc.cpu_offload)
     optimizer = make_optimizer(model, config, device)
-    batches_per_epoch = math.ceil(len(train_set) / tc.batch_size)
+    global_batch = tc.batch_size * cluster.world
+    batches_per_epoch = (len(train_set) // global_batch) if cluster.active else math.ceil(len(train_set) / global_batch)
+    if batches_per_epoch == 0:
+        raise LmtuneError(f"{len(train_set)} training samples do not fill one global batch of {global_batch} "
+                          f"({cluster.world} processes x train.batch_size {tc.batch_size}); lower train.batch_size")
     steps_per_epoch = max(1, batches_per_epoch // tc.grad_accum)
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
     scheduler = make_scheduler(optimizer, config, total_steps)
@@ -217,40 +250,54 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     patience = (4 if len(val_set) else None) if tc.early_stopping_patience == "auto" else tc.early_stopping_patience
 
     def save_checkpoint() -> Path:
-        return checkpoint.save(out, model, tokenizer, optimizer, scheduler, asdict(state), keep=tc.keep_checkpoints)
+        """Every process takes part (FSDP gathers shards); the main one writes."""
+        model_state = cluster.full_state_dict(model)
+        optimizer_state = cluster.full_optimizer_state(model, optimizer)
+        path = out / "checkpoints" / f"step-{state.step}"
+        if main:
+            path = checkpoint.save(out, cluster.unwrap(model), tokenizer, optimizer, scheduler, asdict(state),
+                                   keep=tc.keep_checkpoints, model_state=model_state, optimizer_state=optimizer_state)
+        cluster.barrier()
+        return path
 
     def save_best() -> None:
-        checkpoint.save_model(out / "best", model, tokenizer)
+        model_state = cluster.full_state_dict(model)
+        if main:
+            checkpoint.save_model(out / "best", cluster.unwrap(model), tokenizer, model_state)
+        cluster.barrier()
 
     state = TrainState()
-    last = None
-    if resume:
-        checkpoint.clean_leftovers(out)
-        last = checkpoint.latest(out)
-        if last is None:
-            log.info("no checkpoint in %s; starting from the beginning", out)
     if last is not None:
-        state = TrainState(**checkpoint.load_training_state(last, model, optimizer, scheduler, device))
+        saved = checkpoint.load_trainer_state(last, optimizer, scheduler,
+                                              lambda state_dict: cluster.load_optimizer_state(model, optimizer, state_dict))
+        state = TrainState(**saved)
         log.info("resuming from %s (step %d of %d)", last, state.step, total_steps)
-    metrics_log = MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if last else None)
+    metrics_log = MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if last else None) if main else _NoLog()
 
     def run_eval() -> dict[str, float]:
+        # Every process evaluates the whole validation split with the same weights (FSDP needs them all
+        # in the forward pass), so every process takes the same early-stopping and best-model decisions.
         if len(val_set) == 0:
             return {}
-        metrics = objective.evaluate(model, val_set, tokenizer, config, autocast, batch_size=tc.batch_size,
-                                max_batches=tc.eval_max_batches)
+        metrics = objective.evaluate(cluster.unwrap(model), val_set, tokenizer, config, autocast,
+                                     batch_size=tc.batch_size, max_batches=tc.eval_max_batches)
         model.train()
         return metrics
 
-    log.info("training %s on %s (%s), %d steps, %d train / %d validation samples", config.objective, device,
-             precision, total_steps, len(train_set), len(val_set))
+    log.info("training %s on %s (%s), %d steps, %d train / %d validation samples", config.objective,
+             f"{cluster.world} x {device.type} ({cluster.strategy})" if cluster.active else device, precision,
+             total_steps, len(train_set), len(val_set))
+    log.info("global batch: %d = %d per device x %d device(s) x %d accumulation step(s)",
+             global_batch * tc.grad_accum, tc.batch_size, cluster.world, tc.grad_accum)
     if len(val_set) == 0:
         log.warning("warning: no validation split (the corpus is too small for data.val_fraction %.2f, or it is "
                     "0): held-out metrics cannot be tracked, and final/ is the last model", config.data.val_fraction)
-    for warning in plan_warnings(config, model, prepared.stats.get("train tokens") or 0, len(train_set), total_steps):
-        log.warning("warning: %s", warning)
+    if main:
+        for warning in plan_warnings(config, model, prepared.stats.get("train tokens") or 0, len(train_set),
+                                     total_steps):
+            log.warning("warning: %s", warning)
     # e.g. classification: the majority class and TF-IDF + logistic regression on the same split
-    baselines = objective.baselines(train_set, val_set, prepared.stats.get("labels") or [])
+    baselines = objective.baselines(train_set, val_set, prepared.stats.get("labels") or []) if main else {}
     if state.step == 0:
         for name, metrics in baselines.items():
             metrics_log.write({"step": 0, "event": "baseline", "model": name, **metrics})
@@ -258,38 +305,50 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
         state.last_metrics = dict(state.base_metrics)
         metrics_log.write({"step": 0, "event": "eval", "model": "base", **state.base_metrics})
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not (progress and main),
+               dynamic_ncols=True)
     model.train()
     started = time.perf_counter()
     last_save = started
-    tokens_seen = 0  # non-padding tokens trained on in this process
+    tokens_seen = 0  # non-padding tokens trained on, all processes together
     deadline = started + tc.max_minutes * 60 if tc.max_minutes else math.inf
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     window_micro = 0
     with StopSignals() as stop:
         while state.step < total_steps and not state.stopped_early:
-            batches = epoch_batches(objective, train_set, tc.batch_size, tc.seed, state.epoch)
+            batches = epoch_batches(objective, train_set, global_batch, tc.seed, state.epoch)
+            if cluster.active:  # every process needs a full share: a short last batch is left out
+                batches = [b for b in batches if len(b) == global_batch]
             usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
             while state.batches_done_in_epoch < usable and state.step < total_steps and not state.stopped_early:
                 micro = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + tc.grad_accum]
-                step_loss = 0.0
-                for indices in micro:
+                step_loss, step_tokens = 0.0, 0
+                for i, global_indices in enumerate(micro):
+                    indices = cluster.shard(global_indices, tc.batch_size)
                     batch = {k: v.to(device) for k, v in collate(rows(train_set, indices)).items()}
-                    with autocast():
+                    with cluster.no_sync(model, sync=i == len(micro) - 1), autocast():
                         loss = loss_fn(model, batch)
-                    (loss / len(micro)).backward()
+                        (loss / len(micro)).backward()
                     step_loss += float(loss.detach())
-                    window_micro += 1
-                    window_tokens += int(batch["attention_mask"].sum())
-                    tokens_seen += int(batch["attention_mask"].sum())
+                    step_tokens += int(batch["attention_mask"].sum())
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                              if tc.max_grad_norm else None)
-                if not math.isfinite(step_loss) or (grad_norm is not None and not torch.isfinite(grad_norm)):
+                finite = math.isfinite(step_loss) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+                # One small exchange a step keeps the processes in agreement: the mean loss, whether any
+                # diverged, was signalled, or ran out of time.
+                now = time.perf_counter()
+                save_due = bool(tc.save_every_minutes) and now - last_save >= (tc.save_every_minutes or 0) * 60
+                loss_sum, tokens, not_finite, signalled, late, save_due = cluster.agree(
+                    [step_loss if finite else 0.0, step_tokens, not finite, stop.signum is not None, now > deadline,
+                     save_due])
+                if not_finite:
                     bar.close()
-                    raise LmtuneError(_divergence_message(state.step + 1, step_loss, tc.lr, checkpoint.latest(out)))
-                window_loss += step_loss
+                    raise LmtuneError(_divergence_message(state.step + 1, step_loss if not finite else float("nan"),
+                                                          tc.lr, checkpoint.latest(out)))
+                window_loss += loss_sum / cluster.world
+                window_micro += len(micro)
+                window_tokens += int(tokens)
+                tokens_seen += int(tokens)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -315,17 +374,16 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
                 if state.batches_done_in_epoch >= usable:  # the epoch's end belongs to this step's state
                     state.epoch += 1
                     state.batches_done_in_epoch = 0
-                now = time.perf_counter()
                 due_by_steps = tc.save_every and state.step % tc.save_every == 0
-                due_by_time = tc.save_every_minutes and now - last_save >= tc.save_every_minutes * 60
-                if (due_by_steps or due_by_time or stop.signum) and state.step < total_steps:
+                if (due_by_steps or save_due or signalled) and state.step < total_steps:
                     path = save_checkpoint()
                     last_save = time.perf_counter()
-                    if stop.signum:
+                    if signalled:
                         bar.close()
-                        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {state.step}; "
-                                          f"saved {path} (continue with --resume)", stop.signum)
-                if now > deadline:
+                        signum = stop.signum or signal.SIGTERM  # another process may have been the one signalled
+                        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {state.step}; "
+                                          f"saved {path} (continue with --resume)", signum)
+                if late:
                     log.info("time limit of %.1f minutes reached at step %d", tc.max_minutes, state.step)
                     total_steps = state.step
                 if state.batches_done_in_epoch == 0:
@@ -340,19 +398,26 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
             metrics_log.write({"step": state.step, "event": "eval", "model": "last", **last_metrics})
             _evaluate_and_track(state, last_metrics, tc.early_stopping_metric, mode, None, None, lambda: None)
         save_checkpoint()
-        final_dir = _save_final_model(out, model, tokenizer, state, tc.keep)
-        objective.save_metadata(final_dir, prepared)  # e.g. SFT task prefixes, for `lmtune generate --task`
-    plots = plot_run(out)
+        model_state = cluster.full_state_dict(model)
+        final_dir = out / "final"
+        if main:
+            final_dir = _save_final_model(out, cluster.unwrap(model), tokenizer, state, tc.keep, model_state)
+            objective.save_metadata(final_dir, prepared)  # e.g. SFT task prefixes, for `lmtune generate --task`
+        cluster.barrier()
     kept_best = tc.keep == "best" and state.best_step is not None
     summary = {"run": str(out), "final_model": str(final_dir), "steps": state.step, "precision": precision,
                "train_seconds": train_seconds, "train_tokens": tokens_seen, "keep": tc.keep,
-               "baselines": baselines, "base": state.base_metrics, "final": state.best_metrics if kept_best else state.last_metrics,
+               "processes": cluster.world, "global_batch": global_batch * tc.grad_accum,
+               "baselines": baselines, "base": state.base_metrics,
+               "final": state.best_metrics if kept_best else state.last_metrics,
                "best": state.best_metrics, "best_step": state.best_step, "last": state.last_metrics,
                "selection_metric": tc.early_stopping_metric, "selection_mode": mode,
-               "beats_base": _beats_base(state, tc.early_stopping_metric, mode),
-               "plots": [str(p) for p in plots], "stopped_early": state.stopped_early,
+               "beats_base": _beats_base(state, tc.early_stopping_metric, mode), "plots": [],
+               "stopped_early": state.stopped_early,
                "data": {k: v for k, v in prepared.stats.items() if not isinstance(v, dict)}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if main:
+        summary["plots"] = [str(p) for p in plot_run(out)]
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -390,19 +455,23 @@ def _eval_interval(setting: int | str, total_steps: int) -> int:
     return int(setting)
 
 
-def _save_final_model(out: Path, model, tokenizer, state: TrainState, keep: str) -> Path:
+def _save_final_model(out: Path, model, tokenizer, state: TrainState, keep: str, model_state=None) -> Path:
     """final/ holds the best evaluated model (or the last, with train.keep: last); when the two differ,
-    the other one stays beside it (last/ or best/), so nothing trained is thrown away."""
+    the other one stays beside it (last/ or best/), so nothing trained is thrown away. `model_state`: the
+    gathered weights of a sharded (FSDP) model."""
     best_dir = out / "best"
     if keep == "best" and state.best_step is not None and state.best_step != state.step and best_dir.exists():
-        checkpoint.save_final(out, model, tokenizer, name="last")
-        checkpoint.load_weights(model, best_dir)
-        final_dir = checkpoint.save_final(out, model, tokenizer)
-        shutil.rmtree(best_dir, ignore_errors=True)  # final/ holds it now
+        checkpoint.save_final(out, model, tokenizer, name="last", model_state=model_state)
+        if checkpoint.is_adapter(best_dir):  # LoRA: best/ holds the adapter; final/ gets it merged
+            checkpoint.load_weights(model, best_dir)
+            final_dir = checkpoint.save_final(out, model, tokenizer)
+            shutil.rmtree(best_dir, ignore_errors=True)
+        else:
+            final_dir = checkpoint.promote(best_dir, out / "final")
         log.info("final/ holds the best model (step %d); the last one (step %d) is in last/",
                  state.best_step, state.step)
         return final_dir
-    final_dir = checkpoint.save_final(out, model, tokenizer)
+    final_dir = checkpoint.save_final(out, model, tokenizer, model_state=model_state)
     if state.best_step == state.step or keep == "last" and state.best_step is None:
         shutil.rmtree(best_dir, ignore_errors=True)  # the same model as final/
     return final_dir

@@ -1,0 +1,67 @@
+"""Two processes on CPU (gloo) through the real launcher (`lmtune train --nproc 2`, i.e. torchrun): the
+per-step losses match a one-process run with the same global batch, and the run resumes in one process."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import make_story
+
+# Two processes each average their own half of a batch, one process the whole batch: the same mean
+# when every block has the same number of tokens, and within this when the short last block is in it.
+TOLERANCE = 2e-3
+
+
+def write_recipe(tmp_path, **train):
+    corpus = tmp_path / "stories"
+    corpus.mkdir(exist_ok=True)
+    for i in range(12):
+        (corpus / f"story{i:02d}.txt").write_text(make_story(i))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({
+        "objective": "clm", "model": {"name": "gpt-tiny", "dropout": 0.0},
+        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+        "data": {"train": str(corpus), "block_size": 32},
+        "train": {"lr": 3e-3, "schedule": "constant", "warmup_steps": 0, "log_every": 1, "eval_every": 4,
+                  "precision": "fp32", "early_stopping_patience": None, **train},
+        "report": {"compare_base": False}}))
+    return recipe
+
+
+def lmtune_train(*args):
+    done = subprocess.run([sys.executable, "-m", "lmtune.cli", "train", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def losses(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in records if r["event"] == "train"}
+
+
+def test_two_processes_match_one_and_resume_in_one(tmp_path):
+    recipe = write_recipe(tmp_path)
+    lmtune_train(recipe, "--output-dir", tmp_path / "one", "--train.batch_size", "8", "--train.max_steps", "8",
+                 "--train.threads", "1")
+    two = lmtune_train(recipe, "--output-dir", tmp_path / "two", "--train.batch_size", "4", "--train.max_steps", "4",
+                       "--nproc", "2")
+    assert "2 x cpu (ddp)" in two.stderr and "global batch: 8 = 4 per device x 2 device(s)" in two.stderr
+    reference, distributed = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(distributed) == [1, 2, 3, 4]
+    for step in distributed:
+        assert distributed[step] == pytest.approx(reference[step], rel=TOLERANCE), step
+    assert reference[8] < reference[1]  # it learns
+    # The run folder, checkpoints and final model were written once (by the main process).
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 8
+    assert (tmp_path / "two" / "final" / "config.json").exists()
+    # Resume the two-process run in one process with the same global batch: it continues where it was.
+    lmtune_train(recipe, "--output-dir", tmp_path / "two", "--train.batch_size", "8", "--train.max_steps", "8",
+                 "--train.threads", "1", "--resume")
+    resumed = losses(tmp_path / "two")
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(reference[step], rel=TOLERANCE), step
