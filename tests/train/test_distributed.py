@@ -11,7 +11,7 @@ from tests.conftest import make_story
 
 # Two processes each average their own half of a batch, one process the whole batch: the same mean
 # when every block has the same number of tokens, and within this when the short last block is in it.
-TOLERANCE = 2e-3
+TOLERANCE = 1e-4  # measured: 2.8e-5 at most (2 CPU processes, torch 2.13)
 
 
 def write_recipe(tmp_path, **train):
@@ -42,26 +42,40 @@ def losses(run):
     return {r["step"]: r["train_loss"] for r in records if r["event"] == "train"}
 
 
-def test_two_processes_match_one_and_resume_in_one(tmp_path):
-    recipe = write_recipe(tmp_path)
-    lmtune_train(recipe, "--output-dir", tmp_path / "one", "--train.batch_size", "8", "--train.max_steps", "8",
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, global batch 8, 8 steps: the losses the distributed runs must reproduce."""
+    root = tmp_path_factory.mktemp("distributed")
+    recipe = write_recipe(root)
+    lmtune_train(recipe, "--output-dir", root / "one", "--train.batch_size", "8", "--train.max_steps", "8",
                  "--train.threads", "1")
-    two = lmtune_train(recipe, "--output-dir", tmp_path / "two", "--train.batch_size", "4", "--train.max_steps", "4",
-                       "--nproc", "2")
-    assert "2 x cpu (ddp)" in two.stderr and "global batch: 8 = 4 per device x 2 device(s)" in two.stderr
-    reference, distributed = losses(tmp_path / "one"), losses(tmp_path / "two")
+    result = losses(root / "one")
+    assert result[8] < result[1]  # it learns
+    return recipe, result
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume_in_one(reference, tmp_path, strategy):
+    recipe, expected = reference
+    run = tmp_path / strategy
+    two = lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "4", "--train.max_steps", "4",
+                       "--nproc", "2", "--train.distributed", strategy)
+    assert f"2 x cpu ({strategy})" in two.stderr and "global batch: 8 = 4 per device x 2 device(s)" in two.stderr
+    distributed = losses(run)
     assert sorted(distributed) == [1, 2, 3, 4]
     for step in distributed:
-        assert distributed[step] == pytest.approx(reference[step], rel=TOLERANCE), step
-    assert reference[8] < reference[1]  # it learns
-    # The run folder, checkpoints and final model were written once (by the main process).
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+        assert distributed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+    # The run folder, checkpoints and final model were written once, by the main process; FSDP's final/
+    # holds the gathered full weights: a plain transformers folder.
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_batch"] == 8
-    assert (tmp_path / "two" / "final" / "config.json").exists()
-    # Resume the two-process run in one process with the same global batch: it continues where it was.
-    lmtune_train(recipe, "--output-dir", tmp_path / "two", "--train.batch_size", "8", "--train.max_steps", "8",
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "final")
+    # Resume in one process with the same global batch: it continues where the two left off.
+    lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "8",
                  "--train.threads", "1", "--resume")
-    resumed = losses(tmp_path / "two")
+    resumed = losses(run)
     assert sorted(resumed) == list(range(1, 9))
     for step in range(5, 9):
-        assert resumed[step] == pytest.approx(reference[step], rel=TOLERANCE), step
+        assert resumed[step] == pytest.approx(expected[step], rel=TOLERANCE), step

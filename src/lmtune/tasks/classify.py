@@ -175,7 +175,7 @@ def baselines(train_set, val_set, labels: list[str]) -> dict[str, dict[str, floa
             "TF-IDF + logistic regression": scores(linear.predict(vectorizer.transform(val_set["text"])).tolist())}
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP must reuse the gathered parameters in training
 def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 32, max_batches: int | None = None):
     model.eval()
     n = model.config.num_labels

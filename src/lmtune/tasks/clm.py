@@ -18,7 +18,7 @@ def make_collator(tokenizer, config=None):
     return collate
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP must reuse the gathered parameters in training
 def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, max_batches: int | None = None):
     """Token-weighted mean loss over the split (each batch's mean weighted by its predicted tokens)."""
     model.eval()

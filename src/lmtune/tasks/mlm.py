@@ -74,7 +74,7 @@ def make_collator(tokenizer, config=None):
     return MaskingCollator(tokenizer, tc.mlm_probability if tc else 0.15, tc.whole_word_mask if tc else False)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP must reuse the gathered parameters in training
 def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, max_batches: int | None = None):
     """MLM loss, perplexity and top-1/top-5 accuracy on masks fixed by a seed (comparable across runs)."""
     model.eval()

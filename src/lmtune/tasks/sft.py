@@ -160,7 +160,7 @@ def greedy_completion(model, prompt_ids: list[int], eos_id: int, max_new_tokens:
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP must reuse the gathered parameters in training
 def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, max_batches: int | None = None):
     """Token-weighted completion loss overall and per task; exact match of greedy completions."""
     model.eval()
