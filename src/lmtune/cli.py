@@ -219,13 +219,14 @@ def evaluate(
     text_column: Annotated[str, typer.Option(help="text column of CSV/JSONL")] = "text",
     label_column: Annotated[str, typer.Option(help="label column (classifiers)")] = "label",
     max_batches: Annotated[Optional[int], typer.Option(min=1, help="evaluate at most this many batches")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Validation metrics of any model on any text: loss and perplexity (causal), MLM loss/accuracy
     (encoders), accuracy/F1 (classifiers). Run it on the base and the tuned model to compare."""
     from lmtune.train.evaluate import evaluate_model
 
-    metrics = evaluate_model(model, data, block_size=block_size, text_column=text_column,
+    metrics = evaluate_model(_model(model, device), data, block_size=block_size, text_column=text_column,
                              label_column=label_column, max_batches=max_batches)
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -250,21 +251,19 @@ def generate(
     stream: Annotated[bool, typer.Option(help="print tokens as they come")] = True,
     task: Annotated[Optional[str], typer.Option(help="a task of a multi-task model (e.g. SPELL): its template, "
                                                      "greedy, stops at EOS, prints the completion")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
 ):
     """Continue a prompt, streaming tokens to the terminal."""
-    from lmtune.infer import load
+    from lmtune.infer import task_prompt
     from lmtune.infer.generate import GenerationSettings, generate as run_generate, stream as run_stream
 
     text = prompt_opt if prompt_opt is not None else prompt
     if text is None:
         raise LmtuneError("give a prompt: lmtune generate MODEL \"Once upon a time\"")
+    model = _model(model, device)
     shown = text
     if task is not None:
-        from lmtune.models.load import resolve
-        from lmtune.tasks.sft import task_prompt
-
-        text = task_prompt(resolve(model).path, load(model).tokenizer, task, text)
-        shown = ""
+        text, shown = task_prompt(model, task, text), ""
     if temperature is None:
         temperature = 0.0 if task is not None else 0.8
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
@@ -293,6 +292,7 @@ def fill_mask(
     input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="a file with one text per line")] = None,
     top_k: Annotated[int, typer.Option(min=1, max=1000, help="predictions per mask")] = 5,
     compare: Annotated[Optional[str], typer.Option(help="a base model to show side by side")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Predict the masked words: top-k tokens with probabilities for every [MASK]."""
@@ -310,7 +310,7 @@ def fill_mask(
 
         Console().print(compare_table(inputs, compare, model, top_k))
         return
-    results = run_fill_mask(model, inputs, top_k)
+    results = run_fill_mask(_model(model, device), inputs, top_k)
     if as_json:
         print(json.dumps([{"text": t, "masks": r} for t, r in zip(inputs, results)], indent=2))
         return
@@ -332,6 +332,7 @@ def classify(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --output file (never an input)")] = False,
     text_column: Annotated[str, typer.Option(help="text column of the input file")] = "text",
     batch_size: Annotated[int, typer.Option(min=1, help="texts per forward pass")] = 32,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Label and class probabilities for texts, or for a whole file (--input reviews.csv --output preds.csv)."""
@@ -346,7 +347,7 @@ def classify(
         rows += [d.fields or {text_column: d.text} for d in read_documents(input_file, text_column)]
     if not rows:
         raise LmtuneError('give text(s) or --input FILE, e.g. lmtune classify MODEL "A wonderful film."')
-    results = run_classify(model, [str(r.get(text_column) or "") for r in rows], batch_size=batch_size,
+    results = run_classify(_model(model, device), [str(r.get(text_column) or "") for r in rows], batch_size=batch_size,
                            progress=input_file is not None)
     if output is not None:
         write_predictions(output, rows, results, input_file)
@@ -380,6 +381,15 @@ def serve(
                       limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch))
     _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _model(name: str, device: str | None):
+    """A model name, or (with --device) the model loaded on that device."""
+    if device is None:
+        return name
+    from lmtune.infer import load
+
+    return load(name, device=device)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -109,6 +109,8 @@ class TrainConfig(_Strict):
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
                                            "less memory, ~30% more compute")
     cpu_offload: bool = Field(False, description="fsdp: keep parameters and optimizer state in CPU memory")
+    compile: bool = Field(False, description="torch.compile the model (the first step compiles; pays off on long "
+                          "GPU runs)")
 
     @model_validator(mode="after")
     def _positive_schedules(self):

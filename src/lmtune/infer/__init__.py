@@ -12,6 +12,7 @@ import transformers
 from lmtune.errors import LmtuneError
 from lmtune.models.load import load_pretrained, load_tokenizer, resolve, unknown_model_error
 from lmtune.tasks import Objective, get_objective, objective_of
+from lmtune.tasks.sft import task_prompt as format_task_prompt
 
 log = logging.getLogger("lmtune")
 
@@ -22,6 +23,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     objective: Objective  # what the model does at inference (a tuned SFT model is a causal LM)
+    path: str | None = None  # the folder it was loaded from
 
     @property
     def capabilities(self) -> tuple[str, ...]:
@@ -50,8 +52,16 @@ def load(name: str, objective: str | None = None, device: str | None = None) -> 
     model = load_pretrained(source, chosen, name)
     tokenizer = load_tokenizer(None, source.path)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if target.type == "cuda":  # half the memory traffic; GPUs compute in 16 bits at full speed
+        model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     model.to(target).eval()
-    return LoadedModel(name, model, tokenizer, chosen)
+    return LoadedModel(name, model, tokenizer, chosen, source.path)
+
+
+def task_prompt(model: str | LoadedModel, task: str, prompt: str) -> str:
+    """A multi-task model's prompt for `task`, formatted as in training (`lmtune generate --task`)."""
+    loaded = as_loaded(model, "generate")
+    return format_task_prompt(loaded.path or loaded.name, loaded.tokenizer, task, prompt)
 
 
 def as_loaded(model: str | LoadedModel, capability: str | None = None) -> LoadedModel:

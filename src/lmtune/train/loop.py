@@ -234,7 +234,12 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
         else:
             checkpoint.load_weights(model, last)  # before sharding: every process loads the whole model
     model = cluster.wrap(model, tc.activation_checkpointing, tc.cpu_offload)
+    parameters = {"total": sum(p.numel() for p in model.parameters()),
+                  "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     optimizer = make_optimizer(model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling; bf16 not
+    if tc.compile:
+        model = torch.compile(model)
     global_batch = tc.batch_size * cluster.world
     batches_per_epoch = (len(train_set) // global_batch) if cluster.active else math.ceil(len(train_set) / global_batch)
     if batches_per_epoch == 0:
@@ -314,6 +319,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     deadline = started + tc.max_minutes * 60 if tc.max_minutes else math.inf
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     window_micro = 0
+    first_step = state.step
     with StopSignals() as stop:
         while state.step < total_steps and not state.stopped_early:
             batches = epoch_batches(objective, train_set, global_batch, tc.seed, state.epoch)
@@ -323,17 +329,21 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
             while state.batches_done_in_epoch < usable and state.step < total_steps and not state.stopped_early:
                 micro = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + tc.grad_accum]
                 step_loss, step_tokens = 0.0, 0
+                step_started = time.perf_counter()
                 for i, global_indices in enumerate(micro):
                     indices = cluster.shard(global_indices, tc.batch_size)
-                    batch = {k: v.to(device) for k, v in collate(rows(train_set, indices)).items()}
+                    batch = {k: _to_device(v, device) for k, v in collate(rows(train_set, indices)).items()}
                     with cluster.no_sync(model, sync=i == len(micro) - 1), autocast():
                         loss = loss_fn(model, batch)
-                        (loss / len(micro)).backward()
+                        scaler.scale(loss / len(micro)).backward()
                     step_loss += float(loss.detach())
                     step_tokens += int(batch["attention_mask"].sum())
+                scaler.unscale_(optimizer)
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                              if tc.max_grad_norm else None)
-                finite = math.isfinite(step_loss) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+                # fp16: an infinite gradient is the loss scaler's business (it skips the step, lowers the scale).
+                finite = math.isfinite(step_loss) and (grad_norm is None or scaler.is_enabled()
+                                                       or bool(torch.isfinite(grad_norm)))
                 # One small exchange a step keeps the processes in agreement: the mean loss, whether any
                 # diverged, was signalled, or ran out of time.
                 now = time.perf_counter()
@@ -349,8 +359,11 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
                 window_micro += len(micro)
                 window_tokens += int(tokens)
                 tokens_seen += int(tokens)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
+                if tc.compile and state.step == first_step:
+                    log.info("torch.compile: the first step took %.1f s (compiling)", time.perf_counter() - step_started)
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.batches_done_in_epoch += len(micro)
@@ -407,7 +420,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     kept_best = tc.keep == "best" and state.best_step is not None
     summary = {"run": str(out), "final_model": str(final_dir), "steps": state.step, "precision": precision,
                "train_seconds": train_seconds, "train_tokens": tokens_seen, "keep": tc.keep,
-               "processes": cluster.world, "global_batch": global_batch * tc.grad_accum,
+               "processes": cluster.world, "global_batch": global_batch * tc.grad_accum, "parameters": parameters,
                "baselines": baselines, "base": state.base_metrics,
                "final": state.best_metrics if kept_best else state.last_metrics,
                "best": state.best_metrics, "best_step": state.best_step, "last": state.last_metrics,
@@ -419,6 +432,13 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
         summary["plots"] = [str(p) for p in plot_run(out)]
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Pinned host memory and a non-blocking copy on GPUs: the copy overlaps the previous step's work."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 def _divergence_message(step: int, loss: float, lr: float, last: Path | None) -> str:

@@ -55,6 +55,10 @@ def print_report(config: RunConfig, summary: dict) -> None:
         for label, row in zip(final["val_labels"], final["val_confusion_matrix"]):
             confusion.add_row(label, *map(str, row))
         console.print(confusion)
+    parameters = summary.get("parameters")
+    if parameters and parameters["trainable"] < parameters["total"]:
+        console.print(f"trainable parameters: {parameters['trainable']:,} of {parameters['total']:,} "
+                      f"({parameters['trainable'] / parameters['total']:.2%})")
     console.print(f"model: [bold]{summary['final_model']}[/bold]")
     for plot in summary.get("plots", []):
         console.print(f"plot:  {plot}")
