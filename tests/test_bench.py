@@ -27,3 +27,12 @@ def test_a_contender_runs_in_its_own_process():
     outcome = run_worker("lmtune_causal", model_name="gpt-tiny", seq=32, batch=4, seconds=1)
     assert "error" not in outcome, outcome
     assert outcome["steps"] >= 1 and outcome["effective_tokens_per_s"] > 0 and outcome["peak_rss_mb"] > 50
+
+
+def test_device_throughput_section_on_cpu():
+    from lmtune.bench.device import bench_device, device_markdown
+
+    result = bench_device("cpu", quick=True)
+    row = result["rows"][0]
+    assert result["peak_gflops"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
+    assert "MFU" in device_markdown(result)

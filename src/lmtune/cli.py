@@ -416,7 +416,10 @@ def _check_port_free(host: str, port: int) -> None:
 def bench(
     quick: Annotated[bool, typer.Option("--quick/--full", help="small configs (~3 min) or the full comparison")] = True,
     out: Annotated[Optional[Path], typer.Option(help="folder for bench.json and bench.md")] = None,
-    only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask data")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask data "
+                                                       "device")] = None,
+    device: Annotated[Optional[str], typer.Option(help="also measure training tokens/s and MFU on this device "
+                                                  "(cuda: the demo recipe and GPT-2 124M at seq 1024)")] = None,
 ):
     """Measure lmtune against the seed recipes side by side (ratios) and print a Markdown table."""
     from lmtune.bench.suite import SECTIONS, run
@@ -428,7 +431,7 @@ def bench(
         from lmtune.outputs import check_output_dir
 
         check_output_dir(out, kind="bench")
-    run(quick=quick, out_dir=out, sections=only)
+    run(quick=quick, out_dir=out, sections=only, device=device)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from lmtune.bench.device import bench_device, device_markdown
 from lmtune.bench.inference import bench_data_prep, bench_fill_mask, bench_generation
 from lmtune.bench.machine import cpu_name, peak_matmul
 from lmtune.bench.report import to_markdown, with_ratio
@@ -20,13 +21,15 @@ FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encod
         "prep_copies": 60, "fill_calls": 40}
 
 
-SECTIONS = ("peak", "clm", "mlm", "classify", "generate", "fill-mask", "data")
+SECTIONS = ("peak", "clm", "mlm", "classify", "generate", "fill-mask", "data", "device")
 
 
-def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | None = None) -> dict[str, Any]:
+def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | None = None,
+        device: str | None = None) -> dict[str, Any]:
+    """`device`: also measure training throughput and MFU there (the `device` section)."""
     console = Console(stderr=True)
     p = QUICK if quick else FULL
-    sections = sections or list(SECTIONS)
+    sections = sections or [s for s in SECTIONS if s != "device" or device]
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "threads": torch.get_num_threads(),
                               "torch": torch.__version__, "cpu": cpu_name()}
     if "peak" in sections:
@@ -60,7 +63,10 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
     if "data" in sections:
         console.print("data prep ...")
         result["data_prep"] = bench_data_prep(p["prep_copies"])
-    markdown = to_markdown(result)
+    if "device" in sections:
+        console.print(f"training throughput on {device or 'cpu'} ...")
+        result["device"] = bench_device(device or "cpu", quick=quick)
+    markdown = to_markdown(result) + (device_markdown(result["device"]) if "device" in result else "")
     if out_dir is not None:
         out_dir = claim_dir(check_output_dir(out_dir, kind="bench"), "bench")
         (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
