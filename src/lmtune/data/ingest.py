@@ -7,13 +7,22 @@ import csv
 import gzip
 import io
 import json
+import logging
 import lzma
+import sys
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pypdf import PdfReader
+
 from lmtune.errors import LmtuneError
 from lmtune.paths import resolve_data_path
+
+# A review or a book chapter in one CSV cell is legitimate: raise the csv module's 128 KiB field limit.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson"}
@@ -39,15 +48,38 @@ def _suffixes(path: Path) -> tuple[str, str | None]:
 
 def _read_bytes(path: Path) -> bytes:
     _, compression = _suffixes(path)
-    if compression:
+    if not compression:
+        return path.read_bytes()
+    try:
         with COMPRESSED[compression](path, "rb") as fh:
             return fh.read()
-    return path.read_bytes()
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as err:  # gzip/bz2/xz each fail their own way
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise LmtuneError(f"{path}: corrupt or truncated {compression[1:]} file ({err})") from None
+
+
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """UTF-16 text saved without a byte-order mark: ASCII-range characters leave a NUL in every other
+    byte (the odd ones for little-endian, the even ones for big-endian)."""
+    head = raw[:8192]
+    if len(head) < 4 or len(head) % 2:
+        head = head[:-1]
+    for encoding, zeros in (("utf-16-le", head[1::2]), ("utf-16-be", head[0::2])):
+        if zeros and zeros.count(0) / len(zeros) > 0.9:
+            try:
+                return raw[: len(raw) - len(raw) % 2].decode(encoding)
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 def decode_text(raw: bytes, source: str) -> str:
     if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise LmtuneError(f"{source} looks like a binary file, not text")
+        text = _utf16_without_bom(raw)
+        if text is None:
+            raise LmtuneError(f"{source} looks like a binary file, not text")
+        return text
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -65,14 +97,21 @@ def decode_text(raw: bytes, source: str) -> str:
 
 
 def read_pdf(path: Path) -> Document:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
-
+    # pypdf logs its repairs ("incorrect startxref pointer") as warnings: they would print ahead of our
+    # one error line, and a PDF it can read after all needs no remark.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
-        reader = PdfReader(str(path))
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except (PdfReadError, ValueError, KeyError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = PdfReader(str(path))
+            pages = [page.extract_text() or "" for page in reader.pages]
+    except (OSError, PermissionError) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError)):
+            raise
         raise LmtuneError(f"{path}: cannot read PDF ({err})") from None
+    except Exception as err:  # pypdf raises many types for broken files (PdfReadError, KeyError, ...)
+        raise LmtuneError(f"{path}: cannot read PDF, the file is damaged or not a PDF "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     if not any(p.strip() for p in pages):
         raise LmtuneError(f"{path}: the PDF has no text layer (scanned images?); run OCR on it first")
     return Document(text="\n".join(pages), source=str(path), pages=pages)
@@ -103,21 +142,16 @@ def read_table(path: Path, text_column: str | None) -> list[Document]:
     """CSV/TSV/JSONL rows; `text_column` must exist when given."""
     kind, _ = _suffixes(path)
     content = decode_text(_read_bytes(path), str(path))
-    if kind in {".jsonl", ".ndjson"} or (kind == ".json" and content.lstrip().startswith("{")):
-        rows = []
-        for n, line in enumerate(content.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise LmtuneError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-    elif kind == ".json":
-        rows = json.loads(content)
-        if not isinstance(rows, list):
-            raise LmtuneError(f"{path}: expected a JSON list of records")
+    if kind == ".json":
+        rows = _json_rows(path, content)
+    elif kind in {".jsonl", ".ndjson"}:
+        rows = _jsonl_rows(path, content)
     else:
         reader = csv.DictReader(io.StringIO(content), delimiter="\t" if kind == ".tsv" else ",")
-        rows = list(reader)
+        try:
+            rows = list(reader)
+        except csv.Error as err:
+            raise LmtuneError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
     if rows and text_column is not None and text_column not in rows[0]:
         raise LmtuneError(
             f"{path}: no column '{text_column}' (columns: {', '.join(map(str, rows[0].keys()))}); "
@@ -128,6 +162,58 @@ def read_table(path: Path, text_column: str | None) -> list[Document]:
         text = "" if text_column is None else str(row.get(text_column) or "")
         docs.append(Document(text=text, source=str(path), fields=dict(row)))
     return docs
+
+
+def _jsonl_rows(path: Path, content: str) -> list[dict]:
+    rows = []
+    for n, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise LmtuneError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise LmtuneError(f"{path}:{n}: not a JSON object (each line must be one record: {{\"text\": ...}})")
+        rows.append(row)
+    return rows
+
+
+def _json_rows(path: Path, content: str) -> list[dict]:
+    """A list of records; a column layout ({"text": [...], "label": [...]}, as pandas and HF datasets
+    write it); or, failing both, JSON Lines under a .json name."""
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError:
+        return _jsonl_rows(path, content)
+    if isinstance(data, dict):
+        columns = {k: v for k, v in data.items() if isinstance(v, list)}
+        lengths = {len(v) for v in columns.values()}
+        if columns and len(columns) == len(data) and len(lengths) == 1:
+            return [dict(zip(columns, values)) for values in zip(*columns.values())]
+        if all(isinstance(v, dict) for v in data.values()) and data:  # pandas orient="index"/"columns" of dicts
+            first = next(iter(data.values()))
+            if all(isinstance(v, dict) for v in first.values()):
+                return [dict(zip(data, values)) for values in zip(*[list(v.values()) for v in data.values()])]
+            return [dict(v) for v in data.values()]
+        return [data]  # one record
+    if isinstance(data, list):
+        bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise LmtuneError(f"{path}: item {bad} of the JSON list is not an object (expected records like "
+                              f"{{\"text\": ...}})")
+        return data
+    raise LmtuneError(f"{path}: expected JSON records (a list of objects, or columns of equal length)")
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """A text file's lines, with the same encoding detection as everything else (`--input` files)."""
+    path = resolve_data_path(path)
+    if not path.exists():
+        raise LmtuneError(f"file not found: {path}")
+    if path.is_dir():
+        raise LmtuneError(f"{path} is a folder; give a text file with one input per line")
+    return decode_text(_read_bytes(path), str(path)).splitlines()
 
 
 def read_hf_dataset(path: Path, text_column: str | None, split: str = "train") -> list[Document]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 MIN_DOCS_FOR_DOC_SPLIT = 10
 
 
@@ -34,12 +36,44 @@ class Framing:
         return cls(separator=sep, prefix=framed[:1] if len(framed) == 2 else [], suffix=framed[-1:])
 
 
-def tokenize(tokenizer, texts: list[str], batch_size: int = 1000) -> list[list[int]]:
-    """Batched fast-tokenizer calls (the tokenizer parallelises inside a batch)."""
-    ids: list[list[int]] = []
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start : start + batch_size]
-        ids += tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+CHUNK_CHARS = 100_000  # longer texts are tokenized in pieces: memory stays bounded whatever the file
+
+
+def _pieces(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Cut a long text just before whitespace, so every piece starts the way the next word would have:
+    byte-level BPE and WordPiece give the same tokens as for the whole text."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while start < len(text):
+        end = start + size
+        if end < len(text):
+            space = text.rfind(" ", start + size // 2, end)
+            newline = text.rfind("\n", start + size // 2, end)
+            end = max(space, newline) if max(space, newline) > start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def tokenize(tokenizer, texts: list[str], batch_size: int = 64) -> list[list[int]]:
+    """Token ids of each text. Fast-tokenizer calls on batches of pieces of at most CHUNK_CHARS (the
+    tokenizer parallelises inside a batch); a progress bar for large corpora."""
+    pieces, owner = [], []
+    for i, text in enumerate(texts):
+        for piece in _pieces(text):
+            pieces.append(piece)
+            owner.append(i)
+    ids: list[list[int]] = [[] for _ in texts]
+    total = sum(map(len, pieces))
+    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=total < 20_000_000,
+              leave=False) as bar:
+        for start in range(0, len(pieces), batch_size):
+            batch = pieces[start : start + batch_size]
+            encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+            for i, piece_ids in zip(owner[start : start + batch_size], encoded):
+                ids[i].extend(piece_ids)
+            bar.update(sum(map(len, batch)))
     return ids
 
 
