@@ -370,6 +370,7 @@ def serve(
     max_input_chars: Annotated[int, typer.Option(min=1, help="cap on characters per input text")] = 8000,
     max_batch: Annotated[int, typer.Option(min=1, help="cap on texts per request")] = 64,
     ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
 ):
     """Serve models: web UI at /, REST at /v1/..., OpenAI-compatible /v1/completions and /v1/chat/completions."""
     import uvicorn
@@ -377,10 +378,11 @@ def serve(
     from lmtune.serve.app import Limits, create_app
 
     _check_port_free(host, port)  # before loading models: a busy port fails in a second
-    app_ = create_app(models, api_key=api_key, ui=ui,
+    app_ = create_app(models, api_key=api_key, ui=ui, device=device,
                       limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch))
     _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    # On SIGTERM/Ctrl-C, open streams get 3 s to finish; then they are cancelled (which stops generation).
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
 
 def _model(name: str, device: str | None):

@@ -1,25 +1,61 @@
-"""Text generation with sampling controls, streaming token by token."""
+"""Text generation with sampling controls, streaming token by token.
+
+`SamplingSettings` is the one definition of the sampling values and their valid ranges: the CLI builds a
+`GenerationSettings` from its options, the server's request bodies extend `SamplingSettings`, so the two
+can never disagree about what is valid."""
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel, as_loaded
+from lmtune.models.load import context_length_of
+
+log = logging.getLogger("lmtune")
+MAX_SEED = 2**32 - 1  # torch.manual_seed takes 64 bits; 32 are plenty and portable
+# The valid ranges, as types: SamplingSettings and the server's OpenAI bodies both use them.
+NewTokens = Annotated[int, Field(ge=1)]
+Temperature = Annotated[float, Field(ge=0.0, le=5.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Sequences = Annotated[int, Field(ge=1, le=16)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 64
-    temperature: float = 0.8  # 0: greedy
-    top_k: int | None = 50
-    top_p: float | None = 0.95
-    repetition_penalty: float = 1.0
-    num_return_sequences: int = 1
-    seed: int | None = None
+class SamplingSettings(BaseModel):
+    """How to sample a continuation. Documented here, shown by `--help` and the server's schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: NewTokens = Field(64, description="tokens to generate")
+    temperature: Temperature = Field(0.8, description="0 = greedy; higher = more varied")
+    top_k: int | None = Field(50, ge=0, description="sample from the k most likely tokens (0 or null: off)")
+    top_p: TopP | None = Field(0.95, description="nucleus sampling: the smallest set of tokens with this much "
+                               "probability")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description=">1 discourages repeats")
+    num_return_sequences: Sequences = Field(1, description="continuations to return")
+    seed: Seed | None = Field(None, description="seed for reproducible sampling")
+
+
+class GenerationSettings(SamplingSettings):
+    """Sampling settings plus internal switches. Bad values raise LmtuneError with one line per field."""
+
+    model_config = ConfigDict(extra="forbid")
+
     stop_at_eos: bool = True
+
+    def __init__(self, **values):
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise LmtuneError("; ".join(f"{'.'.join(map(str, e['loc']))} {e['msg'].lower()} (got {e['input']!r})"
+                                        for e in err.errors())) from None
 
     def generate_kwargs(self, tokenizer) -> dict:
         sample = self.temperature > 0 and self.top_k != 1
@@ -34,21 +70,36 @@ class GenerationSettings:
         return kwargs
 
 
-def _encode(loaded: LoadedModel, prompt: str) -> dict[str, torch.Tensor]:
+def _encode(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> dict[str, torch.Tensor]:
+    """The prompt's ids; a prompt that leaves no room for the new tokens loses its start (with a warning)."""
     enc = loaded.tokenizer(prompt, return_tensors="pt")
     if enc["input_ids"].shape[1] == 0:  # an empty prompt: start from the EOS/BOS token
         start = loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else loaded.tokenizer.eos_token_id
         enc = {"input_ids": torch.tensor([[start]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
+    limit = context_length_of(loaded.model.config)
+    if limit is not None:
+        if max_new_tokens >= limit:
+            raise LmtuneError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's "
+                              f"context of {limit} tokens; ask for fewer")
+        room = limit - max_new_tokens
+        if enc["input_ids"].shape[1] > room:
+            log.warning("warning: the prompt has %d tokens; only its last %d fit the model's context of %d with "
+                        "%d new tokens", enc["input_ids"].shape[1], room, limit, max_new_tokens)
+            enc = {k: v[:, -room:] for k, v in enc.items()}
     device = next(loaded.model.parameters()).device
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def _settings(settings: GenerationSettings | None, overrides: dict) -> GenerationSettings:
+    return settings if settings is not None else GenerationSettings(**overrides)
 
 
 @torch.inference_mode()
 def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None, **overrides) -> list[str]:
     """Continuations of `prompt` (without the prompt), one per returned sequence."""
     loaded = as_loaded(model, "generate")
-    settings = settings or GenerationSettings(**overrides)
-    enc = _encode(loaded, prompt)
+    settings = _settings(settings, overrides)
+    enc = _encode(loaded, prompt, settings.max_new_tokens)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     out = loaded.model.generate(**enc, **settings.generate_kwargs(loaded.tokenizer))
@@ -56,30 +107,68 @@ def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings
     return loaded.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+class _StopWhenSet(StoppingCriteria):
+    """Ends `model.generate` at the next token once the event is set (a client that went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Stream:
+    """Text pieces as they are generated (one sequence), from a generation thread. `close()` (or leaving
+    a `with` block) stops the generation within a token and waits for the thread."""
+
+    def __init__(self, model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None,
+                 **overrides):
+        loaded = as_loaded(model, "generate")
+        settings = _settings(settings, overrides).model_copy(update={"num_return_sequences": 1})
+        enc = _encode(loaded, prompt, settings.max_new_tokens)
+        self.stop = threading.Event()
+        self.streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.errors: list[BaseException] = []
+        kwargs = {**enc, **settings.generate_kwargs(loaded.tokenizer), "streamer": self.streamer,
+                  "stopping_criteria": StoppingCriteriaList([_StopWhenSet(self.stop)])}
+
+        def work():
+            try:
+                if settings.seed is not None:
+                    torch.manual_seed(settings.seed)
+                with torch.inference_mode():
+                    loaded.model.generate(**kwargs)
+            except BaseException as err:  # surfaced in the caller's thread by __next__
+                self.errors.append(err)
+                self.streamer.end()
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self.streamer)
+        except StopIteration:
+            self.thread.join()
+            if self.errors:
+                raise self.errors[0] from None
+            raise
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def stream(model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None, **overrides) -> Iterator[str]:
     """Yield text pieces as they are generated (one sequence)."""
-    from transformers import TextIteratorStreamer
-
-    loaded = as_loaded(model, "generate")
-    settings = settings or GenerationSettings(**overrides)
-    settings.num_return_sequences = 1
-    enc = _encode(loaded, prompt)
-    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
-    errors: list[BaseException] = []
-
-    def work():
-        try:
-            with torch.inference_mode():
-                loaded.model.generate(**enc, **settings.generate_kwargs(loaded.tokenizer), streamer=streamer)
-        except BaseException as err:  # surfaced in the caller's thread below
-            errors.append(err)
-            streamer.end()
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    yield from streamer
-    thread.join()
-    if errors:
-        raise errors[0]
+    with Stream(model, prompt, settings, **overrides) as pieces:
+        yield from pieces
