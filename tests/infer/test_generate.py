@@ -21,7 +21,7 @@ def test_top_k_one_equals_greedy(tiny_clm_run):
 
 def test_max_new_tokens_and_num_sequences(tiny_clm_run):
     loaded = load(tiny_clm_run)
-    outs = generate(loaded, "A ghost", max_new_tokens=5, num_return_sequences=3, seed=1, stop_at_eos=False,
+    outs = generate(loaded, "A ghost", max_new_tokens=5, num_return_sequences=3, seed=1, ignore_eos=True,
                     temperature=1.0)
     assert len(outs) == 3
     for text in outs:

@@ -25,7 +25,7 @@ def bench_generation(model: str, new_tokens: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for batch in (1, 8):  # sampling (top-k 50), so that 8 sequences from one prompt differ
         settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
-                                      num_return_sequences=batch, stop_at_eos=False, seed=0)
+                                      num_return_sequences=batch, ignore_eos=True, seed=0)
         enc = loaded.tokenizer("HAMLET. To be, or not to be", return_tensors="pt")
         generate(loaded, "warm up", max_new_tokens=4, temperature=0)
         start = time.perf_counter()

@@ -41,14 +41,13 @@ class SamplingSettings(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description=">1 discourages repeats")
     num_return_sequences: Sequences = Field(1, description="continuations to return")
     seed: Seed | None = Field(None, description="seed for reproducible sampling")
+    ignore_eos: bool = Field(False, description="keep generating past the end-of-text token (benchmarks)")
 
 
 class GenerationSettings(SamplingSettings):
-    """Sampling settings plus internal switches. Bad values raise LmtuneError with one line per field."""
+    """Sampling settings as the library takes them: bad values raise LmtuneError naming each field."""
 
     model_config = ConfigDict(extra="forbid")
-
-    stop_at_eos: bool = True
 
     def __init__(self, **values):
         try:
@@ -62,7 +61,7 @@ class GenerationSettings(SamplingSettings):
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
                   "repetition_penalty": self.repetition_penalty, "num_return_sequences": self.num_return_sequences,
                   "pad_token_id": tokenizer.pad_token_id,
-                  "eos_token_id": tokenizer.eos_token_id if self.stop_at_eos else None}
+                  "eos_token_id": None if self.ignore_eos else tokenizer.eos_token_id}
         if sample:
             kwargs.update(temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p or 1.0)
         else:
