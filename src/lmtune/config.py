@@ -21,6 +21,8 @@ class CleanConfig(_Strict):
 
     regex_remove: list[str] = Field(default_factory=list, description="patterns deleted from the text (DOTALL)")
     pdf_headers: bool = Field(True, description="drop lines repeated across PDF pages, and page-number lines")
+    drop_toc: bool = Field(False, description="drop table-of-contents and index lines with dot leaders "
+                           "('Introduction ....... 3')")
     dehyphenate: bool = Field(True, description="'exam-\nple' -> 'example'")
     normalize_unicode: bool = Field(True, description="NFKC, curly quotes kept as the tokenizer sees them")
     normalize_whitespace: bool = Field(True, description="collapse runs of spaces and blank lines")

@@ -11,51 +11,76 @@ from lmtune.config import CleanConfig
 from lmtune.data.ingest import Document
 from lmtune.errors import LmtuneError
 
-PAGE_NUMBER = re.compile(r"^\s*(?:page\s*)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?\s*$", re.I)
+PAGE_NUMBER = re.compile(r"^\s*[-–—(\[]?\s*(?:page\s*)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?"
+                         r"\s*[-–—)\]]?\s*$", re.I)  # "12", "- 12 -", "Page 3 of 40", "xiv"
 HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\n[ \t]*(\w)")
 SPACES = re.compile(r"[^\S\n]+")
 BLANK_LINES = re.compile(r"\n\s*\n(?:\s*\n)+")
 
 
-RUNNING_NUMBER = re.compile(r"^\s*\d+\b|\b\d+\s*$")  # "17 | My Book", "Chapter 2 - 17"
+# "17 | My Book", "Chapter 2 - 17", "- 17 -" (not "... in 1999.": a sentence ends with a full stop)
+RUNNING_NUMBER = re.compile(r"^[\s\-–—|(\[]*\d+\b|\b\d+[\s\-–—|)\]]*$")
+EDGE_NUMBER = re.compile(r"\d+")
+TOC_LINE = re.compile(r"^.{2,}?(?:\s*\.){4,}\s*\d+\s*$|^.{2,}?\s\.{3,}\s*[ivxlcdm\d]+\s*$", re.I)  # "Intro ..... 3"
 
 
-def _edge_keys(line: str) -> set[str]:
-    """A line's identity for header/footer matching: itself, and (when it starts or ends with a number,
-    as running headers with page numbers do) its digit-free form."""
-    exact = line.strip().lower()
-    keys = {exact}
-    if RUNNING_NUMBER.search(exact):
-        keys.add(re.sub(r"\d+", "#", exact))
+def _masked(line: str) -> str:
+    return EDGE_NUMBER.sub("#", line.strip().lower())
+
+
+def _furniture_keys(line: str, page: int) -> set[tuple]:
+    """What makes an edge line a running header/footer: its text (digits masked when it starts or ends
+    with a number) on many pages, or many pages of one parity; and, for a line that starts or ends with a number, that number minus the
+    page's index (a printed page number: "Chapter 4: Function reference 9", "10", "11", ... on
+    consecutive pages), which recurs even when the text changes from chapter to chapter."""
+    match = RUNNING_NUMBER.search(line.strip())
+    text = _masked(line) if match else line.strip().lower()  # numbers inside a body line are kept apart
+    keys = {("text", page % 2, text), ("text", "all", text)}
+    if match:
+        keys.add(("page number", _masked(line), int(re.sub(r"\D", "", match.group())) - page))
     return keys
 
 
 def strip_pdf_page_furniture(pages: list[str], edge_lines: int = 2) -> tuple[list[str], int]:
-    """Drop page-number lines and running headers/footers: lines near a page's top or bottom that recur
-    on at least half of the pages (3 pages at least). Returns the pages and how many lines went."""
+    """Drop page-number lines and running headers/footers among the top and bottom `edge_lines` lines of
+    each page. Odd and even pages are counted apart (books alternate their headers); a masked line must
+    recur on half the pages of its parity (3 at least), or carry the page number on 3 pages or more.
+    Returns the pages and how many lines went."""
     split = [p.splitlines() for p in pages]
-    counts: Counter[str] = Counter()
-    for lines in split:
-        edges = set()
-        for line in lines[:edge_lines] + lines[-edge_lines:]:
-            if line.strip():
-                edges |= _edge_keys(line)
-        counts.update(edges)
-    threshold = max(3, (len(pages) + 1) // 2)
-    repeated = {key for key, n in counts.items() if n >= threshold}
+    counts: Counter[tuple] = Counter()
+    for page, lines in enumerate(split):
+        keys = set()
+        for i in _edge_indices(lines, edge_lines):
+            keys |= _furniture_keys(lines[i], page)
+        counts.update(keys)
+    needed = {0: max(3, (len(pages[0::2]) + 1) // 2), 1: max(3, (len(pages[1::2]) + 1) // 2),
+              "all": max(3, (len(pages) + 1) // 2)}
+    repeated = {key for key, n in counts.items() if n >= (3 if key[0] == "page number" else needed[key[1]])}
     removed = 0
     cleaned = []
-    for lines in split:
-        n = len(lines)
-        keep = []
-        for i, line in enumerate(lines):
-            near_edge = i < edge_lines or i >= n - edge_lines
-            if near_edge and line.strip() and (PAGE_NUMBER.match(line) or _edge_keys(line) & repeated):
-                removed += 1
-            else:
-                keep.append(line)
-        cleaned.append("\n".join(keep))
+    for page, lines in enumerate(split):
+        drop = {i for i in _edge_indices(lines, edge_lines)
+                if PAGE_NUMBER.match(lines[i]) or _furniture_keys(lines[i], page) & repeated}
+        removed += len(drop)
+        cleaned.append("\n".join(line for i, line in enumerate(lines) if i not in drop))
     return cleaned, removed
+
+
+def _edge_indices(lines: list[str], edge_lines: int) -> list[int]:
+    """Indices of the first and last `edge_lines` non-empty lines."""
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    return sorted(set(filled[:edge_lines] + filled[-edge_lines:]))
+
+
+def drop_toc_lines(text: str) -> tuple[str, int]:
+    """Table-of-contents and index lines with dot leaders ("Introduction ........ 3")."""
+    kept, dropped = [], 0
+    for line in text.split("\n"):
+        if TOC_LINE.match(line):
+            dropped += 1
+        else:
+            kept.append(line)
+    return "\n".join(kept), dropped
 
 
 def remove_patterns(text: str, patterns: list[re.Pattern], counts: Counter) -> str:
@@ -105,6 +130,9 @@ def clean_documents(
             pages, removed = strip_pdf_page_furniture(doc.pages)
             counts["pdf header/footer/page-number lines"] += removed
             text = "\n".join(pages)
+        if config.drop_toc:
+            text, n = drop_toc_lines(text)
+            counts["table-of-contents lines dropped"] += n
         text = remove_patterns(text, patterns, counts)
         if config.dehyphenate:
             text, n = dehyphenate(text)

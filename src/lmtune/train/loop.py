@@ -507,6 +507,9 @@ def _beats_base(state: TrainState, metric: str, mode: str) -> bool | None:
 def plan_warnings(config: RunConfig, model, tokens: int, samples: int, total_steps: int) -> list[str]:
     """Before training: plans that usually end in a model worse than the base, with what to do instead."""
     warnings = []
+    if tokens and tokens < config.data.block_size:
+        warnings.append(f"the corpus has only {tokens:,} training tokens, less than one block of "
+                        f"{config.data.block_size}: add text (there is too little to learn from or to hold out)")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     epochs = total_steps * config.train.batch_size * config.train.grad_accum / max(1, samples)
     if tokens and trainable > 10_000 * tokens and config.model.lora is None:
