@@ -31,6 +31,7 @@ from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import (GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences, Stream, Temperature,
                                    TopP, generate)
+from lmtune.serve.ui import build_ui
 
 
 @dataclass
@@ -348,9 +349,7 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
                             for i, t in enumerate(texts)]}
 
     if ui:
-        import gradio as gr
-
-        from lmtune.serve.ui import build_ui
+        import gradio as gr  # heavy: imported only when the UI is wanted
 
         app = gr.mount_gradio_app(app, build_ui(served), path="/")
     return app

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from lmtune.errors import LmtuneError
+from lmtune.infer.classify import classify
+from lmtune.infer.fill_mask import fill_mask
+from lmtune.infer.generate import GenerationSettings, stream
 
 
 def _names(served: dict, capability: str) -> list[str]:
@@ -9,11 +12,7 @@ def _names(served: dict, capability: str) -> list[str]:
 
 
 def build_ui(served: dict):
-    import gradio as gr
-
-    from lmtune.infer.classify import classify
-    from lmtune.infer.fill_mask import fill_mask
-    from lmtune.infer.generate import GenerationSettings, stream
+    import gradio as gr  # heavy: imported only when the UI is wanted
 
     masked, causal, classifiers = _names(served, "fill-mask"), _names(served, "generate"), _names(served, "classify")
 
