@@ -13,6 +13,12 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (clm.OBJECTIVE, mlm.OBJEC
 INFERENCE_ORDER = (classify.OBJECTIVE, mlm.OBJECTIVE, clm.OBJECTIVE)
 
 
+def objective_for_columns(columns: set[str]) -> Objective:
+    """The objective whose data a table with these columns is (most specific first); else causal LM."""
+    claimed = [o for o in OBJECTIVES.values() if o.table_columns and o.table_columns <= columns]
+    return max(claimed, key=lambda o: len(o.table_columns), default=clm.OBJECTIVE)
+
+
 def get_objective(name: str) -> Objective:
     try:
         return OBJECTIVES[name]

@@ -29,6 +29,8 @@ class Objective:
     used_as: ClassVar[str | None] = None  # the objective a saved model serves as (SFT models generate like CLM)
     capabilities: ClassVar[tuple[str, ...]] = ()  # what inference and the server offer for its models
     metadata_file: ClassVar[str | None] = None  # written into final/ by `save_metadata`
+    default_model: ClassVar[str] = "smollm2-135m"  # for `lmtune train --data` (offline aliases)
+    table_columns: ClassVar[frozenset[str]] = frozenset()  # a table with these columns is this objective's data
 
     # ---- data ------------------------------------------------------------------------------------
     def prepare_splits(self, config: RunConfig, tokenizer) -> tuple[dict[str, dict[str, list]], Any, dict]:
@@ -45,6 +47,10 @@ class Objective:
         """One epoch's micro-batches as index lists; a fixed function of the generator (exact resume)."""
         order = torch.randperm(len(dataset), generator=generator).tolist()
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def default_train_settings(self, rows: int, parameters: int | None) -> dict[str, Any]:
+        """`lmtune train --data`: train settings this objective needs beyond the corpus-size defaults."""
+        return {}
 
     # ---- training --------------------------------------------------------------------------------
     def make_collator(self, tokenizer, config: RunConfig) -> Callable[[list[dict]], Batch]:

@@ -6,14 +6,14 @@ import math
 import torch
 
 from lmtune.tasks.base import Objective
-from lmtune.tasks.common import eval_batches, pad_batch
+from lmtune.tasks.common import eval_batches, pad_batch, pad_id
 
 
 def make_collator(tokenizer, config=None):
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    padding = pad_id(tokenizer)
 
     def collate(examples):
-        return pad_batch([ex["input_ids"] for ex in examples], pad_id)
+        return pad_batch([ex["input_ids"] for ex in examples], padding)
 
     return collate
 

@@ -4,6 +4,14 @@ from __future__ import annotations
 import torch
 
 
+def pad_id(tokenizer) -> int:
+    """The id padding uses (EOS when the tokenizer has no pad token: padding is masked everywhere)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
 def pad_batch(sequences: list[list[int]], pad_id: int, label_pad: int = -100) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence; padding is masked out of attention and of the labels."""
     width = max(len(s) for s in sequences)

@@ -9,7 +9,7 @@ import torch
 
 from lmtune.data.pack import Framing
 from lmtune.tasks.base import Objective
-from lmtune.tasks.common import eval_batches, pad_batch
+from lmtune.tasks.common import eval_batches, pad_batch, pad_id
 
 log = logging.getLogger("lmtune")
 EVAL_MASK_SEED = 1234  # the same masks for every evaluation, run and model sharing a tokenizer
@@ -43,7 +43,7 @@ class MaskingCollator:
         self.generator = generator
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         self.word_start = word_start_table(tokenizer) if whole_word else None
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_id(tokenizer)
 
     def mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         special = torch.isin(input_ids, self.special_ids) | (attention_mask == 0)
@@ -131,6 +131,7 @@ class MaskedLM(Objective):
     auto_class = "AutoModelForMaskedLM"
     lora_task_type = None  # peft has no MLM task type; the head trains in full (modules_to_save)
     capabilities = ("fill-mask",)
+    default_model = "minilm-l6"
 
     def framing(self, tokenizer):
 

@@ -17,7 +17,7 @@ from lmtune.config import RunConfig, SftConfig, TaskConfig
 from lmtune.data.ingest import read_documents
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import Objective
-from lmtune.tasks.common import eval_batches
+from lmtune.tasks.common import eval_batches, pad_batch, pad_id
 
 METADATA_FILE = "lmtune_tasks.json"  # in final/: tasks and template, for `lmtune generate --task`
 
@@ -128,19 +128,13 @@ def batch_order(dataset, batch_size: int, generator: torch.Generator) -> list[li
 
 
 def make_collator(tokenizer, config=None):
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    padding = pad_id(tokenizer)
 
     def collate(examples):
-        width = max(len(ex["input_ids"]) for ex in examples)
-        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(examples), width), dtype=torch.long)
+        batch = pad_batch([ex["input_ids"] for ex in examples], padding)
         for i, ex in enumerate(examples):
-            n, p = len(ex["input_ids"]), ex["prompt_length"]
-            ids[i, :n] = torch.tensor(ex["input_ids"])
-            attention[i, :n] = 1
-            labels[i, p:n] = ids[i, p:n]  # only the completion (and its EOS) is learned
-        return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+            batch["labels"][i, : ex["prompt_length"]] = -100  # only the completion (and its EOS) is learned
+        return batch
 
     return collate
 
@@ -236,6 +230,7 @@ class MultiTaskSFT(Objective):
     decoder = True
     used_as = "clm"  # a tuned SFT model generates like any causal LM
     metadata_file = METADATA_FILE
+    table_columns = frozenset({"prompt", "completion"})
 
     def prepare_splits(self, config, tokenizer):
         return prepare_splits(config, tokenizer)

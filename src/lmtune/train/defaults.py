@@ -29,9 +29,9 @@ from lmtune.data.ingest import COMPRESSED, TABLE_SUFFIXES, read_documents
 from lmtune.errors import LmtuneError
 from lmtune.models.load import PRESETS, context_length, resolve
 from lmtune.paths import resolve_data_path
+from lmtune.tasks import get_objective, objective_for_columns
 
 LORA_ABOVE = 500_000_000  # parameters
-DEFAULT_MODEL = {"clm": "smollm2-135m", "sft": "smollm2-135m", "mlm": "minilm-l6", "classify": "minilm-l6"}
 BYTES_PER_TOKEN = 4.0
 
 
@@ -60,11 +60,7 @@ def _table(path: Path) -> tuple[set[str], int]:
 
 def guess_objective(paths: list[str]) -> str:
     columns, _ = _table(resolve_data_path(paths[0]))
-    if {"prompt", "completion"} <= columns:
-        return "sft"
-    if "label" in columns:
-        return "classify"
-    return "clm"
+    return objective_for_columns(columns).name
 
 
 def model_parameters(name: str) -> int | None:
@@ -91,10 +87,8 @@ def recipe_for_data(data: list[str], model: str | None = None, objective: str | 
     for ref in data:
         if not resolve_data_path(ref).exists():
             raise LmtuneError(f"file not found: {ref}")
-    objective = objective or guess_objective(data)
-    if objective not in DEFAULT_MODEL:
-        raise LmtuneError(f"unknown objective '{objective}' (choose from {', '.join(DEFAULT_MODEL)})")
-    model = model or DEFAULT_MODEL[objective]
+    chosen = get_objective(objective or guess_objective(data))
+    model = model or chosen.default_model
     tokens = estimate_tokens(data)
     limit = context_length(model) or 512
     block = min(limit, 128 if tokens < 20_000 else 256)
@@ -103,18 +97,18 @@ def recipe_for_data(data: list[str], model: str | None = None, objective: str | 
     lora = params is not None and params > LORA_ABOVE
     lr = 2e-4 if lora else 5e-5
     batch = 16 if device == "cuda" else 8
-    if objective == "classify":
-        rows = sum(_table(resolve_data_path(ref))[1] for ref in data)
-        epochs, batch = (4 if rows < 5_000 else 2), 16
-        lr = 2e-4 if lora else (1e-4 if params is not None and params < 50_000_000 else 3e-5)
+    rows = sum(_table(resolve_data_path(ref))[1] for ref in data)
+    train = {"epochs": epochs, "lr": lr, "batch_size": batch, "warmup_steps": 0, "schedule": "cosine",
+             **chosen.default_train_settings(rows, params)}
+    if lora:
+        train["lr"] = 2e-4
     stem = Path(str(data[0]).split(":")[-1]).name.split(".")[0] or "data"
     recipe: dict[str, Any] = {
-        "objective": objective,
+        "objective": chosen.name,
         "output_dir": output_dir or f"runs/{stem}-{Path(model).name.replace('.gguf', '')}",
         "model": {"name": model, **({"lora": {"r": 16, "alpha": 32}} if lora else {})},
         "data": {"train": data if len(data) > 1 else data[0], "block_size": block},
-        "train": {"epochs": epochs, "lr": lr, "batch_size": batch,
-                  "warmup_steps": 0, "schedule": "cosine"},
+        "train": train,
     }
     return recipe
 

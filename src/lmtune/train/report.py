@@ -30,6 +30,8 @@ def print_report(config: RunConfig, summary: dict) -> None:
                          justify="right")
     else:
         table.add_column("tuned", justify="right")
+        if best:
+            table.caption = f"tuned = best = last evaluated model (step {summary['steps']})"
     baselines = summary.get("baselines") or {}
     for name in baselines:  # what fine-tuning must beat, on the same held-out rows
         table.add_column(f"{name} (baseline)", justify="right", style="dim")
