@@ -86,6 +86,8 @@ class Cluster:
         return model
 
     def unwrap(self, model):
+        """The plain model inside torch.compile's and DDP's wrappers (what is saved and evaluated)."""
+        model = getattr(model, "_orig_mod", model)
         return model.module if isinstance(model, DistributedDataParallel) else model
 
     def no_sync(self, model, sync: bool):

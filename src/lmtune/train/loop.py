@@ -511,7 +511,7 @@ def plan_warnings(config: RunConfig, model, tokens: int, samples: int, total_ste
         warnings.append(f"the corpus has only {tokens:,} training tokens, less than one block of "
                         f"{config.data.block_size}: add text (there is too little to learn from or to hold out)")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    epochs = total_steps * config.train.batch_size * config.train.grad_accum / max(1, samples)
+    epochs = total_steps * min(config.train.batch_size, samples) * config.train.grad_accum / max(1, samples)
     if tokens and trainable > 10_000 * tokens and config.model.lora is None:
         warnings.append(f"a full fine-tune of {trainable / 1e6:.0f}M parameters on only {tokens:,} training tokens "
                         "tends to overfit at once; consider LoRA (--model.lora.r 8) or more text")
