@@ -451,7 +451,7 @@ def main() -> None:
     except LmtuneError as err:
         _fail(str(err), err.exit_code)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
-        _fail(f"{err.strerror}: {err.filename}", 1)
+        _fail(f"{err.strerror}: {err.filename}" if err.filename else str(err), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except typer.Abort as err:  # typer's wrapping of an EOFError (e.g. from a truncated compressed file)

@@ -59,3 +59,20 @@ def test_pdf_cleaning_through_documents():
     docs, report = clean_documents([Document("\n".join(pages), "b.pdf", pages=pages)], CleanConfig())
     assert docs[0].text == "Text 0.\nText 1.\nText 2.\nText 3."
     assert report["pdf header/footer/page-number lines"] == 8
+
+
+def test_whitespace_normalised_in_slices_equals_the_whole_text():
+    """Long texts are normalised in slices (bounded memory); every cut must be invisible."""
+    import random
+
+    from lmtune.data.clean import normalize_whitespace
+
+    rng = random.Random(0)
+    parts = ["word", "ab", "x", " ", "  ", "\t", "\n", "\n\n", " \n \n\n", "\u00a0", "end."]
+    for trial in range(30):
+        text = "".join(rng.choice(parts) for _ in range(rng.randrange(50, 400)))
+        whole = normalize_whitespace(text, slice_chars=10**9)
+        for size in (1, 3, 7, 40):
+            assert normalize_whitespace(text, slice_chars=size) == whole, (trial, size, text)
+    # and the reference: what the one-pass version gave
+    assert normalize_whitespace(" a  b\t\n\n\n\n  c \n", slice_chars=2) == "a b\n\nc"

@@ -1,8 +1,13 @@
 import pytest
 
-from lmtune.data.pack import Framing, pack, pack_splits, split_documents
+from lmtune.data.pack import Framing, pack as pack_arrays, pack_splits, split_documents
 
 CLM = Framing(separator=[0], prefix=[], suffix=[])
+
+
+def pack(*args, **kwargs) -> list[list[int]]:
+    """pack() gives int32 arrays; lists compare plainly."""
+    return [block.tolist() for block in pack_arrays(*args, **kwargs)]
 
 
 def test_pack_keeps_every_token_and_the_remainder():
@@ -46,10 +51,27 @@ def test_single_document_splits_by_position():
 
 def test_no_packing_truncates_and_counts():
     splits, info = pack_splits([[1] * 20, [2] * 3], 8, CLM, 0, 0.0, seed=0, packing=False)
-    assert splits["train"] == [[1] * 8, [2] * 3]
+    assert [b.tolist() for b in splits["train"]] == [[1] * 8, [2] * 3]
     assert info["truncated samples"] == 1
 
 
 def test_block_too_small():
     with pytest.raises(ValueError):
         pack([[1, 2]], 2, Framing([102], [101], [102]))
+
+
+@pytest.mark.parametrize("docs,block_size,val_fraction,fragment", [
+    ([[1] * 5], 16, 0.1, "no validation split: the corpus (5 tokens) is too small"),  # 10% of 5 tokens is none
+    ([[1] * 30], 64, 0.1, "the training text (27 tokens) is shorter than one block (64)"),
+    ([[1] * 30], 64, 0.1, "the validation split holds only 3 tokens"),
+    ([[1] * 30], 64, 0.0, "the training text (30 tokens) is shorter than one block (64)"),
+    ([[1] * 1000], 64, 0.1, None),
+    ([[1] * 100] * 20, 64, 0.1, None),  # by document: 2 documents held out
+])
+def test_a_corpus_too_small_for_a_block_or_a_split_says_so(docs, block_size, val_fraction, fragment):
+    splits, info = pack_splits(docs, block_size, CLM, 0, val_fraction, seed=0)
+    assert splits["train"]  # never an empty training split from a non-empty corpus
+    if fragment is None:
+        assert "warning" not in info and splits["validation"]
+    else:
+        assert fragment in info["warning"], info

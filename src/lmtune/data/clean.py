@@ -7,6 +7,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import replace
 
+from tqdm.auto import tqdm
+
 from lmtune.config import CleanConfig
 from lmtune.data.ingest import Document
 from lmtune.errors import LmtuneError
@@ -16,6 +18,8 @@ PAGE_NUMBER = re.compile(r"^\s*[-–—(\[]?\s*(?:page\s*)?(?:\d{1,4}|[ivxlcdm]{
 HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\n[ \t]*(\w)")
 SPACES = re.compile(r"[^\S\n]+")
 BLANK_LINES = re.compile(r"\n\s*\n(?:\s*\n)+")
+PROGRESS_CHARS = 20_000_000  # a progress bar for corpora this large
+NON_SPACE_PAIR = re.compile(r"\S(?=\S)")  # a safe place to cut a long text
 
 
 # "17 | My Book", "Chapter 2 - 17", "- 17 -" (not "... in 1999.": a sentence ends with a full stop)
@@ -94,10 +98,19 @@ def dehyphenate(text: str) -> tuple[str, int]:
     return HYPHEN_BREAK.subn(r"\1\2", text)
 
 
-def normalize_whitespace(text: str) -> str:
-    text = SPACES.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
-    return BLANK_LINES.sub("\n\n", text).strip()
+def normalize_whitespace(text: str, slice_chars: int = 1_000_000) -> str:
+    """Runs of spaces -> one, lines stripped, blank-line runs -> one blank line. Long texts go in slices
+    cut between two non-space characters, where no run of whitespace or line end can straddle the cut:
+    re.sub holds every piece of its result at once (~1 GB for a 50 MB line with 10 million spaces)."""
+    out, start = [], 0
+    while start < len(text):
+        cut = NON_SPACE_PAIR.search(text, start + slice_chars) if len(text) - start > slice_chars else None
+        end = cut.end() if cut else len(text)
+        piece = SPACES.sub(" ", text[start:end])
+        piece = "\n".join(line.strip() for line in piece.split("\n"))
+        out.append(BLANK_LINES.sub("\n\n", piece))
+        start = end
+    return "".join(out).strip()
 
 
 def apply_delimiters(text: str, delimiters: dict[str, str], specials: dict[str, str]) -> list[str]:
@@ -124,6 +137,8 @@ def clean_documents(
     counts: Counter[str] = Counter()
     chars_in = sum(len(d.text) for d in docs)
     out: list[Document] = []
+    bar = tqdm(total=chars_in, unit="B", unit_scale=True, desc="clean", disable=chars_in < PROGRESS_CHARS,
+               leave=False)
     for doc in docs:
         text = doc.text
         if config.pdf_headers and doc.pages and len(doc.pages) > 1:
@@ -153,6 +168,8 @@ def clean_documents(
                 counts["empty/short documents dropped"] += 1
                 continue
             out.append(replace(doc, text=piece, pages=None))
+        bar.update(len(doc.text))
+    bar.close()
     if config.dedup:
         seen: set[str] = set()
         unique = []

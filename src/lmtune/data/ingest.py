@@ -9,9 +9,11 @@ import io
 import json
 import logging
 import lzma
+import os
 import sys
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson"}
 OTHER_SUFFIXES = {".pdf", ".epub", ".html", ".htm", ".xhtml"}
+log = logging.getLogger(__name__)
+
 COMPRESSED = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
 
 
@@ -47,30 +51,41 @@ def _suffixes(path: Path) -> tuple[str, str | None]:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed; every way reading can fail becomes one line naming the file."""
     _, compression = _suffixes(path)
-    if not compression:
-        return path.read_bytes()
     try:
+        if not compression:
+            return path.read_bytes()
+        if path.stat().st_size == 0:  # empty, not corrupt: reported as "no text" like any empty file
+            return b""
         with COMPRESSED[compression](path, "rb") as fh:
             return fh.read()
+    except PermissionError:
+        raise LmtuneError(f"{path}: permission denied (cannot read the file)") from None
+    except IsADirectoryError:
+        raise LmtuneError(f"{path} is a folder, not a file") from None
+    except FileNotFoundError:
+        raise LmtuneError(f"file not found: {path}") from None
     except (EOFError, OSError, lzma.LZMAError, zlib.error) as err:  # gzip/bz2/xz each fail their own way
-        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
+        if not compression:
+            raise LmtuneError(f"{path}: cannot read the file ({getattr(err, 'strerror', None) or err})") from None
         raise LmtuneError(f"{path}: corrupt or truncated {compression[1:]} file ({err})") from None
 
 
 def _utf16_without_bom(raw: bytes) -> str | None:
     """UTF-16 text saved without a byte-order mark: ASCII-range characters leave a NUL in every other
-    byte (the odd ones for little-endian, the even ones for big-endian)."""
-    head = raw[:8192]
-    if len(head) < 4 or len(head) % 2:
-        head = head[:-1]
+    byte (the odd ones for little-endian, the even ones for big-endian). None unless it decodes to
+    printable text (arrays of small 16-bit numbers have the same NUL pattern)."""
+    head = raw[: min(len(raw), 8192) // 2 * 2]
     for encoding, zeros in (("utf-16-le", head[1::2]), ("utf-16-be", head[0::2])):
         if zeros and zeros.count(0) / len(zeros) > 0.9:
             try:
-                return raw[: len(raw) - len(raw) % 2].decode(encoding)
+                text = raw[: len(raw) // 2 * 2].decode(encoding)
             except UnicodeDecodeError:
                 return None
+            sample = text[:4096]
+            printable = sum(c.isprintable() or c in "\n\r\t\f" for c in sample)
+            return text if printable >= 0.95 * len(sample) else None
     return None
 
 
@@ -96,19 +111,32 @@ def decode_text(raw: bytes, source: str) -> str:
     return str(western[0] if western else best)
 
 
-def read_pdf(path: Path) -> Document:
-    # pypdf logs its repairs ("incorrect startxref pointer") as warnings: they would print ahead of our
-    # one error line, and a PDF it can read after all needs no remark.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
+@contextmanager
+def _quiet_pypdf():
+    """pypdf logs its repairs ("incorrect startxref pointer") and warns: that would print ahead of our one
+    error line, and a PDF it can read after all needs no remark. Its logger is restored afterwards."""
+    logger = logging.getLogger("pypdf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            reader = PdfReader(str(path))
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def read_pdf(path: Path) -> Document:
+    from pypdf.errors import FileNotDecryptedError
+
+    raw = _read_bytes(path)  # also book.pdf.gz; and a missing/unreadable file is named like any other
+    try:
+        with _quiet_pypdf():
+            reader = PdfReader(io.BytesIO(raw))
             pages = [page.extract_text() or "" for page in reader.pages]
-    except (OSError, PermissionError) as err:
-        if isinstance(err, (FileNotFoundError, PermissionError)):
-            raise
-        raise LmtuneError(f"{path}: cannot read PDF ({err})") from None
+    except FileNotDecryptedError:
+        raise LmtuneError(f"{path}: the PDF is password-protected; save a decrypted copy "
+                          "(e.g. qpdf --decrypt --password=... in.pdf out.pdf)") from None
     except Exception as err:  # pypdf raises many types for broken files (PdfReadError, KeyError, ...)
         raise LmtuneError(f"{path}: cannot read PDF, the file is damaged or not a PDF "
                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
@@ -158,9 +186,13 @@ def read_table(path: Path, text_column: str | None) -> list[Document]:
             "set data.text_column"
         )
     docs = []
-    for row in rows:
-        text = "" if text_column is None else str(row.get(text_column) or "")
-        docs.append(Document(text=text, source=str(path), fields=dict(row)))
+    for n, row in enumerate(rows, 1):
+        value = None if text_column is None else row.get(text_column)
+        if isinstance(value, (list, dict)):  # str() would train on Python's repr of it
+            kind = "list" if isinstance(value, list) else "object"
+            raise LmtuneError(f"{path}: record {n}: '{text_column}' is a JSON {kind}, not text; "
+                              "set data.text_column to a text field")
+        docs.append(Document(text="" if value is None else str(value), source=str(path), fields=dict(row)))
     return docs
 
 
@@ -180,23 +212,37 @@ def _jsonl_rows(path: Path, content: str) -> list[dict]:
 
 
 def _json_rows(path: Path, content: str) -> list[dict]:
-    """A list of records; a column layout ({"text": [...], "label": [...]}, as pandas and HF datasets
-    write it); or, failing both, JSON Lines under a .json name."""
+    """Records from a .json file, in any layout pandas or HF datasets write: a list of records
+    (orient="records"); columns of equal length ({"text": [...], "label": [...]}); {column: {row: value}}
+    (orient="columns") or {row: {column: value}} (orient="index"); {"columns", "data"} (orient="split");
+    one key holding the records ({"data": [...]}); a single record; or, failing all, JSON Lines."""
     try:
         data = json.loads(content)
     except json.JSONDecodeError:
         return _jsonl_rows(path, content)
-    if isinstance(data, dict):
-        columns = {k: v for k, v in data.items() if isinstance(v, list)}
-        lengths = {len(v) for v in columns.values()}
-        if columns and len(columns) == len(data) and len(lengths) == 1:
-            return [dict(zip(columns, values)) for values in zip(*columns.values())]
-        if all(isinstance(v, dict) for v in data.values()) and data:  # pandas orient="index"/"columns" of dicts
-            first = next(iter(data.values()))
-            if all(isinstance(v, dict) for v in first.values()):
-                return [dict(zip(data, values)) for values in zip(*[list(v.values()) for v in data.values()])]
-            return [dict(v) for v in data.values()]
-        return [data]  # one record
+    if isinstance(data, dict) and data:
+        values = list(data.values())
+        if isinstance(data.get("columns"), list) and isinstance(data.get("data"), list) \
+                and all(isinstance(row, list) for row in data["data"]):  # orient="split"
+            return [dict(zip(data["columns"], row)) for row in data["data"]]
+        if len(data) == 1 and isinstance(values[0], list) and values[0] \
+                and all(isinstance(v, dict) for v in values[0]):  # {"data": [records]}
+            data = values[0]
+        elif all(isinstance(v, list) for v in values):  # columns
+            lengths = {k: len(v) for k, v in data.items()}
+            if len(set(lengths.values())) > 1:
+                raise LmtuneError(f"{path}: the columns have different lengths "
+                                  f"({', '.join(f'{k}: {n}' for k, n in lengths.items())})")
+            return [dict(zip(data, row)) for row in zip(*values)]
+        elif all(isinstance(v, dict) for v in values):
+            inner = {tuple(v) for v in values}
+            # Row labels are pandas' index ("0", "1", ...): on the inside for orient="columns".
+            if len(inner) == 1 and all(k.isdigit() for k in next(iter(inner))) \
+                    and not all(k.isdigit() for k in data):
+                return [dict(zip(data, row)) for row in zip(*(v.values() for v in values))]
+            return values
+        else:
+            return [data]  # one record
     if isinstance(data, list):
         bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
         if bad is not None:
@@ -204,6 +250,11 @@ def _json_rows(path: Path, content: str) -> list[dict]:
                               f"{{\"text\": ...}})")
         return data
     raise LmtuneError(f"{path}: expected JSON records (a list of objects, or columns of equal length)")
+
+
+def is_plain_text(path: str | Path) -> bool:
+    """.txt/.md/... (also compressed): an `--input` file of this kind holds one input per line."""
+    return _suffixes(Path(path))[0] in TEXT_SUFFIXES
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -219,7 +270,11 @@ def read_lines(path: str | Path) -> list[str]:
 def read_hf_dataset(path: Path, text_column: str | None, split: str = "train") -> list[Document]:
     from datasets import DatasetDict, load_from_disk
 
-    ds = load_from_disk(str(path))
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as err:  # half-written or foreign folders: FileNotFoundError, ArrowInvalid, JSON errors
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise LmtuneError(f"{path}: cannot read the saved dataset ({type(err).__name__}: {first})") from None
     if isinstance(ds, DatasetDict):
         if split not in ds:
             split = next(iter(ds))
@@ -246,7 +301,7 @@ def read_file(path: Path, text_column: str | None = "text") -> list[Document]:
         return read_table(path, text_column)
     raw = _read_bytes(path)
     if kind in {".html", ".htm", ".xhtml"}:
-        return [Document(text=_html_to_text(raw), source=str(path))]
+        return [Document(text=_html_to_text(decode_text(raw, str(path))), source=str(path))]
     if raw.startswith(b"%PDF"):
         return [read_pdf(path)]
     return [Document(text=decode_text(raw, str(path)), source=str(path))]
@@ -257,24 +312,48 @@ def _supported(path: Path) -> bool:
     return kind in TEXT_SUFFIXES | TABLE_SUFFIXES | OTHER_SUFFIXES
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """The supported files under `folder`, sorted. A subfolder we may not open is named (Path.rglob
+    would skip it without a word)."""
+
+    def fail(err: OSError) -> None:
+        if isinstance(err, PermissionError):
+            raise LmtuneError(f"{err.filename}: permission denied (cannot list the folder)")
+
+    found = []
+    for root, _, names in os.walk(folder, onerror=fail, followlinks=True):
+        found += [Path(root) / name for name in names if _supported(Path(name))]
+    return sorted(f for f in found if f.is_file())
+
+
 def read_documents(paths: str | Path | list, text_column: str | None = "text") -> list[Document]:
     """Read every source; a folder contributes its supported files in sorted order."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     docs: list[Document] = []
+    empty: list[Path] = []  # files in folders with no text: noted, not fatal (unless nothing has text)
     for p in map(resolve_data_path, paths):
         if not p.exists():
             raise LmtuneError(f"file not found: {p}")
         if is_hf_dataset(p):
             docs += read_hf_dataset(p, text_column)
         elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and _supported(f))
+            files = _folder_files(p)
             if not files:
                 raise LmtuneError(f"{p}: no readable files (.txt .md .pdf .epub .html .csv .jsonl)")
             for f in files:
-                docs += read_file(f, text_column)
+                found = read_file(f, text_column)
+                if not any(d.text.strip() for d in found):
+                    empty.append(f)
+                docs += found
         else:
             docs += read_file(p, text_column)
-    if not any(d.text.strip() for d in docs) and text_column is not None:
-        raise LmtuneError(f"no text found in {', '.join(map(str, paths))}")
+    if text_column is None:
+        return docs
+    if not any(d.text.strip() for d in docs):
+        raise LmtuneError(f"no text found in {', '.join(map(str, paths))}"
+                          + (f" ({len(empty)} files, all empty)" if len(empty) > 1 else ""))
+    if empty:
+        log.warning("warning: %d file(s) without text skipped: %s%s", len(empty),
+                    ", ".join(map(str, empty[:3])), ", ..." if len(empty) > 3 else "")
     return docs

@@ -7,8 +7,10 @@ by position (the tail of the token stream), so validation text never appears in 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm.auto import tqdm
 
 MIN_DOCS_FOR_DOC_SPLIT = 10
@@ -37,63 +39,84 @@ class Framing:
 
 
 CHUNK_CHARS = 100_000  # longer texts are tokenized in pieces: memory stays bounded whatever the file
+BATCH_CHARS = 1_000_000  # characters per tokenizer call: its per-token bookkeeping is ~100 bytes
+PROGRESS_CHARS = 20_000_000  # a progress bar for corpora this large
+IDS = np.int32  # 4 bytes a token, not a Python int's 36; Arrow stores input_ids as int32 either way
 
 
-def _pieces(text: str, size: int = CHUNK_CHARS) -> list[str]:
+def _pieces(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
     """Cut a long text just before whitespace, so every piece starts the way the next word would have:
     byte-level BPE and WordPiece give the same tokens as for the whole text."""
-    if len(text) <= size:
-        return [text]
-    pieces, start = [], 0
+    start = 0
     while start < len(text):
         end = start + size
         if end < len(text):
-            space = text.rfind(" ", start + size // 2, end)
-            newline = text.rfind("\n", start + size // 2, end)
-            end = max(space, newline) if max(space, newline) > start else end
-        pieces.append(text[start:end])
+            cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+            end = cut if cut > start else end
+        yield text[start:end]
         start = end
-    return pieces
 
 
-def tokenize(tokenizer, texts: list[str], batch_size: int = 64) -> list[list[int]]:
-    """Token ids of each text. Fast-tokenizer calls on batches of pieces of at most CHUNK_CHARS (the
+def tokenize(tokenizer, texts: list[str], batch_size: int = 64) -> list[np.ndarray]:
+    """Token ids of each text, as an int32 array. Long texts are tokenized in pieces of at most
+    CHUNK_CHARS, in batches of at most `batch_size` pieces and BATCH_CHARS characters (the fast
     tokenizer parallelises inside a batch); a progress bar for large corpora."""
-    pieces, owner = [], []
-    for i, text in enumerate(texts):
-        for piece in _pieces(text):
-            pieces.append(piece)
-            owner.append(i)
-    ids: list[list[int]] = [[] for _ in texts]
-    total = sum(map(len, pieces))
-    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=total < 20_000_000,
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    total = sum(map(len, texts))
+    batch: list[str] = []
+    owners: list[int] = []
+    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=total < PROGRESS_CHARS,
               leave=False) as bar:
-        for start in range(0, len(pieces), batch_size):
-            batch = pieces[start : start + batch_size]
+
+        def flush() -> None:
             encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-            for i, piece_ids in zip(owner[start : start + batch_size], encoded):
-                ids[i].extend(piece_ids)
+            for i, piece_ids in zip(owners, encoded):
+                parts[i].append(np.array(piece_ids, dtype=IDS))
             bar.update(sum(map(len, batch)))
-    return ids
+            batch.clear()
+            owners.clear()
+
+        chars = 0
+        for i, text in enumerate(texts):
+            for piece in _pieces(text):
+                batch.append(piece)
+                owners.append(i)
+                chars += len(piece)
+                if len(batch) >= batch_size or chars >= BATCH_CHARS:
+                    flush()
+                    chars = 0
+        if batch:
+            flush()
+    return [p[0] if len(p) == 1 else np.concatenate(p) if p else np.zeros(0, IDS) for p in parts]
 
 
-def pack(token_lists: list[list[int]], block_size: int, framing: Framing, stride: int = 0) -> list[list[int]]:
-    """Concatenate documents (each followed by the separator) and cut into blocks; keep the remainder."""
+def _ids(values) -> np.ndarray:
+    return np.asarray(values, dtype=IDS)
+
+
+def pack(token_lists: Sequence, block_size: int, framing: Framing, stride: int = 0) -> list[np.ndarray]:
+    """Concatenate documents (each followed by the separator) and cut into blocks; keep the remainder.
+    Blocks are int32 arrays (views of one stream when there is no prefix/suffix to add)."""
     content = block_size - len(framing.prefix) - len(framing.suffix)
     if content < 2:
         raise ValueError(f"block_size {block_size} leaves no room for text")
     if not 0 <= stride < content:
         raise ValueError(f"stride must be in [0, {content})")
-    stream: list[int] = []
-    for ids in token_lists:
-        stream += ids + framing.separator
+    separator = _ids(framing.separator)
+    stream = np.concatenate([part for ids in token_lists for part in (_ids(ids), separator)] or [_ids([])])
     step = content - stride
     blocks = []
     for start in range(0, len(stream), step):
-        blocks.append(framing.prefix + stream[start : start + content] + framing.suffix)
+        blocks.append(_framed(framing, stream[start : start + content]))
         if start + content >= len(stream):
             break
     return blocks
+
+
+def _framed(framing: Framing, ids: np.ndarray) -> np.ndarray:
+    if not framing.prefix and not framing.suffix:
+        return ids
+    return np.concatenate([_ids(framing.prefix), ids, _ids(framing.suffix)])
 
 
 def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]] | None:
@@ -106,7 +129,7 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def split_stream(token_lists: list[list[int]], val_fraction: float) -> tuple[list[list[int]], list[list[int]]]:
+def split_stream(token_lists: Sequence, val_fraction: float) -> tuple[list, list]:
     """Position split for few documents: the last `val_fraction` of every document is held out."""
     train, val = [], []
     for ids in token_lists:
@@ -117,9 +140,10 @@ def split_stream(token_lists: list[list[int]], val_fraction: float) -> tuple[lis
     return train, val
 
 
-def pack_splits(token_lists: list[list[int]], block_size: int, framing: Framing, stride: int,
-                val_fraction: float, seed: int, packing: bool = True) -> tuple[dict[str, list[list[int]]], dict]:
-    """Blocks for train and validation, and how the split was made."""
+def pack_splits(token_lists: Sequence, block_size: int, framing: Framing, stride: int,
+                val_fraction: float, seed: int, packing: bool = True) -> tuple[dict[str, list[np.ndarray]], dict]:
+    """Blocks for train and validation (int32 arrays), how the split was made, and a "warning" when the
+    corpus is too small for one block or for a validation split."""
     by_doc = split_documents(len(token_lists), val_fraction, seed)
     if by_doc is not None:
         train_ids = [token_lists[i] for i in by_doc[0]]
@@ -130,16 +154,28 @@ def pack_splits(token_lists: list[list[int]], block_size: int, framing: Framing,
         how = "by position (tail of each document)"
     else:
         train_ids, val_ids, how = token_lists, [], "none"
+    content = block_size - len(framing.prefix) - len(framing.suffix)
 
-    def to_blocks(lists: list[list[int]]) -> list[list[int]]:
+    def to_blocks(lists: Sequence) -> list[np.ndarray]:
         if packing:
             return pack(lists, block_size, framing, stride)
-        content = block_size - len(framing.prefix) - len(framing.suffix)
-        return [framing.prefix + ids[:content] + framing.suffix for ids in lists if ids]
+        return [_framed(framing, _ids(ids[:content])) for ids in lists if len(ids)]
 
     splits = {"train": to_blocks(train_ids), "validation": to_blocks(val_ids)}
-    info = {"split": how}
+    info: dict = {"split": how}
     if not packing:
-        info["truncated samples"] = sum(len(ids) > block_size - len(framing.prefix) - len(framing.suffix)
-                                        for ids in token_lists)
+        info["truncated samples"] = sum(len(ids) > content for ids in token_lists)
+    # A tiny corpus is not an error (a short text can still be learnt), but the caller must know.
+    warnings = []
+    tokens, val_tokens = sum(map(len, train_ids)), sum(map(len, val_ids))
+    if packing and tokens < content:
+        warnings.append(f"the training text ({tokens} tokens) is shorter than one block ({block_size}): "
+                        "there is one short training block; lower data.block_size or add text")
+    if val_fraction > 0 and not splits["validation"]:
+        warnings.append(f"no validation split: the corpus ({tokens} tokens) is too small to hold out "
+                        f"data.val_fraction {val_fraction:g} of it; held-out metrics cannot be tracked")
+    elif val_fraction > 0 and val_tokens < min(content, 256):
+        warnings.append(f"the validation split holds only {val_tokens} tokens: its metrics will be noisy")
+    if warnings:
+        info["warning"] = "; ".join(warnings)
     return splits, info
