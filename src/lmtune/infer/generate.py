@@ -1,11 +1,12 @@
 """Text generation with sampling controls, streaming token by token.
 
 `SamplingSettings` is the one definition of the sampling values and their valid ranges: the CLI builds a
-`GenerationSettings` from its options, the server's request bodies extend `SamplingSettings`, so the two
-can never disagree about what is valid."""
+`GenerationSettings` from its options, the server's request bodies extend `SamplingSettings` (and take
+their OpenAI fields' ranges from the same types), so the two can never disagree about what is valid."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Annotated
@@ -20,6 +21,7 @@ from lmtune.models.load import context_length_of
 
 log = logging.getLogger("lmtune")
 MAX_SEED = 2**32 - 1  # torch.manual_seed takes 64 bits; 32 are plenty and portable
+GREEDY_BELOW = 1e-3  # a temperature this close to 0 is greedy: dividing logits by less overflows them to inf
 # The valid ranges, as types: SamplingSettings and the server's OpenAI bodies both use them.
 NewTokens = Annotated[int, Field(ge=1)]
 Temperature = Annotated[float, Field(ge=0.0, le=5.0)]
@@ -38,26 +40,43 @@ class SamplingSettings(BaseModel):
     top_k: int | None = Field(50, ge=0, description="sample from the k most likely tokens (0 or null: off)")
     top_p: TopP | None = Field(0.95, description="nucleus sampling: the smallest set of tokens with this much "
                                "probability")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description=">1 discourages repeats")
+    # Below 0.01 a penalty multiplies logits past what float32 holds.
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10.0, description=">1 discourages repeats")
     num_return_sequences: Sequences = Field(1, description="continuations to return")
     seed: Seed | None = Field(None, description="seed for reproducible sampling")
     ignore_eos: bool = Field(False, description="keep generating past the end-of-text token (benchmarks)")
 
 
+_NOT_A_FIELD = re.compile(r"^(body|str|int|float|bool|list|dict)$|[\[\-]")
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def describe(error: dict) -> str:
+    """One pydantic error as one line naming the field: 'temperature must be >= 0 (got -1)'. The field's
+    path leaves out FastAPI's 'body' and pydantic's names of union branches ('str', 'list[str]')."""
+    where = ".".join(str(part) for part in error.get("loc", ())
+                     if not (isinstance(part, str) and _NOT_A_FIELD.search(part))) or "body"
+    if error.get("type") in _BOUNDS:
+        limit = next(iter(error["ctx"].values()))
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+        return f"{where} must be {_BOUNDS[error['type']]} {limit} (got {error.get('input')!r})"
+    if error.get("type") == "missing":
+        return f"{where} is required"
+    message = error.get("msg", "is invalid")
+    return f"{where}: {message[0].lower() + message[1:]}"
+
+
 class GenerationSettings(SamplingSettings):
     """Sampling settings as the library takes them: bad values raise LmtuneError naming each field."""
-
-    model_config = ConfigDict(extra="forbid")
 
     def __init__(self, **values):
         try:
             super().__init__(**values)
         except ValidationError as err:
-            raise LmtuneError("; ".join(f"{'.'.join(map(str, e['loc']))} {e['msg'].lower()} (got {e['input']!r})"
-                                        for e in err.errors())) from None
+            raise LmtuneError("; ".join(describe(e) for e in err.errors())) from None
 
     def generate_kwargs(self, tokenizer) -> dict:
-        sample = self.temperature > 0 and self.top_k != 1
+        sample = self.temperature >= GREEDY_BELOW and self.top_k != 1
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
                   "repetition_penalty": self.repetition_penalty, "num_return_sequences": self.num_return_sequences,
                   "pad_token_id": tokenizer.pad_token_id,
@@ -69,41 +88,33 @@ class GenerationSettings(SamplingSettings):
         return kwargs
 
 
+def room_for_prompt(loaded: LoadedModel, max_new_tokens: int) -> int | None:
+    """How many prompt tokens fit the model's context beside `max_new_tokens` (None: it does not say);
+    LmtuneError when none do."""
+    limit = context_length_of(loaded.model.config)
+    if limit is not None and max_new_tokens >= limit:
+        raise LmtuneError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's "
+                          f"context of {limit} tokens; ask for fewer")
+    return None if limit is None else limit - max_new_tokens
+
+
 def _encode(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> dict[str, torch.Tensor]:
     """The prompt's ids; a prompt that leaves no room for the new tokens loses its start (with a warning)."""
+    room = room_for_prompt(loaded, max_new_tokens)
     enc = loaded.tokenizer(prompt, return_tensors="pt")
-    if enc["input_ids"].shape[1] == 0:  # an empty prompt: start from the EOS/BOS token
+    if enc["input_ids"].shape[1] == 0:  # an empty prompt: start from the BOS/EOS token
         start = loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else loaded.tokenizer.eos_token_id
         enc = {"input_ids": torch.tensor([[start]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
-    limit = context_length_of(loaded.model.config)
-    if limit is not None:
-        if max_new_tokens >= limit:
-            raise LmtuneError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's "
-                              f"context of {limit} tokens; ask for fewer")
-        room = limit - max_new_tokens
-        if enc["input_ids"].shape[1] > room:
-            log.warning("warning: the prompt has %d tokens; only its last %d fit the model's context of %d with "
-                        "%d new tokens", enc["input_ids"].shape[1], room, limit, max_new_tokens)
-            enc = {k: v[:, -room:] for k, v in enc.items()}
+    if room is not None and enc["input_ids"].shape[1] > room:
+        log.warning("warning: the prompt has %d tokens; only its last %d fit the model's context with %d new "
+                    "tokens", enc["input_ids"].shape[1], room, max_new_tokens)
+        enc = {k: v[:, -room:] for k, v in enc.items()}
     device = next(loaded.model.parameters()).device
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
 def _settings(settings: GenerationSettings | None, overrides: dict) -> GenerationSettings:
     return settings if settings is not None else GenerationSettings(**overrides)
-
-
-@torch.inference_mode()
-def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None, **overrides) -> list[str]:
-    """Continuations of `prompt` (without the prompt), one per returned sequence."""
-    loaded = as_loaded(model, "generate")
-    settings = _settings(settings, overrides)
-    enc = _encode(loaded, prompt, settings.max_new_tokens)
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
-    out = loaded.model.generate(**enc, **settings.generate_kwargs(loaded.tokenizer))
-    new = out[:, enc["input_ids"].shape[1]:]
-    return loaded.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -114,6 +125,26 @@ class _StopWhenSet(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@torch.inference_mode()
+def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None,
+             stop: threading.Event | None = None, **overrides) -> list[str]:
+    """Continuations of `prompt` (without the prompt), one per returned sequence. Setting `stop` (from
+    another thread) ends the generation at the next token."""
+    loaded = as_loaded(model, "generate")
+    settings = _settings(settings, overrides)
+    enc = _encode(loaded, prompt, settings.max_new_tokens)
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    kwargs = settings.generate_kwargs(loaded.tokenizer)
+    copies = 1
+    if not kwargs["do_sample"]:  # greedy: every sequence would be the same one (and HF refuses to make several)
+        copies, kwargs["num_return_sequences"] = kwargs["num_return_sequences"], 1
+    stopping = StoppingCriteriaList([_StopWhenSet(stop)] if stop is not None else [])
+    out = loaded.model.generate(**enc, **kwargs, stopping_criteria=stopping)
+    new = out[:, enc["input_ids"].shape[1]:]
+    return loaded.tokenizer.batch_decode(new, skip_special_tokens=True) * copies
 
 
 class Stream:

@@ -1,36 +1,39 @@
 """`lmtune serve`: one FastAPI app with the REST API, OpenAI-compatible routes, and the Gradio UI at `/`.
 
-Each route is request -> predict -> response (as in litgpt's serve): a pydantic body, a function from
-`infer/`, a JSON body or server-sent events. Each model is loaded once and runs one request at a time
-(a lock; the others queue, off the event loop). No request holds a model after its client is gone: a
-queued request gives up its place when its client disconnects, and a stream that loses its client stops
-generating within a token. Every error is a JSON body (4xx for anything the client sent), and a stream
-that fails sends an SSE error event and then `[DONE]`."""
-from __future__ import annotations
-
+Each route is request -> predict -> response (as in litgpt's serve): a pydantic body whose schema carries
+the server's caps, a function from `infer/` run on a worker thread, a JSON body or server-sent events.
+Each model runs one request at a time; the others wait in line, first come first served, off the event
+loop. No request holds a model after its client is gone: a waiting request leaves the line when its
+client disconnects, and a running one (streamed or not) stops generating within a token. A server
+shutdown cancels requests the same way. Every error is a JSON body (4xx for anything the client sent),
+and a stream that fails sends an SSE error event and then `[DONE]`."""
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException
 
 from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel, load
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import (GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences, Stream, Temperature,
-                                   TopP, generate)
+                                   TopP, describe, generate, room_for_prompt)
 from lmtune.serve.ui import build_ui
 
 
@@ -41,34 +44,8 @@ class Limits:
     max_batch: int = 64
 
 
-@dataclass
-class Served:
-    name: str
-    loaded: LoadedModel
-    lock: threading.Lock = field(default_factory=threading.Lock)  # shared with the Gradio UI's threads
-
-    @property
-    def capabilities(self) -> list[str]:
-        return list(self.loaded.capabilities)
-
-    @contextlib.asynccontextmanager
-    async def turn(self, request: Request | None = None):
-        """Wait for the model without blocking the event loop; give the place up if the client leaves
-        (a cancelled stream ends the wait by cancellation, a plain request by polling)."""
-        polls = 0
-        while not self.lock.acquire(blocking=False):
-            polls += 1
-            if request is not None and polls % 10 == 0 and await request.is_disconnected():
-                raise ClientGone()
-            await asyncio.sleep(0.005)
-        try:
-            yield
-        finally:
-            self.lock.release()
-
-
 class ClientGone(Exception):
-    """The client disconnected while its request waited for the model."""
+    """The client disconnected before its request was served."""
 
 
 class ApiError(Exception):
@@ -76,7 +53,143 @@ class ApiError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
-# ---- request and response bodies ------------------------------------------------------------------------
+@dataclass
+class Served:
+    name: str
+    loaded: LoadedModel
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held by the thread using the model (API or UI)
+    line: deque = field(default_factory=deque)  # API requests waiting for the model, in arrival order
+
+    @property
+    def capabilities(self) -> list[str]:
+        return list(self.loaded.capabilities)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, request: Request | None = None):
+        """Hold the model. Wait in line without blocking the event loop (polling: a threading.Lock, as the
+        UI's threads share it); leave the line when cancelled (a stream whose client left, a shutdown) or,
+        given `request`, when its client disconnects."""
+        ticket = object()
+        self.line.append(ticket)
+        try:
+            for polls in itertools.count(1):
+                if self.line[0] is ticket and self.lock.acquire(blocking=False):
+                    break
+                if request is not None and polls % 5 == 0 and await request.is_disconnected():
+                    raise ClientGone()
+                await asyncio.sleep(0.01)
+        finally:
+            self.line.remove(ticket)
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+
+async def run_stoppable(work: Callable[[threading.Event], Any], request: Request) -> Any:
+    """`work(stop)` on a worker thread. When the client disconnects or this task is cancelled (a shutdown),
+    set `stop` (generation ends within a token) and still wait for the thread: whoever holds the model
+    keeps it until its thread is done with it."""
+    stop = threading.Event()
+    done = asyncio.get_running_loop().run_in_executor(None, work, stop)
+    try:
+        while not (await asyncio.wait({done}, timeout=0.05))[0]:
+            if await request.is_disconnected():
+                raise ClientGone()
+        return done.result()
+    finally:
+        if not done.done():
+            stop.set()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({done})
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose generator is always closed, also when the client left while an event was
+    being sent (then the generator is not where the cancellation lands): its `finally` frees the model."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
+# ---- request bodies -------------------------------------------------------------------------------------
+ModelName = Annotated[str | None, Field(description="a served model's name (GET /v1/models); default: the first "
+                                                   "that can")]
+
+
+class _OpenAIBody(BaseModel):
+    """The OpenAI fields lmtune honours, with SamplingSettings' ranges; other OpenAI fields are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: ModelName = None
+    max_tokens: NewTokens = 16
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    n: Sequences = 1
+    stream: bool = False
+    seed: Seed | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+def request_bodies(limits: Limits) -> SimpleNamespace:
+    """The request bodies, with this server's caps in their schema: `/docs` and clients see them, and
+    anything beyond them is a 422 before any work."""
+    Prompt = Annotated[str, Field(max_length=limits.max_input_chars)]  # may be empty: generate from nothing
+    Prompts = Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=limits.max_batch)]
+    Text = Annotated[str, Field(min_length=1, max_length=limits.max_input_chars)]
+    Texts = Text | Annotated[list[Text], Field(min_length=1, max_length=limits.max_batch)]
+    cap = limits.max_new_tokens
+    Tokens = Annotated[NewTokens, Field(le=cap, description=f"tokens to generate (this server: at most {cap})")]
+
+    class _Body(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        model: ModelName = None
+
+    class FillMaskRequest(_Body):
+        text: Texts
+        top_k: int = Field(5, ge=1, le=100)
+
+    class ClassifyRequest(_Body):
+        text: Texts
+
+    class GenerateRequest(_Body, SamplingSettings):
+        """The sampling fields and their ranges are `SamplingSettings`': the same as the CLI's."""
+
+        prompt: Prompt
+        max_new_tokens: Tokens = min(64, cap)
+        stream: bool = False
+
+    class CompletionRequest(_OpenAIBody):
+        prompt: Prompts
+        max_tokens: Tokens = min(16, cap)
+
+    class ChatRequest(_OpenAIBody):
+        messages: list[ChatMessage] = Field(min_length=1, max_length=limits.max_batch)
+        max_tokens: Tokens = min(128, cap)
+
+    return SimpleNamespace(FillMaskRequest=FillMaskRequest, ClassifyRequest=ClassifyRequest, GenerateRequest=GenerateRequest,
+                           CompletionRequest=CompletionRequest, ChatRequest=ChatRequest)
+
+
+def generation_settings(body: BaseModel) -> GenerationSettings:
+    """The one place a request body becomes generation settings (validated again there, as the CLI's are)."""
+    if isinstance(body, _OpenAIBody):
+        return GenerationSettings(max_new_tokens=body.max_tokens, temperature=body.temperature, top_k=None,
+                                  top_p=body.top_p, num_return_sequences=body.n, seed=body.seed)
+    return GenerationSettings(**body.model_dump(include=set(SamplingSettings.model_fields)))
+
+
+# ---- response bodies ------------------------------------------------------------------------------------
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -86,64 +199,162 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 499)}
-STREAMED = {200: {"content": {"application/json": {}, "text/event-stream": {}},
-                  "description": "JSON, or server-sent events when `stream` is true"}}
+class ModelLoad(BaseModel):
+    busy: bool
+    waiting: int
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = Field(None, description="a served model's name (GET /v1/models); default: the first that can")
+class Health(BaseModel):
+    status: str
+    models: list[str]
+    load: dict[str, ModelLoad]
 
 
-class FillMaskRequest(_Body):
-    text: str | list[str]
-    top_k: int = Field(5, ge=1, le=100)
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "lmtune"
+    created: int = 0
+    objective: str
+    capabilities: list[str]
+    labels: list[str] | None
 
 
-class ClassifyRequest(_Body):
-    text: str | list[str]
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
 
 
-class GenerateRequest(SamplingSettings):
-    """The sampling fields and their ranges are `SamplingSettings`': the same as the CLI's."""
+class MaskPrediction(BaseModel):
+    token: str
+    score: float
+    continues_word: bool
+    token_id: int
+    sequence: str
 
-    model: str | None = None
+
+class FillMaskResult(BaseModel):
+    text: str
+    masks: list[list[MaskPrediction]]
+
+
+class FillMaskResponse(BaseModel):
+    model: str
+    results: list[FillMaskResult]
+
+
+class ClassifyResult(BaseModel):
+    text: str
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[ClassifyResult]
+
+
+class GenerateResponse(BaseModel):
+    model: str
     prompt: str
-    stream: bool = False
+    completions: list[str]
 
 
-class _OpenAIBody(BaseModel):
-    """The OpenAI fields lmtune honours, with the ranges of SamplingSettings; other fields are ignored."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    max_tokens: NewTokens = 16
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
-    n: Sequences = 1
-    stream: bool = False
-    seed: Seed | None = None
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
 
 
-class CompletionRequest(_OpenAIBody):
-    prompt: str | list[str]
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
 
 
-class ChatMessage(BaseModel):
-    role: str
-    content: str
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
 
 
-class ChatRequest(_OpenAIBody):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: NewTokens = 128
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessage
+    finish_reason: Literal["stop", "length"]
 
 
-def openai_settings(body: _OpenAIBody) -> GenerationSettings:
-    """The one place OpenAI fields become lmtune's generation settings."""
-    return GenerationSettings(max_new_tokens=body.max_tokens, temperature=body.temperature, top_k=None,
-                              top_p=body.top_p, num_return_sequences=body.n, seed=body.seed)
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+
+
+# What a stream's events carry (`data: {...}`), per route.
+class GenerateChunk(BaseModel):
+    text: str
+
+
+class CompletionChunkChoice(BaseModel):
+    text: str
+    index: int
+    finish_reason: Literal["stop"] | None
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: Literal["stop"] | None
+
+
+class ChatChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 500)}
+EVENT_BODIES = (GenerateChunk, CompletionChunk, ChatChunk, ErrorBody)
+
+
+def streamed(chunk: type[BaseModel]) -> dict:
+    """The 200 of a route that streams when asked: server-sent events, each `data:` a `chunk` (or, when the
+    stream fails, an error), the last `[DONE]`. OpenAPI 3.1: the schema describes one event."""
+    payload = {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, {"$ref": "#/components/schemas/ErrorBody"}]}
+    data = {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": "application/json",
+                                             "contentSchema": payload}]}
+    event = {"type": "object", "required": ["data"], "properties": {"data": data}}
+    return {**ERRORS, 200: {"description": "JSON, or server-sent events when `stream` is true",
+                            "content": {"text/event-stream": {"schema": event}}}}
+
+
+def error_payload(exc: Exception) -> dict:
+    """What a client is told about an exception: ours (bad input) in full, anything else by its type."""
+    if isinstance(exc, LmtuneError):
+        return {"error": {"message": str(exc), "type": "invalid_request_error"}}
+    return {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error"}}
 
 
 # ---- the app ----------------------------------------------------------------------------------------
@@ -156,6 +367,7 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
         served = {name: Served(name, load(name, device=device)) for name in models}
     if not served:
         raise LmtuneError("serve needs at least one model")
+    bodies = request_bodies(limits)
 
     app = FastAPI(title="lmtune", version="0.1.0",
                   description="Fill-mask, generation and classification with tuned models; OpenAI-compatible routes.")
@@ -182,21 +394,24 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
         return error(400, str(exc))
 
     @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, exc: ClientGone):
+    async def client_gone(request: Request, exc: ClientGone):  # nobody reads it; logged as 499
         return error(499, "the client closed the request before it was served", "client_closed_request")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         problems = exc.errors() or [{"loc": (), "msg": "invalid request"}]
-        first = problems[0]
-        if first.get("type") == "json_invalid":
+        if problems[0].get("type") == "json_invalid":
             return error(422, "request body is not valid JSON")
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error(422, f"{where or 'body'}: {first.get('msg')}")
+        # For `str | list[str]` pydantic reports each branch; the type mismatch of the branch not taken is noise.
+        return error(422, describe(next((p for p in problems if not p.get("type", "").endswith("_type")), problems[0])))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):  # unknown path, wrong method: the same JSON shape
+        return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # a bug of ours: still JSON, never a bare 500 page
-        return error(500, f"internal error: {type(exc).__name__}", "server_error")
+        return JSONResponse(error_payload(exc), status_code=500)
 
     def pick(name: str | None, capability: str) -> Served:
         if name is not None:
@@ -211,143 +426,134 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
                 return candidate
         raise ApiError(400, f"no served model can {capability}")
 
-    def check_texts(texts: list[str]) -> None:
-        if not texts:
-            raise ApiError(422, "no text given")
-        if len(texts) > limits.max_batch:
-            raise ApiError(413, f"too many texts: {len(texts)} > {limits.max_batch}")
-        for text in texts:
-            if len(text) > limits.max_input_chars:
-                raise ApiError(413, f"input too long: {len(text)} characters > {limits.max_input_chars}")
-            if not text.strip():
-                raise ApiError(422, "empty text")
-
-    def check_tokens(n: int) -> None:
-        if n > limits.max_new_tokens:
-            raise ApiError(422, f"max new tokens {n} > the server's limit {limits.max_new_tokens}")
-
-    async def predict(model: Served, request: Request, fn: Callable, *args):
-        """Run `fn(model, *args)` on a worker thread when the model is free (and the client still there)."""
+    async def predict(model: Served, request: Request, work: Callable[[threading.Event], Any]) -> Any:
+        """`work(stop)` once the model is free, unless the client has left by then."""
         async with model.turn(request):
-            if await request.is_disconnected():
-                raise ClientGone()
-            return await run_in_threadpool(fn, model.loaded, *args)
+            return await run_stoppable(work, request)
 
-    def stream_response(model: Served, prompt: str, settings: GenerationSettings,
-                        to_event: Callable[[str], dict], first: dict | None = None,
-                        last: dict | None = None) -> StreamingResponse:
+    def stream_events(model: Served, prompt: str, settings: GenerationSettings, event: Callable[[str], dict],
+                      first: dict | None = None, last: dict | None = None) -> EventStream:
+        room_for_prompt(model.loaded, settings.max_new_tokens)  # a request that cannot fit: a 400, not a stream
+
         async def events() -> AsyncIterator[str]:
             try:
                 async with model.turn():
-                    generation = await run_in_threadpool(Stream, model.loaded, prompt, settings)
+                    pieces = Stream(model.loaded, prompt, settings)
                     try:
                         if first is not None:
                             yield _sse(first)
-                        while (piece := await run_in_threadpool(next, generation, None)) is not None:
-                            yield _sse(to_event(piece))
-                    finally:  # also when the client left (cancellation): stop generating, then free the model
+                        # A cancelled wait (client gone) abandons `next` at once; close() below ends the thread.
+                        while (piece := await asyncio.get_running_loop().run_in_executor(
+                                None, next, pieces, None)) is not None:
+                            yield _sse(event(piece))
+                    finally:  # the end, a client that left, or a shutdown: stop generating, then free the model
                         with anyio.CancelScope(shield=True):
-                            await run_in_threadpool(generation.close)
+                            await anyio.to_thread.run_sync(pieces.close)
                 if last is not None:
                     yield _sse(last)
             except Exception as exc:  # the stream has begun: report in-band, then end it properly
-                kind = "invalid_request_error" if isinstance(exc, LmtuneError) else "server_error"
-                message = str(exc) if isinstance(exc, LmtuneError) else f"internal error: {type(exc).__name__}"
-                yield _sse({"error": {"message": message, "type": kind}})
+                yield _sse(error_payload(exc))
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return EventStream(events())
 
     # ---- routes ------------------------------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health():
-        return {"status": "ok", "models": list(served)}
+        return {"status": "ok", "models": list(served),
+                "load": {m.name: {"busy": m.lock.locked(), "waiting": len(m.line)} for m in served.values()}}
 
-    @app.get("/v1/models", dependencies=[Depends(check_key)], responses=ERRORS)
+    @app.get("/v1/models", dependencies=[Depends(check_key)], response_model=ModelList, responses=ERRORS)
     async def list_models():
-        return {"object": "list", "data": [
-            {"id": m.name, "object": "model", "owned_by": "lmtune", "created": 0, "objective": m.loaded.objective.name,
-             "capabilities": m.capabilities, "labels": m.loaded.labels or None} for m in served.values()]}
+        return {"data": [{"id": m.name, "objective": m.loaded.objective.name, "capabilities": m.capabilities,
+                          "labels": m.loaded.labels or None} for m in served.values()]}
 
-    @app.post("/v1/fill-mask", dependencies=[Depends(check_key)], responses=ERRORS)
-    async def fill_mask_route(body: FillMaskRequest, request: Request):
+    @app.post("/v1/fill-mask", dependencies=[Depends(check_key)], response_model=FillMaskResponse, responses=ERRORS)
+    async def fill_mask_route(body: bodies.FillMaskRequest, request: Request):
         model = pick(body.model, "fill-mask")
         texts = [body.text] if isinstance(body.text, str) else body.text
-        check_texts(texts)
-        results = await predict(model, request, fill_mask, texts, body.top_k)
+        results = await predict(model, request, lambda stop: fill_mask(model.loaded, texts, body.top_k))
         return {"model": model.name, "results": [{"text": t, "masks": r} for t, r in zip(texts, results)]}
 
-    @app.post("/v1/classify", dependencies=[Depends(check_key)], responses=ERRORS)
-    async def classify_route(body: ClassifyRequest, request: Request):
+    @app.post("/v1/classify", dependencies=[Depends(check_key)], response_model=ClassifyResponse, responses=ERRORS)
+    async def classify_route(body: bodies.ClassifyRequest, request: Request):
         model = pick(body.model, "classify")
         texts = [body.text] if isinstance(body.text, str) else body.text
-        check_texts(texts)
-        results = await predict(model, request, classify, texts)
+        results = await predict(model, request, lambda stop: classify(model.loaded, texts))
         return {"model": model.name, "results": [{"text": t, **r} for t, r in zip(texts, results)]}
 
-    @app.post("/v1/generate", dependencies=[Depends(check_key)], responses={**ERRORS, **STREAMED})
-    async def generate_route(body: GenerateRequest, request: Request):
+    @app.post("/v1/generate", dependencies=[Depends(check_key)], response_model=GenerateResponse,
+              responses=streamed(GenerateChunk))
+    async def generate_route(body: bodies.GenerateRequest, request: Request):
         model = pick(body.model, "generate")
-        check_texts([body.prompt])
-        check_tokens(body.max_new_tokens)
-        settings = GenerationSettings(**body.model_dump(include=set(SamplingSettings.model_fields)))
+        settings = generation_settings(body)
         if body.stream:
-            return stream_response(model, body.prompt, settings, lambda piece: {"text": piece})
-        texts = await predict(model, request, generate, body.prompt, settings)
+            return stream_events(model, body.prompt, settings, lambda piece: {"text": piece})
+        texts = await predict(model, request, lambda stop: generate(model.loaded, body.prompt, settings, stop=stop))
         return {"model": model.name, "prompt": body.prompt, "completions": texts}
 
-    @app.post("/v1/completions", dependencies=[Depends(check_key)], responses={**ERRORS, **STREAMED})
-    async def completions(body: CompletionRequest, request: Request):
+    @app.post("/v1/completions", dependencies=[Depends(check_key)], response_model=CompletionResponse,
+              responses=streamed(CompletionChunk))
+    async def completions(body: bodies.CompletionRequest, request: Request):
         model = pick(body.model, "completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        check_texts(prompts)
-        check_tokens(body.max_tokens)
-        settings = openai_settings(body)
+        settings = generation_settings(body)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": model.name}
         if body.stream:
             if len(prompts) != 1 or body.n != 1:
                 raise ApiError(422, "streaming supports one prompt and n=1")
-            return stream_response(
+            return stream_events(
                 model, prompts[0], settings,
                 lambda piece: {**head, "choices": [{"text": piece, "index": 0, "finish_reason": None}]},
                 last={**head, "choices": [{"text": "", "index": 0, "finish_reason": "stop"}]})
         choices, prompt_tokens, completion_tokens = [], 0, 0
         tokenizer = model.loaded.tokenizer
         for prompt in prompts:
-            texts = await predict(model, request, generate, prompt, settings)
+            texts = await predict(model, request, lambda stop: generate(model.loaded, prompt, settings, stop=stop))
             prompt_tokens += len(tokenizer(prompt).input_ids)
             for text in texts:
                 n_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
                 completion_tokens += n_tokens
-                choices.append({"text": text, "index": len(choices), "logprobs": None,
+                choices.append({"text": text, "index": len(choices),
                                 "finish_reason": "length" if n_tokens >= body.max_tokens else "stop"})
         return {**head, "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens":
                                                       completion_tokens, "total_tokens": prompt_tokens + completion_tokens}}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], responses={**ERRORS, **STREAMED})
-    async def chat_completions(body: ChatRequest, request: Request):
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], response_model=ChatResponse,
+              responses=streamed(ChatChunk))
+    async def chat_completions(body: bodies.ChatRequest, request: Request):
         model = pick(body.model, "chat")
-        check_texts([m.content for m in body.messages if m.content] or ["x"])
-        check_tokens(body.max_tokens)
+        chars = sum(len(m.content) for m in body.messages)
+        if chars > limits.max_input_chars:
+            raise ApiError(413, f"messages too long: {chars} characters > {limits.max_input_chars}")
         prompt = chat_prompt(model.loaded.tokenizer, [m.model_dump() for m in body.messages])
-        check_texts([prompt[-limits.max_input_chars:]])
-        settings = openai_settings(body)
+        settings = generation_settings(body)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model.name}
         if body.stream:
             if body.n != 1:
                 raise ApiError(422, "streaming supports n=1")
-            return stream_response(
+            return stream_events(
                 model, prompt, settings,
                 lambda piece: {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]},
                 first={**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]},
                 last={**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        texts = await predict(model, request, generate, prompt, settings)
+        texts = await predict(model, request, lambda stop: generate(model.loaded, prompt, settings, stop=stop))
         return {**head, "object": "chat.completion",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": t.strip()}, "finish_reason": "stop"}
                             for i, t in enumerate(texts)]}
 
+    openapi = app.openapi
+
+    def openapi_with_event_bodies() -> dict:  # no route names them as a model, so FastAPI would leave them out
+        schema = openapi()
+        _, defs = models_json_schema([(m, "serialization") for m in EVENT_BODIES],
+                                     ref_template="#/components/schemas/{model}")
+        schema["components"]["schemas"].update(defs["$defs"])
+        return schema
+
+    app.openapi = openapi_with_event_bodies
     if ui:
         import gradio as gr  # heavy: imported only when the UI is wanted
 
@@ -357,9 +563,12 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """The model's chat template when it has one (SmolLM2-Instruct does), else 'role: content' lines."""
-    if getattr(tokenizer, "chat_template", None):
+    if not getattr(tokenizer, "chat_template", None):
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    except Exception as err:  # templates refuse some conversations (e.g. roles that do not alternate)
+        raise ApiError(400, f"the model's chat template refused these messages: {err}") from None
 
 
 def _sse(payload: dict) -> str:

@@ -66,12 +66,16 @@ def build_ui(served: dict):
                 output = gr.Textbox(label="Output", lines=10)
 
                 def run(name, text, temp, k, p, n):
-                    settings = GenerationSettings(max_new_tokens=int(n), temperature=temp, top_k=int(k) or None, top_p=p)
                     result = text
-                    with served[name].lock:
-                        for piece in stream(served[name].loaded, text, settings):
-                            result += piece
-                            yield result
+                    try:
+                        settings = GenerationSettings(max_new_tokens=int(n), temperature=temp, top_k=int(k) or None,
+                                                      top_p=p)
+                        with served[name].lock:
+                            for piece in stream(served[name].loaded, text, settings):
+                                result += piece
+                                yield result
+                    except LmtuneError as err:  # e.g. more new tokens than the model's context holds
+                        raise gr.Error(str(err)) from None
 
                 go.click(run, [model, prompt, temperature, top_k_gen, top_p, max_tokens], output)
         if classifiers:
