@@ -203,11 +203,13 @@ def keys(
     from rich.table import Table
 
     from lmtune.config import recipe_keys
+    from lmtune.tasks import owner_of_key
 
-    table = Table("key", "default", "what it does", box=None)
+    table = Table("key", "default", "for", "what it does", box=None)
     for key, default, description in recipe_keys():
         if match is None or match in key:
-            table.add_row(key, default, description)
+            owner = owner_of_key(key)
+            table.add_row(key, default, owner.name if owner else "all", description)
     Console().print(table)
 
 

@@ -193,6 +193,17 @@ def recipe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[s
     return rows
 
 
+def keys_set(config: BaseModel, prefix: str = "") -> set[str]:
+    """The dotted keys a recipe (or code) set explicitly, sections included: {'train', 'train.lr'}."""
+    found = set()
+    for name in config.model_fields_set:
+        found.add(prefix + name)
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            found |= keys_set(value, prefix + name + ".")
+    return found
+
+
 def _field_path(loc: tuple) -> str:
     # Unions add the member's type to the location (train.eval_every.int): not a key the user wrote.
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS)))

@@ -3,6 +3,7 @@ objectives (data splits, collator, loss, metrics, the HF class, LoRA task type, 
 recognised, what inference offers) lives there. Register a new one here."""
 from __future__ import annotations
 
+from lmtune.config import RunConfig, keys_set
 from lmtune.errors import LmtuneError
 from lmtune.tasks import classify, clm, mlm, sft
 from lmtune.tasks.base import Objective
@@ -37,4 +38,18 @@ def serving_objective(name: str) -> Objective:
     return get_objective(objective.used_as) if objective.used_as else objective
 
 
-__all__ = ["OBJECTIVES", "Objective", "get_objective", "objective_of", "serving_objective"]
+def owner_of_key(key: str) -> Objective | None:
+    """The objective that alone reads recipe key `key` (or its section), if one does."""
+    return next((o for o in OBJECTIVES.values() for own in o.own_keys if key == own or key.startswith(own + ".")), None)
+
+
+def ignored_keys(config: RunConfig) -> list[str]:
+    """Keys the recipe sets that belong to another objective: they would silently do nothing."""
+    objective = get_objective(config.objective)
+    return [f"{key} is for objective {owner.name}; objective {objective.name} ignores it"
+            for key in sorted(keys_set(config)) if (owner := owner_of_key(key)) not in (None, objective)
+            and not any(key.startswith(own + ".") for own in owner.own_keys)]  # name a section once
+
+
+__all__ = ["OBJECTIVES", "Objective", "get_objective", "ignored_keys", "objective_of", "owner_of_key",
+           "serving_objective"]

@@ -31,6 +31,9 @@ class Objective:
     metadata_file: ClassVar[str | None] = None  # written into final/ by `save_metadata`
     default_model: ClassVar[str] = "smollm2-135m"  # for `lmtune train --data` (offline aliases)
     table_columns: ClassVar[frozenset[str]] = frozenset()  # a table with these columns is this objective's data
+    # Recipe keys (dotted; a section name covers its keys) that only this objective reads: `lmtune keys`
+    # groups them under it, and a recipe that sets one for another objective gets a warning.
+    own_keys: ClassVar[tuple[str, ...]] = ()
 
     # ---- data ------------------------------------------------------------------------------------
     def prepare_splits(self, config: RunConfig, tokenizer) -> tuple[dict[str, dict[str, list]], Any, dict]:

@@ -201,6 +201,7 @@ class Classification(Objective):
     lora_task_type = "SEQ_CLS"
     capabilities = ("classify",)
     default_model = "minilm-l6"
+    own_keys = ("data.label_column", "data.keep_labels", "data.test_fraction", "train.class_weights", "model.freeze_encoder")
     table_columns = frozenset({"label"})
 
     def default_train_settings(self, rows: int, parameters: int | None) -> dict:

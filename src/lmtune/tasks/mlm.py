@@ -132,6 +132,7 @@ class MaskedLM(Objective):
     lora_task_type = None  # peft has no MLM task type; the head trains in full (modules_to_save)
     capabilities = ("fill-mask",)
     default_model = "minilm-l6"
+    own_keys = ("train.mlm_probability", "train.whole_word_mask", "model.mlm_head_init", "report.fill_mask")
 
     def framing(self, tokenizer):
 

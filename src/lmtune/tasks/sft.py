@@ -231,6 +231,7 @@ class MultiTaskSFT(Objective):
     used_as = "clm"  # a tuned SFT model generates like any causal LM
     metadata_file = METADATA_FILE
     table_columns = frozenset({"prompt", "completion"})
+    own_keys = ("data.prompt_column", "data.completion_column", "tasks", "sft")
 
     def prepare_splits(self, config, tokenizer):
         return prepare_splits(config, tokenizer)

@@ -28,7 +28,7 @@ from lmtune.errors import Interrupted, LmtuneError
 from lmtune.models.load import check_block_size, load_model
 from lmtune.models.lora import apply_lora
 from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
-from lmtune.tasks import get_objective
+from lmtune.tasks import get_objective, ignored_keys
 from lmtune.train import checkpoint
 from lmtune.train.data import prepare_data
 from lmtune.train.distributed import Cluster
@@ -217,6 +217,9 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     main = cluster.main
 
     objective = get_objective(config.objective)
+    if main:
+        for warning in ignored_keys(config):
+            log.warning("warning: %s", warning)
     if not main:  # the main process prepares (and caches) the data; the others read what it wrote
         cluster.barrier()
     prepared = prepare_data(config, out / "data", quiet=not main)
