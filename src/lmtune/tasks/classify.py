@@ -200,6 +200,7 @@ class Classification(Objective):
     auto_class = "AutoModelForSequenceClassification"
     lora_task_type = "SEQ_CLS"
     capabilities = ("classify",)
+    pipeline_tag = "text-classification"
     default_model = "minilm-l6"
     own_keys = ("data.label_column", "data.keep_labels", "data.test_fraction", "train.class_weights", "model.freeze_encoder")
     table_columns = frozenset({"label"})

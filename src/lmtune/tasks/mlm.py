@@ -131,6 +131,7 @@ class MaskedLM(Objective):
     auto_class = "AutoModelForMaskedLM"
     lora_task_type = None  # peft has no MLM task type; the head trains in full (modules_to_save)
     capabilities = ("fill-mask",)
+    pipeline_tag = "fill-mask"
     default_model = "minilm-l6"
     own_keys = ("train.mlm_probability", "train.whole_word_mask", "model.mlm_head_init", "report.fill_mask")
 
