@@ -162,7 +162,7 @@ def _launch_torchrun(nproc: int) -> None:
         if arg.startswith("--nproc="):
             del args[i]
             break
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    command = [sys.executable, "-m", "lmtune.train.launch", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "lmtune.cli", *args]
     _console().print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} "
                      f"-m lmtune.cli {' '.join(args)}")

@@ -79,3 +79,43 @@ def test_two_processes_match_one_and_resume_in_one(reference, tmp_path, strategy
     assert sorted(resumed) == list(range(1, 9))
     for step in range(5, 9):
         assert resumed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+
+
+def test_a_killed_process_stops_the_others_with_one_line_each(tmp_path):
+    """SIGKILL one of two training processes mid-run: no hang, the launcher names the process and how it
+    died, the survivor says it lost its peer, no traceback, and the last checkpoint is there to resume."""
+    import signal
+    import time
+
+    recipe = write_recipe(tmp_path)
+    run = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(run), "--train.batch_size", "4",
+         "--train.max_steps", "5000", "--train.eval_every", "0", "--train.save_every", "5", "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "step-5").exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before step 5"
+            time.sleep(0.1)
+        rank1 = next(int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _is_rank(int(pid), 1, str(recipe)))
+        os.kill(rank1, signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert time.monotonic() - killed < 60
+    assert launcher.returncode != 0
+    assert "error: training process 1 of 2 was killed by SIGKILL" in stderr
+    assert "error: lost contact with another training process" in stderr
+    assert "Traceback" not in stderr
+    assert (run / "checkpoints" / "step-5" / "trainer_state.pt").exists()
+
+
+def _is_rank(pid: int, rank: int, recipe: str) -> bool:
+    try:
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        return False
+    return f"RANK={rank}".encode() in environ and recipe in cmdline and "lmtune.cli" in cmdline

@@ -58,6 +58,16 @@ class Cluster:
             logging.getLogger("lmtune").setLevel(logging.WARNING)
         return cls(rank, world, local_rank, device, strategy)
 
+    def lost_a_peer(self, err: BaseException) -> bool:
+        """Whether `err` is a collective failing because another process went away (gloo: the connection
+        closed; NCCL: a remote error or the timeout), rather than an error of this process's own."""
+        if not self.active or not isinstance(err, RuntimeError):
+            return False
+        text = str(err)
+        return isinstance(err, getattr(dist, "DistBackendError", ())) or any(
+            sign in text for sign in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                                      "remote process exited", "Timed out", "NCCL communicator was aborted"))
+
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()

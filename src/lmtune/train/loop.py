@@ -195,9 +195,12 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True, overwr
                 claim_dir(out, "run")
                 save_config(config, out / "config.yaml")
             return _train(config, out, resume, progress, cluster)
-        except BaseException:
+        except BaseException as err:
             if cluster.main and not (out / "metrics.jsonl").exists() and not run_has_model(out):
                 remove_if_created(out, existed)  # failed before training began: leave no half-made run folder
+            if cluster.lost_a_peer(err):
+                raise LmtuneError("lost contact with another training process (it crashed or was killed); "
+                                  "the last checkpoint is kept: continue with --resume") from None
             raise
     finally:
         cluster.close()
