@@ -136,12 +136,12 @@ class Cluster:
                                  options=StateDictOptions(full_state_dict=True))
 
     # ---- agreeing ---------------------------------------------------------------------------------
-    def agree(self, values: list[float], op: str = "sum") -> list[float]:
-        """All processes' `values` combined (sum or max); a no-op for one process."""
-        if not self.active:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    def agree(self, values: list, op: str = "sum") -> list[float]:
+        """All processes' `values` (numbers, or 0-d tensors on this device) combined (sum or max), as
+        Python floats: one host sync however many values there are (with one process too)."""
+        tensor = torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64) for v in values])
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return tensor.tolist()
 
     def barrier(self) -> None:

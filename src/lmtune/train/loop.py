@@ -334,33 +334,39 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
             usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
             while state.batches_done_in_epoch < usable and state.step < total_steps and not state.stopped_early:
                 micro = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + tc.grad_accum]
-                step_loss, step_tokens = 0.0, 0
+                # The loss stays on the device until the step's one exchange below: no host sync per micro-batch.
+                step_loss, step_tokens = torch.zeros((), device=device), 0
                 step_started = time.perf_counter()
                 for i, global_indices in enumerate(micro):
                     indices = cluster.shard(global_indices, tc.batch_size)
-                    batch = {k: _to_device(v, device) for k, v in collate(rows(train_set, indices)).items()}
+                    host_batch = collate(rows(train_set, indices))
+                    step_tokens += int(host_batch["attention_mask"].sum())  # counted on the host: no sync
+                    batch = {k: _to_device(v, device) for k, v in host_batch.items()}
                     with cluster.no_sync(model, sync=i == len(micro) - 1), autocast():
                         loss = loss_fn(model, batch)
                         scaler.scale(loss / len(micro)).backward()
-                    step_loss += float(loss.detach())
-                    step_tokens += int(batch["attention_mask"].sum())
+                    step_loss += loss.detach().float()
                 scaler.unscale_(optimizer)
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                              if tc.max_grad_norm else None)
                 # fp16: an infinite gradient is the loss scaler's business (it skips the step, lowers the scale).
-                finite = math.isfinite(step_loss) and (grad_norm is None or scaler.is_enabled()
-                                                       or bool(torch.isfinite(grad_norm)))
-                # One small exchange a step keeps the processes in agreement: the mean loss, whether any
-                # diverged, was signalled, or ran out of time.
+                finite = torch.isfinite(step_loss)
+                if grad_norm is not None and not scaler.is_enabled():
+                    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, reduced over the shards
+                        grad_norm = grad_norm.full_tensor()
+                    finite = finite & torch.isfinite(grad_norm)
+                # One small exchange a step (the step's only host sync) keeps the processes in agreement:
+                # the mean loss, whether any diverged, was signalled, or ran out of time.
                 now = time.perf_counter()
                 save_due = bool(tc.save_every_minutes) and now - last_save >= (tc.save_every_minutes or 0) * 60
                 loss_sum, tokens, not_finite, signalled, late, save_due = cluster.agree(
-                    [step_loss if finite else 0.0, step_tokens, not finite, stop.signum is not None, now > deadline,
-                     save_due])
+                    [torch.where(finite, step_loss, 0.0), step_tokens, ~finite, stop.signum is not None,
+                     now > deadline, save_due])
                 if not_finite:
                     bar.close()
-                    raise LmtuneError(_divergence_message(state.step + 1, step_loss if not finite else float("nan"),
-                                                          tc.lr, checkpoint.latest(out)))
+                    own_loss = float(step_loss)  # nan (or inf), unless another process was the one that diverged
+                    raise LmtuneError(_divergence_message(state.step + 1, own_loss if not math.isfinite(own_loss)
+                                                          else float("nan"), tc.lr, checkpoint.latest(out)))
                 window_loss += loss_sum / cluster.world
                 window_micro += len(micro)
                 window_tokens += int(tokens)
