@@ -36,3 +36,24 @@ def test_device_throughput_section_on_cpu():
     row = result["rows"][0]
     assert result["peak_gflops"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
     assert "MFU" in device_markdown(result)
+
+
+def test_the_tuned_trainer_contenders_run():
+    """The tuned HF Trainer (packed blocks, bf16 where fast, fused AdamW; dynamic padding for classification)."""
+    causal = run_worker("tuned_causal", model_name="gpt-tiny", seq=32, batch=4, seconds=1)
+    assert "error" not in causal, causal
+    assert causal["steps"] >= 1 and causal["padding_fraction"] == 0.0 and causal["val_loss"] > 0
+    classifier = run_worker("tuned_classifier", seconds=1, seq=64, batch=8)
+    assert "error" not in classifier, classifier
+    assert classifier["steps"] >= 1 and 0 <= classifier["val_accuracy"] <= 1
+
+
+def test_markdown_has_a_column_per_contender():
+    sides = {name: {"effective_tokens_per_s": speed, "steps": 3, "val_loss": 4.0}
+             for name, speed in (("seed", 10.0), ("tuned", 50.0), ("lmtune", 100.0))}
+    from lmtune.bench.report import with_ratio
+
+    result = {"mode": "quick", "cpu": "x", "threads": 2, "torch": torch.__version__, "clm": with_ratio(sides)}
+    assert result["clm"]["ratio_vs_seed"] == 10.0 and result["clm"]["ratio_vs_tuned"] == 2.0
+    table = to_markdown(result)
+    assert "| effective tokens/s | 10.0 | 50.0 | 100.0 | 10.00 | 2.00 |" in table

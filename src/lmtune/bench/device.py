@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lmtune.bench.contenders import HAMLET
+from lmtune.bench.contenders import CAUSAL, HAMLET
 from lmtune.bench.machine import train_flops_per_token
 from lmtune.config import build_config
 from lmtune.infer import load
@@ -48,7 +48,7 @@ def throughput(model: str, seq: int, batch: int, steps: int, compile_model: bool
     """One lmtune run of `steps` steps on Hamlet; tokens/s from its own log (after the first steps)."""
     with tempfile.TemporaryDirectory() as tmp:
         config = build_config({
-            "objective": "clm", "output_dir": str(Path(tmp) / "run"), "model": {"name": model, "dropout": 0.0},
+            "objective": CAUSAL.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": model, "dropout": 0.0},
             "tokenizer": {"name": "gpt2-bpe"} if model.startswith("gpt") else {},
             "data": {"train": HAMLET, "block_size": seq, "val_fraction": 0.02},
             "train": {"batch_size": batch, "max_steps": steps, "eval_every": 0, "log_every": 1,

@@ -1,40 +1,56 @@
 """The bench report: ratios side by side, as Markdown."""
 from __future__ import annotations
 
-def with_ratio(pair: dict, **settings) -> dict:
-    seed, ours = pair["seed"], pair["lmtune"]
-    if "error" not in seed and "error" not in ours:
-        pair["effective_tokens_per_s_ratio"] = ours["effective_tokens_per_s"] / seed["effective_tokens_per_s"]
-    return {**pair, "settings": settings} if settings else pair
+from lmtune.tasks.classify import OBJECTIVE as CLASSIFY
+from lmtune.tasks.clm import OBJECTIVE as CAUSAL
+from lmtune.tasks.mlm import OBJECTIVE as MASKED
+
+def with_ratio(sides: dict, **settings) -> dict:
+    """lmtune's effective tokens/s over each other contender's: `ratio_vs_seed`, `ratio_vs_tuned`."""
+    ours = sides["lmtune"]
+    for name, other in list(sides.items()):
+        if name != "lmtune" and "error" not in other and "error" not in ours:
+            sides[f"ratio_vs_{name}"] = ours["effective_tokens_per_s"] / other["effective_tokens_per_s"]
+    return {**sides, "settings": settings} if settings else sides
 
 
 def _f(value, digits: int = 1) -> str:
-    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else str(value)
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+TRAINING_SECTIONS = ((CAUSAL.name, "Causal LM training", "val_loss"), (MASKED.name, "Masked LM training", "val_top1_accuracy"),
+                     (CLASSIFY.name, "Classification training", "val_accuracy"))
 
 
 def to_markdown(r: dict) -> str:
     lines = [f"# lmtune bench ({r['mode']})", "", f"CPU: {r['cpu']}, {r['threads']} threads, torch {r['torch']}", ""]
     if "peak_gflops" in r:
         lines += [f"Peak matmul: fp32 {_f(r['peak_gflops']['fp32'])} GFLOP/s, bf16 {_f(r['peak_gflops']['bf16'])} GFLOP/s", ""]
-    for key, title, metric in (("clm", "Causal LM training", "val_loss"), ("mlm", "Masked LM training", "val_top1_accuracy"),
-                               ("classify", "Classification training", "val_accuracy")):
+    for key, title, metric in TRAINING_SECTIONS:
         if key not in r:
             continue
-        pair = r[key]
-        lines += [f"## {title}", "", "| | seed recipe | lmtune | ratio |", "|---|---|---|---|"]
-        seed, ours = pair["seed"], pair["lmtune"]
-        if "error" in seed or "error" in ours:
-            lines += [f"| error | {seed.get('error', '')} | {ours.get('error', '')} | |", ""]
+        sides = r[key]
+        names = [n for n in ("seed", "tuned", "lmtune") if n in sides]
+        heads = {"seed": "seed recipe", "tuned": "tuned Trainer", "lmtune": "lmtune"}
+        lines += [f"## {title}", "", "| | " + " | ".join(heads[n] for n in names) + " | lmtune / seed | lmtune / tuned |",
+                  "|---" * (len(names) + 3) + "|"]
+        errors = {n: sides[n]["error"] for n in names if "error" in sides[n]}
+        if errors:
+            lines += [f"| error | " + " | ".join(sides[n].get("error", "") for n in names) + " | | |", ""]
             continue
         rows = [("effective tokens/s", "effective_tokens_per_s", 1), ("padding", "padding_fraction", 2),
                 ("steps in the time", "steps", 0), (f"{metric} after equal time", metric, 4),
                 ("peak RSS, MB", "peak_rss_mb", 0)]
-        if "mfu_fp32" in seed:
+        if "mfu_fp32" in sides["lmtune"]:
             rows += [("MFU vs fp32 peak", "mfu_fp32", 3), ("MFU vs bf16 peak", "mfu_bf16", 3), ("precision", "precision", 0)]
         for label, field, digits in rows:
-            a, b = seed.get(field), ours.get(field)
-            ratio = _f(b / a, 2) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a and field == "effective_tokens_per_s" else ""
-            lines.append(f"| {label} | {_f(a, digits)} | {_f(b, digits)} | {ratio} |")
+            cells = [_f(sides[n].get(field), digits) for n in names]
+            ratios = ["", ""]
+            if field == "effective_tokens_per_s":
+                ratios = [_f(sides.get("ratio_vs_seed"), 2), _f(sides.get("ratio_vs_tuned"), 2)]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
         lines.append("")
     if "generate" in r:
         lines += ["## Generation (SmolLM2-135M, sampling top-k 50)", "", "| batch | lmtune tok/s | model.generate tok/s | ratio |",

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from lmtune.bench.device import bench_device, device_markdown
 from lmtune.bench.inference import bench_data_prep, bench_fill_mask, bench_generation
+from lmtune.bench.contenders import CAUSAL, CLASSIFY, MASKED
 from lmtune.bench.machine import cpu_name, peak_matmul
 from lmtune.bench.report import to_markdown, with_ratio
 from lmtune.bench.worker import run_worker
@@ -21,7 +22,8 @@ FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encod
         "prep_copies": 60, "fill_calls": 40}
 
 
-SECTIONS = ("peak", "clm", "mlm", "classify", "generate", "fill-mask", "data", "device")
+SIDES = ("seed", "tuned", "lmtune")  # the tutorial recipe, the tuned HF Trainer, lmtune
+SECTIONS = ("peak", CAUSAL.name, MASKED.name, CLASSIFY.name, "generate", "fill-mask", "data", "device")
 
 
 def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | None = None,
@@ -36,24 +38,21 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
         console.print("measuring peak matmul throughput ...")
         result["peak_gflops"] = {"fp32": peak_matmul(torch.float32), "bf16": peak_matmul(torch.bfloat16)}
     peak = result.get("peak_gflops", {"fp32": float("nan"), "bf16": float("nan")})
-    if "clm" in sections:
+    if CAUSAL.name in sections:
         args = {"model_name": p["clm_model"], "seq": p["seq"], "batch": p["batch"], "seconds": p["seconds"]}
-        console.print(f"causal LM training: seed recipe vs lmtune, {p['seconds']} s each ({p['clm_model']}, "
-                      f"{p['batch']}x{p['seq']}) ...")
-        pair = {"seed": run_worker("seed_causal", **args), "lmtune": run_worker("lmtune_causal", **args)}
-        for side in pair.values():
+        console.print(f"causal LM training: seed recipe, tuned Trainer, lmtune, {p['seconds']} s each "
+                      f"({p['clm_model']}, {p['batch']}x{p['seq']}) ...")
+        sides = {side: run_worker(f"{side}_causal", **args) for side in SIDES}
+        for side in sides.values():
             if "flops_per_token" in side:
                 side["mfu_fp32"] = side["effective_tokens_per_s"] * side["flops_per_token"] / (peak["fp32"] * 1e9)
                 side["mfu_bf16"] = side["effective_tokens_per_s"] * side["flops_per_token"] / (peak["bf16"] * 1e9)
-        result["clm"] = with_ratio(pair, **args)
-    if "mlm" in sections:
-        console.print(f"masked LM training: seed recipe vs lmtune, {p['encoder_seconds']} s each ...")
-        result["mlm"] = with_ratio({"seed": run_worker("seed_masked", seconds=p["encoder_seconds"]),
-                                     "lmtune": run_worker("lmtune_masked", seconds=p["encoder_seconds"])})
-    if "classify" in sections:
-        console.print(f"classification training: seed recipe vs lmtune, {p['encoder_seconds']} s each ...")
-        result["classify"] = with_ratio({"seed": run_worker("seed_classify", seconds=p["encoder_seconds"]),
-                                          "lmtune": run_worker("lmtune_classify", seconds=p["encoder_seconds"])})
+        result[CAUSAL.name] = with_ratio(sides, **args)
+    for objective, kind in ((MASKED, "masked"), (CLASSIFY, "classifier")):
+        if objective.name in sections:
+            console.print(f"{objective.name} training: seed recipe, tuned Trainer, lmtune, {p['encoder_seconds']} s each ...")
+            result[objective.name] = with_ratio({side: run_worker(f"{side}_{kind}", seconds=p["encoder_seconds"])
+                                                 for side in SIDES})
     if "generate" in sections:
         console.print("generation ...")
         result["generate"] = bench_generation("smollm2-135m", p["gen_tokens"])

@@ -11,8 +11,8 @@ from typing import Any
 from lmtune.bench import contenders
 from lmtune.libraries import quiet_libraries
 
-WORKERS = {name: getattr(contenders, name) for name in ("seed_causal", "lmtune_causal", "seed_masked",
-                                                        "lmtune_masked", "seed_classify", "lmtune_classify")}
+WORKERS = {f"{side}_{kind}": getattr(contenders, f"{side}_{kind}") for side in ("seed", "tuned", "lmtune")
+           for kind in ("causal", "masked", "classifier")}
 
 
 def run_worker(name: str, **kwargs) -> dict[str, Any]:

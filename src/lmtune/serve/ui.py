@@ -1,10 +1,13 @@
-"""The browser UI (Gradio), a tab per capability of the served models."""
+"""The browser UI (Gradio), a tab per capability of the served models, and one for the training runs."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from lmtune.errors import LmtuneError
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import GenerationSettings, stream
+from lmtune.train.runs import compare_figure, find_runs, run_table
 
 
 def _names(served: dict, capability: str) -> list[str]:
@@ -91,4 +94,51 @@ def build_ui(served: dict):
                     return run_locked(name, classify, [sentence])[0]["scores"]
 
                 button_c.click(predict_class, [model_c, text_c], label)
+        _runs_tab(gr)
     return ui
+
+
+def _within_cwd(folder: str) -> Path:
+    """The UI has no login: it shows runs in the server's current folder and below it, nowhere else."""
+    path, here = Path(folder.strip() or "runs"), Path.cwd().resolve()
+    resolved = path.expanduser().resolve()
+    if resolved != here and here not in resolved.parents:
+        raise LmtuneError(f"{folder}: the web UI shows runs inside the server's current folder only")
+    return path
+
+
+def _runs_tab(gr) -> None:
+    with gr.Tab("Runs"):
+        with gr.Row():
+            folder = gr.Textbox(label="Runs folder (below the server's current folder)", value="runs", scale=4)
+            list_button = gr.Button("List runs", scale=1, elem_id="runs-list")
+        table = gr.Dataframe(label="runs (newest last)", interactive=False, elem_id="runs-table")
+        chosen = gr.CheckboxGroup([], label="runs to compare")
+        with gr.Row():
+            metric = gr.Textbox(label="metric (blank: the first run's selection metric, e.g. val_loss)", scale=4)
+            compare_button = gr.Button("Compare", variant="primary", scale=1, elem_id="runs-compare")
+        plot = gr.Plot(label="validation curves")
+
+        def list_runs(path):
+            try:
+                runs = find_runs(_within_cwd(path))
+            except LmtuneError as err:
+                raise gr.Error(str(err)) from None
+            if not runs:
+                raise gr.Error(f"no runs in {path}")
+            columns, rows = run_table(runs)
+            names = [run.path for run in runs]
+            return (gr.Dataframe(value=rows, headers=[c.replace("\n", " ") for c in columns]),
+                    gr.CheckboxGroup(choices=names, value=names[-2:]))
+
+        def compare(paths, metric_name):
+            if not paths:
+                raise gr.Error("tick the runs to compare")
+            try:
+                return compare_figure([_within_cwd(p) for p in paths], (metric_name or "").strip() or None)
+            except LmtuneError as err:
+                raise gr.Error(str(err)) from None
+
+        list_button.click(list_runs, folder, [table, chosen])
+        folder.submit(list_runs, folder, [table, chosen])
+        compare_button.click(compare, [chosen, metric], plot)
