@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import LmtuneError
 from lmtune.paths import resolve_data_path
@@ -97,6 +97,10 @@ class TrainConfig(_Strict):
     eval_every: int | Literal["auto"] = Field("auto", union_mode="left_to_right", description="steps between evaluations; auto: about 15 per run; 0: only start and end")
     eval_max_batches: int | None = Field(None, ge=1, description="evaluate on at most this many batches")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=list, description="experiment trackers that also get metrics.jsonl's records, the "
+        "recipe and the plots: tensorboard (run/tensorboard), mlflow (run/mlruns, or MLFLOW_TRACKING_URI), "
+        "wandb, trackio; each needs its extra: pip install 'lmtune[NAME]'")
     save_every: int | None = Field(None, ge=1, description="checkpoint every N steps, besides save_every_minutes")
     save_every_minutes: float | None = Field(10.0, gt=0, description="checkpoint by wall time (None: off)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (each holds optimizer state: ~3x the model)")
@@ -113,6 +117,16 @@ class TrainConfig(_Strict):
     cpu_offload: bool = Field(False, description="fsdp: keep parameters and optimizer state in CPU memory")
     compile: bool = Field(False, description="torch.compile the model (the first step compiles; pays off on long "
                           "GPU runs)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value):
+        # --train.report_to tensorboard,mlflow on the command line; each tracker once
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return list(dict.fromkeys(value))
+        return value
 
     @model_validator(mode="after")
     def _positive_schedules(self):

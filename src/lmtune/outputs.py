@@ -183,7 +183,7 @@ def write_file_atomic(path: str | Path, write: Callable[[object], None], mode: s
 # ---- the run folder -------------------------------------------------------------------------------
 # What `lmtune train` writes into its run folder: `--overwrite` removes these and nothing else.
 RUN_ENTRIES = ("checkpoints", "final", "best", "last", "adapter", "data", "metrics.jsonl", "summary.json", "config.yaml",
-               "loss.png", "confusion_matrix.png")
+               "loss.png", "confusion_matrix.png", "tensorboard", "mlruns", "wandb")  # the last three: train.report_to
 TRAINER_STATE = "trainer_state.pt"  # written last into a checkpoint: its presence means complete
 
 

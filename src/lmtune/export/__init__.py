@@ -23,6 +23,8 @@ import yaml
 
 from lmtune.errors import LmtuneError
 from lmtune.export.card import model_card
+from lmtune.export.gguf import export_gguf, find_converter
+from lmtune.export.onnx import export_onnx
 from lmtune.models.load import ALIASES, load_model, resolve
 from lmtune.outputs import MARKER, check_output_dir, is_lmtune_dir, marker_kind, publish_dir
 from lmtune.tasks import Objective, objective_of, serving_objective
@@ -97,7 +99,6 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
         raise LmtuneError(f"GGUF export is for causal language models; this is a {objective.name} model: "
                           "use --format onnx or hf")
     if format == "gguf":
-        from lmtune.export.gguf import find_converter
         converter_path = find_converter(converter)  # before any work: a missing converter is a one-line error
     if source.adapter and not merge and format != "hf":
         raise LmtuneError("an adapter alone cannot be converted; export the merged model (leave out --no-merge)")
@@ -108,10 +109,8 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
             _write_hf(source, objective, model_files, merge)
             extra: dict = {}
             if format == "onnx":
-                from lmtune.export.onnx import export_onnx
                 extra = export_onnx(model_files, objective, folder)
             elif format == "gguf":
-                from lmtune.export.gguf import export_gguf
                 extra = export_gguf(model_files, folder, converter_path, gguf_type, _gguf_name(source))
         finally:
             if model_files != folder:

@@ -34,6 +34,7 @@ from lmtune.train.data import prepare_data
 from lmtune.train.distributed import Cluster
 from lmtune.train.plots import plot_run
 from lmtune.train.precision import autocast_for
+from lmtune.train.tracking import Tracker, check_trackers, close_trackers, log_artifacts, log_record, open_trackers
 
 log = logging.getLogger("lmtune")
 
@@ -102,12 +103,14 @@ def rows(dataset, indices: list[int]) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """metrics.jsonl in the run folder: one JSON object per log or evaluation event."""
+    """metrics.jsonl in the run folder: one JSON object per log or evaluation event, each also sent to the
+    experiment trackers (train.report_to)."""
 
-    def __init__(self, path: Path, keep_until_step: int | None = None):
+    def __init__(self, path: Path, keep_until_step: int | None = None, trackers: list[Tracker] | None = None):
         """`keep_until_step`: resume; events after the checkpoint go, and so does a line torn by a kill.
         None: a fresh run starts a fresh file."""
         self.path = path
+        self.trackers = trackers if trackers is not None else []
         if keep_until_step is None:
             path.unlink(missing_ok=True)
         elif path.exists():
@@ -127,6 +130,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        log_record(self.trackers, record)
 
 
 class StopSignals:
@@ -168,9 +172,11 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 
 
 def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
-    """Check the run folder before any work: never lmtune's to write unless it is new, empty or lmtune's."""
+    """Check the run folder before any work: never lmtune's to write unless it is new, empty or lmtune's.
+    The libraries of train.report_to's trackers are checked here too."""
     out = Path(config.output_dir)
     check_output_dir(out, data_inputs(config), kind="run")
+    check_trackers(config.train.report_to)
     if run_has_model(out) and not resume:
         if not overwrite:
             raise LmtuneError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
@@ -190,11 +196,24 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True, overwr
         if cluster.main:
             prepare_run_dir(config, resume, overwrite)
         cluster.barrier()
+        trackers: list[Tracker] = []
         try:
             if cluster.main:
                 claim_dir(out, "run")
                 save_config(config, out / "config.yaml")
-            return _train(config, out, resume, progress, cluster)
+                # train.report_to: the trackers start (the recipe logged) before any training work
+                trackers = open_trackers(config.train.report_to, out, config.model_dump(mode="json"))
+            status = "failed"
+            try:
+                summary = _train(config, out, resume, progress, cluster, trackers)
+                log_artifacts(trackers, summary["plots"])
+                status = "finished"
+                return summary
+            except (KeyboardInterrupt, Interrupted):
+                status = "killed"
+                raise
+            finally:
+                close_trackers(trackers, status)
         except BaseException as err:
             if cluster.main and not (out / "metrics.jsonl").exists() and not run_has_model(out):
                 remove_if_created(out, existed)  # failed before training began: leave no half-made run folder
@@ -211,7 +230,8 @@ class _NoLog:
         pass
 
 
-def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: Cluster) -> dict[str, Any]:
+def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: Cluster,
+           trackers: list[Tracker]) -> dict[str, Any]:
     tc = config.train
     torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // cluster.world))
     set_seed(tc.seed)
@@ -283,7 +303,8 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
                                               lambda state_dict: cluster.load_optimizer_state(model, optimizer, state_dict))
         state = TrainState(**saved)
         log.info("resuming from %s (step %d of %d)", last, state.step, total_steps)
-    metrics_log = MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if last else None) if main else _NoLog()
+    metrics_log = (MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if last else None, trackers=trackers)
+                   if main else _NoLog())
 
     def run_eval() -> dict[str, float]:
         # Every process evaluates the whole validation split with the same weights (FSDP needs them all
