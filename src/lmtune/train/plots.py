@@ -5,9 +5,21 @@ import json
 from pathlib import Path
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """metrics.jsonl's events; unreadable lines (a write cut off by a kill, a run writing now) are skipped."""
+    try:
+        text = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def plot_run(run_dir: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from lmtune.errors import LmtuneError
 from lmtune.outputs import MARKER, RUN_ENTRIES, check_output_file, run_has_model, write_file_atomic
 from lmtune.tasks import OBJECTIVES, Objective
+from lmtune.train.plots import read_metrics
 
 DONE, STOPPED_EARLY, UNFINISHED, NO_MODEL = "done", "stopped early", "interrupted/running", "no model"
 MAX_DEPTH = 8  # how deep below the given folder runs are looked for
@@ -60,23 +61,6 @@ def metric_mode(metric: str, objective: str | None = None) -> str:
 def is_run_dir(path: str | Path) -> bool:
     path = Path(path)
     return (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "summary.json").is_file())
-
-
-def read_records(run_dir: str | Path) -> list[dict]:
-    """metrics.jsonl's events; unreadable lines (a write cut off by a kill, a run writing now) are skipped."""
-    try:
-        text = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _read_json(path: Path) -> dict:
@@ -161,7 +145,7 @@ def run_info(run_dir: str | Path) -> RunInfo:
         else:
             state = STOPPED_EARLY if summary.get("stopped_early") else DONE
     else:  # still going, or stopped before writing summary.json: what metrics.jsonl holds so far
-        records = read_records(run_dir)
+        records = read_metrics(run_dir)
         base = next((_number(r.get(metric)) for r in records
                      if r.get("event") == "eval" and r.get("model") == "base" and _number(r.get(metric)) is not None),
                     None)
@@ -239,7 +223,7 @@ def compare_figure(paths: list[str | Path], metric: str | None = None):
     metric = metric or selection_metric(runs[0])
     curves = []
     for run in runs:
-        records = read_records(run)
+        records = read_metrics(run)
         if not records:
             raise LmtuneError(f"{run} has no metrics to plot (metrics.jsonl is missing or empty)")
         points = sorted({s: float(r[metric]) for r in records if r.get("event") == "eval"
