@@ -21,6 +21,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt a language model to your own text: prepare data, train, evaluate, generate, serve.")
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+Dtype = Annotated[str, typer.Option(help="inference weights: auto (bf16 on GPUs, and on CPUs measured to compute it "
+                                    "fast; else fp32), fp32, bf16 or fp16")]
 log = logging.getLogger("lmtune")
 
 
@@ -306,6 +308,7 @@ def generate(
     task: Annotated[Optional[str], typer.Option(help="a task of a multi-task model (e.g. SPELL): its template, "
                                                      "greedy, stops at EOS, prints the completion")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    dtype: Dtype = "auto",
 ):
     """Continue a prompt, streaming tokens to the terminal."""
     from lmtune.infer import task_prompt
@@ -314,7 +317,7 @@ def generate(
     text = prompt_opt if prompt_opt is not None else prompt
     if text is None:
         raise LmtuneError("give a prompt: lmtune generate MODEL \"Once upon a time\"")
-    model = _model(model, device)
+    model = _model(model, device, dtype)
     shown = text
     if task is not None:
         text, shown = task_prompt(model, task, text), ""
@@ -347,6 +350,7 @@ def fill_mask(
     top_k: Annotated[int, typer.Option(min=1, max=1000, help="predictions per mask")] = 5,
     compare: Annotated[Optional[str], typer.Option(help="a base model to show side by side")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    dtype: Dtype = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Predict the masked words: top-k tokens with probabilities for every [MASK]."""
@@ -364,7 +368,7 @@ def fill_mask(
 
         Console().print(compare_table(inputs, compare, model, top_k))
         return
-    results = run_fill_mask(_model(model, device), inputs, top_k)
+    results = run_fill_mask(_model(model, device, dtype), inputs, top_k)
     if as_json:
         print(json.dumps([{"text": t, "masks": r} for t, r in zip(inputs, results)], indent=2))
         return
@@ -387,6 +391,7 @@ def classify(
     text_column: Annotated[str, typer.Option(help="text column of the input file")] = "text",
     batch_size: Annotated[int, typer.Option(min=1, help="texts per forward pass")] = 32,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    dtype: Dtype = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Label and class probabilities for texts, or for a whole file (--input reviews.csv --output preds.csv)."""
@@ -401,7 +406,7 @@ def classify(
         rows += [d.fields or {text_column: d.text} for d in read_documents(input_file, text_column)]
     if not rows:
         raise LmtuneError('give text(s) or --input FILE, e.g. lmtune classify MODEL "A wonderful film."')
-    results = run_classify(_model(model, device), [str(r.get(text_column) or "") for r in rows], batch_size=batch_size,
+    results = run_classify(_model(model, device, dtype), [str(r.get(text_column) or "") for r in rows], batch_size=batch_size,
                            progress=input_file is not None)
     if output is not None:
         write_predictions(output, rows, results, input_file)
@@ -448,6 +453,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="cap on texts per request")] = 64,
     ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    dtype: Dtype = "auto",
 ):
     """Serve models: web UI at /, REST at /v1/..., OpenAI-compatible /v1/completions and /v1/chat/completions."""
     import uvicorn
@@ -455,20 +461,20 @@ def serve(
     from lmtune.serve.app import Limits, create_app
 
     _check_port_free(host, port)  # before loading models: a busy port fails in a second
-    app_ = create_app(models, api_key=api_key, ui=ui, device=device,
+    app_ = create_app(models, api_key=api_key, ui=ui, device=device, dtype=dtype,
                       limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch))
     _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
     # On SIGTERM/Ctrl-C, open streams get 3 s to finish; then they are cancelled (which stops generation).
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
 
-def _model(name: str, device: str | None):
-    """A model name, or (with --device) the model loaded on that device."""
-    if device is None:
+def _model(name: str, device: str | None, dtype: str = "auto"):
+    """A model name, or (with --device or --dtype) the model loaded so."""
+    if device is None and dtype == "auto":
         return name
     from lmtune.infer import load
 
-    return load(name, device=device)
+    return load(name, device=device, dtype=dtype)
 
 
 def _check_port_free(host: str, port: int) -> None:

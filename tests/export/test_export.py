@@ -62,7 +62,8 @@ def test_causal_export_loads_in_a_pipeline_and_generates_the_same(tiny_clm_run, 
     pipe = transformers.pipeline("text-generation", model=str(out))
     prompt = "The king"
     exported = pipe(prompt, max_new_tokens=12, do_sample=False, return_full_text=False)[0]["generated_text"]
-    assert exported == generate(tiny_clm_run, prompt, max_new_tokens=12, temperature=0)[0]
+    # transformers loads fp32 weights: compare with lmtune in fp32 (its default may be bf16 on this CPU)
+    assert exported == generate(load(tiny_clm_run, dtype="fp32"), prompt, max_new_tokens=12, temperature=0)[0]
     meta = card_metadata(out)
     assert meta["pipeline_tag"] == "text-generation" and "lmtune" in meta["tags"]
     card = (out / "README.md").read_text()
@@ -75,7 +76,7 @@ def test_classifier_export_gives_the_same_labels_and_scores(tiny_classifier, tmp
     out = export_model(str(Path(final).parent), tmp_path / "export")
     pipe = transformers.pipeline("text-classification", model=str(out), top_k=None)
     texts = ["great film 3", "awful film 7"]
-    ours = classify(load(final), texts)
+    ours = classify(load(final, dtype="fp32"), texts)
     for text, mine in zip(texts, ours):
         theirs = {r["label"]: r["score"] for r in pipe([text])[0]}
         assert set(theirs) == {"pos", "neg"}
@@ -89,7 +90,7 @@ def test_masked_lm_export_fills_masks_like_lmtune(mlm_run, tmp_path):
     pipe = transformers.pipeline("fill-mask", model=str(out), top_k=3)
     sentence = "the king walks the [MASK] at night"
     theirs = [r["token_str"].strip() for r in pipe(sentence)]
-    ours = [m["token"].strip() for m in fill_mask(load(str(mlm_run / "final")), [sentence], top_k=3)[0][0]]
+    ours = [m["token"].strip() for m in fill_mask(load(str(mlm_run / "final"), dtype="fp32"), [sentence], top_k=3)[0][0]]
     assert theirs == ours
     assert card_metadata(out)["pipeline_tag"] == "fill-mask"
 
@@ -102,7 +103,7 @@ def test_multitask_export_is_a_text_generation_model_with_its_task_prompts(tmp_p
     pipe = transformers.pipeline("text-generation", model=str(out))
     prompt = "[SHOUT] say hot loudly\n"
     exported = pipe(prompt, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
-    assert exported == generate(str(run / "final"), prompt, max_new_tokens=4, temperature=0)[0]
+    assert exported == generate(load(str(run / "final"), dtype="fp32"), prompt, max_new_tokens=4, temperature=0)[0]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def test_onnx_export_of_a_classifier_matches_pytorch(tiny_classifier, tmp_path):
     enc = tokenizer(["great film 1", "awful film and more words 2"], return_tensors="np", padding=True)
     session = onnxruntime.InferenceSession(str(out / "model.onnx"))
     got = session.run(None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0]
-    model = load(final).model
+    model = load(final, dtype="fp32").model
     with torch.no_grad():
         want = model(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
@@ -180,7 +181,7 @@ def test_onnx_export_of_a_masked_lm_matches_pytorch(mlm_run, tmp_path):
     got = onnxruntime.InferenceSession(str(out / "model.onnx")).run(
         None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0]
     with torch.no_grad():
-        want = load(str(mlm_run / "final")).model(input_ids=torch.tensor(enc["input_ids"])).logits.numpy()
+        want = load(str(mlm_run / "final"), dtype="fp32").model(input_ids=torch.tensor(enc["input_ids"])).logits.numpy()
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     assert abs(got - want).max() < 1e-3
 

@@ -3,6 +3,7 @@ import torch
 
 from lmtune.errors import LmtuneError
 from lmtune.infer.fill_mask import fill_mask
+from lmtune.infer import load
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_reload_gives_identical_predictions(tiny_mlm_run):
     enc = tok("the [MASK] walks the castle", return_tensors="pt")
     with torch.no_grad():
         probs = model(**enc).logits[0, 2].softmax(-1)
-    ours = fill_mask(folder, "the [MASK] walks the castle", top_k=3)[0]
+    ours = fill_mask(load(folder, dtype="fp32"), "the [MASK] walks the castle", top_k=3)[0]  # exact: fp32
     for pred in ours:
         assert pred["score"] == pytest.approx(float(probs[pred["token_id"]]) / (1 - float(probs[tok.all_special_ids].sum())), rel=1e-4)
 

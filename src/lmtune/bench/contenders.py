@@ -109,7 +109,7 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
                       "max_steps": 10**6, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
             "report": {"compare_base": False}})
         summary = train(config, progress=False)
-        loaded = load(summary["final_model"])
+        loaded = load(summary["final_model"], dtype="fp32")
         model = loaded.model
         result = {"steps": summary["steps"], "seconds": summary["train_seconds"],
                   "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
@@ -147,7 +147,7 @@ def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, 
             "train": {"batch_size": batch, "lr": 2e-4, "schedule": "constant", "max_steps": 10**6,
                       "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
             "report": {"compare_base": False}}), progress=False)
-        loaded = load(summary["final_model"])
+        loaded = load(summary["final_model"], dtype="fp32")
         return {"steps": summary["steps"], "seconds": summary["train_seconds"],
                 "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
                 **_val_loss(loaded.model, loaded.tokenizer, MASKED, seq)}
@@ -197,7 +197,7 @@ def lmtune_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[s
             "train": {"batch_size": batch, "lr": 1e-4, "schedule": "constant", "max_steps": 10**6,
                       "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
             "report": {"compare_base": False}}), progress=False)
-        loaded = load(summary["final_model"])
+        loaded = load(summary["final_model"], dtype="fp32")
         return {"steps": summary["steps"], "seconds": summary["train_seconds"],
                 "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
                 "val_accuracy": _accuracy(loaded.model, loaded.tokenizer, val_rows)}

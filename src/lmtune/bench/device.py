@@ -17,7 +17,7 @@ from lmtune.config import build_config
 from lmtune.infer import load
 from lmtune.train.loop import train
 from lmtune.train.plots import read_metrics
-from lmtune.train.precision import cpu_has_bf16
+from lmtune.hardware import cpu_has_bf16
 
 CONFIGS = {  # name -> (model, sequence length, batch, steps)
     "demo (SmolLM2-135M)": ("smollm2-135m", 256, 8, 30),

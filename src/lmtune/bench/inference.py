@@ -2,6 +2,7 @@
 pipeline, and data preparation MB/s."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Any
@@ -20,31 +21,64 @@ from lmtune.infer.generate import GenerationSettings, generate
 from lmtune.models.load import load_tokenizer
 
 
-def bench_generation(model: str, new_tokens: int) -> dict[str, Any]:
-    loaded = load(model)
-    out: dict[str, Any] = {}
+def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str, Any]:
+    """lmtune's default generation (its `auto` weights) against `model.generate` on the fp32 model, as
+    transformers loads it; and the quality gate of the weights' precision: greedy agreement with fp32 on
+    `prompts` Hamlet lines x `new_tokens`, and held-out perplexity of both."""
+    loaded, reference = load(model), load(model, dtype="fp32")
+    out: dict[str, Any] = {"weights": str(next(loaded.model.parameters()).dtype).removeprefix("torch.")}
     for batch in (1, 8):  # sampling (top-k 50), so that 8 sequences from one prompt differ
         settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
                                       num_return_sequences=batch, ignore_eos=True, seed=0)
-        enc = loaded.tokenizer("HAMLET. To be, or not to be", return_tensors="pt")
+        enc = reference.tokenizer("HAMLET. To be, or not to be", return_tensors="pt")
         generate(loaded, "warm up", max_new_tokens=4, temperature=0)
         start = time.perf_counter()
         generate(loaded, "HAMLET. To be, or not to be", settings)
         ours = batch * new_tokens / (time.perf_counter() - start)
         with torch.inference_mode():
             start = time.perf_counter()
-            loaded.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
-                                  top_k=50, top_p=1.0, temperature=1.0, num_return_sequences=batch,
-                                  pad_token_id=loaded.tokenizer.pad_token_id)
+            reference.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
+                                     top_k=50, top_p=1.0, temperature=1.0, num_return_sequences=batch,
+                                     pad_token_id=reference.tokenizer.pad_token_id)
             theirs = batch * new_tokens / (time.perf_counter() - start)
         out[f"batch {batch}"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs, "ratio": ours / theirs}
+    out["quality"] = weights_quality(loaded, reference, new_tokens, prompts)
     return out
+
+
+def weights_quality(loaded, reference, new_tokens: int, prompts: int) -> dict[str, float]:
+    """Greedy agreement (the share of generated tokens before the first difference, over all prompts) and
+    held-out perplexity, of `loaded` against the fp32 `reference`."""
+    text = read_documents(HAMLET)[0].text
+    lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 30]
+    chosen = lines[100 : 100 * (prompts + 1) : 100]
+    agreed = total = 0
+    for prompt in chosen:
+        ours = generate(loaded, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
+        theirs = generate(reference, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
+        a, b = loaded.tokenizer(ours).input_ids, reference.tokenizer(theirs).input_ids
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        agreed, total = agreed + same, total + max(len(a), len(b), 1)
+    ids = reference.tokenizer(text[-20000:], return_tensors="pt").input_ids[:, :2048]
+
+    def perplexity(model) -> float:
+        losses, count = 0.0, 0
+        with torch.inference_mode():
+            for start in range(0, ids.shape[1] - 1, 512):
+                chunk = ids[:, start : start + 512]
+                losses += float(model(chunk, labels=chunk).loss.float()) * (chunk.shape[1] - 1)
+                count += chunk.shape[1] - 1
+        return math.exp(losses / count)
+
+    ppl, ppl_fp32 = perplexity(loaded.model), perplexity(reference.model)
+    return {"prompts": len(chosen), "new_tokens": new_tokens, "greedy_agreement": agreed / total,
+            "perplexity": ppl, "perplexity_fp32": ppl_fp32, "perplexity_change": ppl / ppl_fp32 - 1}
 
 
 def bench_fill_mask(model: str, calls: int) -> dict[str, Any]:
 
-    loaded = load(model)
-    pipe = pipeline("fill-mask", model=loaded.model, tokenizer=loaded.tokenizer, device="cpu")
+    loaded, reference = load(model), load(model, dtype="fp32")
+    pipe = pipeline("fill-mask", model=reference.model, tokenizer=reference.tokenizer, device="cpu")
     sentence = "To be, or not to be, that is the [MASK]."
     batch = [f"The {w} of Denmark is a [MASK] man." for w in ["king", "prince", "queen", "ghost"] * 16]
 

@@ -53,10 +53,19 @@ def to_markdown(r: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
         lines.append("")
     if "generate" in r:
-        lines += ["## Generation (SmolLM2-135M, sampling top-k 50)", "", "| batch | lmtune tok/s | model.generate tok/s | ratio |",
-                  "|---|---|---|---|"]
-        for batch, g in r["generate"].items():
-            lines.append(f"| {batch} | {_f(g['lmtune_tokens_per_s'])} | {_f(g['hf_generate_tokens_per_s'])} | {_f(g['ratio'], 2)} |")
+        g = r["generate"]
+        lines += [f"## Generation (SmolLM2-135M, sampling top-k 50; lmtune's weights: {g.get('weights', '?')}, "
+                  "model.generate on fp32)", "", "| batch | lmtune tok/s | model.generate tok/s | ratio |", "|---|---|---|---|"]
+        for batch in ("batch 1", "batch 8"):
+            if batch in g:
+                row = g[batch]
+                lines.append(f"| {batch} | {_f(row['lmtune_tokens_per_s'])} | {_f(row['hf_generate_tokens_per_s'])} | "
+                             f"{_f(row['ratio'], 2)} |")
+        q = g.get("quality")
+        if q:
+            lines += ["", f"Quality gate of lmtune's weights against fp32 ({q['prompts']} prompts x {q['new_tokens']} "
+                      f"greedy tokens): agreement {q['greedy_agreement']:.1%}; held-out perplexity {q['perplexity']:.3f} "
+                      f"vs {q['perplexity_fp32']:.3f} ({q['perplexity_change']:+.2%}; the gate is 1%)"]
         lines.append("")
     if "fill_mask" in r:
         f = r["fill_mask"]

@@ -16,9 +16,9 @@ from lmtune.bench.report import to_markdown, with_ratio
 from lmtune.bench.worker import run_worker
 from lmtune.outputs import check_output_dir, claim_dir
 
-QUICK = {"clm_model": "gpt-tiny", "seq": 128, "batch": 8, "seconds": 10, "encoder_seconds": 10, "gen_tokens": 16,
+QUICK = {"clm_model": "gpt-tiny", "seq": 128, "batch": 8, "seconds": 10, "encoder_seconds": 10, "gen_tokens": 16, "gen_prompts": 3,
          "prep_copies": 10, "fill_calls": 10}
-FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encoder_seconds": 90, "gen_tokens": 64,
+FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encoder_seconds": 90, "gen_tokens": 64, "gen_prompts": 20,
         "prep_copies": 60, "fill_calls": 40}
 
 
@@ -55,7 +55,7 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
                                                  for side in SIDES})
     if "generate" in sections:
         console.print("generation ...")
-        result["generate"] = bench_generation("smollm2-135m", p["gen_tokens"])
+        result["generate"] = bench_generation("smollm2-135m", p["gen_tokens"], p["gen_prompts"])
     if "fill-mask" in sections:
         console.print("fill-mask ...")
         result["fill_mask"] = bench_fill_mask("minilm-l6", p["fill_calls"])

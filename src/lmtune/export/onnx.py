@@ -40,7 +40,7 @@ def export_onnx(model_dir: Path, objective: Objective, folder: Path) -> dict:
     _require()
     import onnxruntime
 
-    loaded = load(str(model_dir), objective.name, device="cpu")
+    loaded = load(str(model_dir), objective.name, device="cpu", dtype="fp32")
     model = loaded.model.float().eval()
     enc = loaded.tokenizer(CHECK_TEXTS, return_tensors="pt", padding=True)
     inputs = (enc["input_ids"], enc["attention_mask"])

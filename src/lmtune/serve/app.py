@@ -359,12 +359,12 @@ def error_payload(exc: Exception) -> dict:
 
 # ---- the app ----------------------------------------------------------------------------------------
 def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None = None, limits: Limits | None = None,
-               ui: bool = True, device: str | None = None) -> FastAPI:
+               ui: bool = True, device: str | None = None, dtype: str = "auto") -> FastAPI:
     limits = limits or Limits()
     if isinstance(models, dict):
         served = {name: Served(name, loaded) for name, loaded in models.items()}
     else:
-        served = {name: Served(name, load(name, device=device)) for name in models}
+        served = {name: Served(name, load(name, device=device, dtype=dtype)) for name in models}
     if not served:
         raise LmtuneError("serve needs at least one model")
     bodies = request_bodies(limits)

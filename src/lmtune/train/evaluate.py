@@ -7,7 +7,7 @@ from typing import Any
 
 from lmtune.config import RunConfig
 from lmtune.data.prepare import is_prepared, load_prepared
-from lmtune.infer import as_loaded
+from lmtune.infer import LoadedModel, load
 from lmtune.models.load import context_length_of
 from lmtune.train.data import prepare_data
 from lmtune.train.precision import autocast_for
@@ -16,7 +16,8 @@ from lmtune.train.precision import autocast_for
 def evaluate_model(model: str, data: str, block_size: int = 512, text_column: str = "text",
                    label_column: str = "label", max_batches: int | None = None, batch_size: int = 8,
                    config: RunConfig | None = None, precision: str = "auto") -> dict[str, Any]:
-    loaded = as_loaded(model)
+    # A measurement: in fp32, whatever inference elsewhere would pick (lmtune eval = the training loop's numbers).
+    loaded = model if isinstance(model, LoadedModel) else load(str(model), dtype="fp32")
     objective = loaded.objective
     limit = context_length_of(loaded.model.config)
     block_size = min(block_size, limit) if limit else block_size
