@@ -72,10 +72,15 @@ class ServerProcess:
         return time.time() - start
 
 
+    def close(self) -> None:
+        """Kill the server if a test left it running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture
 def server_process(tiny_models):
     server = ServerProcess(tiny_models)
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
+    server.close()

@@ -20,9 +20,7 @@ LONG = {"prompt": "The king", "max_new_tokens": 480, "temperature": 0, "ignore_e
 def server(tiny_models):
     server = ServerProcess(tiny_models)
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
+    server.close()
 
 
 def clm_load(server) -> dict:
@@ -267,6 +265,4 @@ def test_sigterm_stops_the_server_within_seconds(tiny_models, active):
         for client in [running, *waiting]:
             hang_up(client) if isinstance(client, httpx.Response) else client.close()
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.close()

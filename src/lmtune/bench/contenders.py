@@ -37,14 +37,14 @@ def _held_out_text() -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def _val_loss(model, tokenizer, objective, seq: int) -> dict[str, float]:
-    """lmtune's own evaluator on the held-out tenth of the corpus: the same yardstick for both contenders."""
+def held_out_metrics(model, tokenizer, objective, seq: int, precision: str = "auto") -> dict[str, float]:
+    """lmtune's own evaluator on the held-out tenth of the corpus: the same yardstick for every contender."""
     _, held_out = _held_out_text()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "held_out.txt"
         path.write_text(held_out)
         loaded = LoadedModel("bench", model.eval(), tokenizer, objective)
-        return evaluate_model(loaded, str(path), block_size=seq)
+        return evaluate_model(loaded, str(path), block_size=seq, precision=precision)
 
 
 class TimeLimit(TrainerCallback):
@@ -92,7 +92,7 @@ def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[s
     return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
             "effective_tokens_per_s": steps * batch * nonpad_per_sample / elapsed,
             "padding_fraction": 1 - nonpad_per_sample / seq, "precision": "fp32",
-            "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, tok, CAUSAL, seq)}
+            "flops_per_token": train_flops_per_token(model, seq), **held_out_metrics(model, tok, CAUSAL, seq)}
 
 
 def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
         result = {"steps": summary["steps"], "seconds": summary["train_seconds"],
                   "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
                   "padding_fraction": 0.0, "precision": summary["precision"],
-                  "flops_per_token": train_flops_per_token(model, seq), **_val_loss(model, loaded.tokenizer, CAUSAL, seq)}
+                  "flops_per_token": train_flops_per_token(model, seq), **held_out_metrics(model, loaded.tokenizer, CAUSAL, seq)}
         result["tokens_per_s"] = result["effective_tokens_per_s"]
         return result
 
@@ -133,7 +133,7 @@ def seed_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, An
     steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
                                   2e-4, seconds)
     return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
-            "padding_fraction": 1 - nonpad / seq, **_val_loss(model, tok, MASKED, seq)}
+            "padding_fraction": 1 - nonpad / seq, **held_out_metrics(model, tok, MASKED, seq)}
 
 
 def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, 
         loaded = load(summary["final_model"], dtype="fp32")
         return {"steps": summary["steps"], "seconds": summary["train_seconds"],
                 "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
-                **_val_loss(loaded.model, loaded.tokenizer, MASKED, seq)}
+                **held_out_metrics(loaded.model, loaded.tokenizer, MASKED, seq)}
 
 
 def _reviews(n_val: int = 500):
@@ -231,7 +231,7 @@ def tuned_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[
     return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
             "effective_tokens_per_s": steps * batch * seq / elapsed, "padding_fraction": 0.0,
             "precision": "bf16" if tuned["bf16"] else "fp32", "flops_per_token": train_flops_per_token(model, seq),
-            **_val_loss(model, tok, CAUSAL, seq)}
+            **held_out_metrics(model, tok, CAUSAL, seq)}
 
 
 def tuned_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def tuned_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, A
     steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
                                   2e-4, seconds, **_tuned_arguments())
     return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * seq / elapsed,
-            "padding_fraction": 0.0, **_val_loss(model, tok, MASKED, seq)}
+            "padding_fraction": 0.0, **held_out_metrics(model, tok, MASKED, seq)}
 
 
 def tuned_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:

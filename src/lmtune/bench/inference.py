@@ -2,7 +2,6 @@
 pipeline, and data preparation MB/s."""
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 from transformers import pipeline
 
-from lmtune.bench.contenders import HAMLET
+from lmtune.bench.contenders import HAMLET, held_out_metrics
 from lmtune.config import CleanConfig
 from lmtune.data.clean import clean_documents
 from lmtune.data.ingest import Document, read_documents
@@ -48,7 +47,8 @@ def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str
 
 def weights_quality(loaded, reference, new_tokens: int, prompts: int) -> dict[str, float]:
     """Greedy agreement (the share of generated tokens before the first difference, over all prompts) and
-    held-out perplexity, of `loaded` against the fp32 `reference`."""
+    held-out perplexity (each model in its own weights' format, no autocast), of `loaded` against the fp32
+    `reference`."""
     text = read_documents(HAMLET)[0].text
     lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 30]
     chosen = lines[100 : 100 * (prompts + 1) : 100]
@@ -59,18 +59,8 @@ def weights_quality(loaded, reference, new_tokens: int, prompts: int) -> dict[st
         a, b = loaded.tokenizer(ours).input_ids, reference.tokenizer(theirs).input_ids
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         agreed, total = agreed + same, total + max(len(a), len(b), 1)
-    ids = reference.tokenizer(text[-20000:], return_tensors="pt").input_ids[:, :2048]
-
-    def perplexity(model) -> float:
-        losses, count = 0.0, 0
-        with torch.inference_mode():
-            for start in range(0, ids.shape[1] - 1, 512):
-                chunk = ids[:, start : start + 512]
-                losses += float(model(chunk, labels=chunk).loss.float()) * (chunk.shape[1] - 1)
-                count += chunk.shape[1] - 1
-        return math.exp(losses / count)
-
-    ppl, ppl_fp32 = perplexity(loaded.model), perplexity(reference.model)
+    ppl, ppl_fp32 = (held_out_metrics(m.model, m.tokenizer, m.objective, 512, precision="fp32")["val_perplexity"]
+                     for m in (loaded, reference))
     return {"prompts": len(chosen), "new_tokens": new_tokens, "greedy_agreement": agreed / total,
             "perplexity": ppl, "perplexity_fp32": ppl_fp32, "perplexity_change": ppl / ppl_fp32 - 1}
 

@@ -11,6 +11,7 @@ The folder appears only when complete (written beside it, then renamed), and onl
 write: a new or empty folder, or an earlier export with `overwrite`."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -45,12 +46,12 @@ class ExportSource:
     run_dir: Path | None  # the run it came from: its recipe and results go into the card
     adapter: bool  # model_dir is a LoRA adapter (peft), not a whole model
 
-    @property
+    @functools.cached_property
     def recipe(self) -> dict:
         path = self.run_dir / "config.yaml" if self.run_dir else None
         return yaml.safe_load(path.read_text()) or {} if path and path.exists() else {}
 
-    @property
+    @functools.cached_property
     def summary(self) -> dict:
         path = self.run_dir / "summary.json" if self.run_dir else None
         try:
