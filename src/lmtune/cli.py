@@ -451,6 +451,8 @@ def serve(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="cap on generated tokens per request")] = 512,
     max_input_chars: Annotated[int, typer.Option(min=1, help="cap on characters per input text")] = 8000,
     max_batch: Annotated[int, typer.Option(min=1, help="cap on texts per request")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="sequences a causal LM generates together for concurrent "
+                                            "requests (continuous batching); 1: one request at a time")] = 8,
     ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
     dtype: Dtype = "auto",
@@ -462,7 +464,8 @@ def serve(
 
     _check_port_free(host, port)  # before loading models: a busy port fails in a second
     app_ = create_app(models, api_key=api_key, ui=ui, device=device, dtype=dtype,
-                      limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch))
+                      limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch,
+                                    batch_size=batch_size))
     _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
     # On SIGTERM/Ctrl-C, open streams get 3 s to finish; then they are cancelled (which stops generation).
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

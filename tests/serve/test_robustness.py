@@ -18,13 +18,15 @@ LONG = {"prompt": "The king", "max_new_tokens": 480, "temperature": 0, "ignore_e
 
 @pytest.fixture(scope="module")
 def server(tiny_models):
-    server = ServerProcess(tiny_models)
+    """One sequence at a time (--batch-size 1), so that requests wait in line for the batch."""
+    server = ServerProcess(tiny_models, "--batch-size", "1")
     yield server
     server.close()
 
 
 def clm_load(server) -> dict:
-    """{'busy': whether a request holds the causal model, 'waiting': requests in line for it}."""
+    """{'busy': whether a request holds the causal model, 'running': sequences being generated, 'waiting':
+    sequences in line for it}."""
     return httpx.get(server.url + "/health", timeout=10).json()["load"][server.models["clm"]]
 
 
@@ -151,12 +153,11 @@ def test_stream_errors_before_and_during_the_stream(tiny_models):
     from lmtune.serve.app import create_app
 
     loaded = load(tiny_models["clm"])
-    original = loaded.model.generate
 
     def failing(*args, **kwargs):
         raise RuntimeError("boom")
 
-    loaded.model.generate = failing
+    loaded.model.forward = failing  # the batcher calls the model step by step
     try:
         with TestClient(create_app({"m": loaded}, ui=False), raise_server_exceptions=False) as client:
             response = client.post("/v1/generate", json={"prompt": "hi", "max_new_tokens": 512, "stream": True})
@@ -168,9 +169,9 @@ def test_stream_errors_before_and_during_the_stream(tiny_models):
                                                            "type": "server_error"}}
             response = client.post("/v1/generate", json={"prompt": "hi"})
             assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
-            assert client.get("/health").json()["load"]["m"] == {"busy": False, "waiting": 0}
+            assert client.get("/health").json()["load"]["m"] == {"busy": False, "running": 0, "waiting": 0}
     finally:
-        loaded.model.generate = original
+        del loaded.model.forward
 
 
 class Gone:
@@ -244,8 +245,9 @@ def test_a_running_request_stops_and_frees_the_model_only_when_its_thread_is_don
 
 @pytest.mark.parametrize("active", ["stream", "plain"])
 def test_sigterm_stops_the_server_within_seconds(tiny_models, active):
-    """With a generation running and three more in line (~20 s of work here), SIGTERM still ends the server
-    in seconds: 3 s of grace for open requests (`timeout_graceful_shutdown`), then each stops within a token."""
+    """With generations running (a batch of 8) and more in line (~20 s of work here), SIGTERM still ends the
+    server in seconds: 3 s of grace for open requests (`timeout_graceful_shutdown`), then each stops within a
+    token."""
     server = ServerProcess(tiny_models)
     try:
         url = server.url + "/v1/generate"
@@ -258,11 +260,36 @@ def test_sigterm_stops_the_server_within_seconds(tiny_models, active):
             wait_until(lambda: clm_load(server)["busy"], timeout=10)
         waiting = [open_stream(url, LONG), send_raw(server.port, "/v1/generate", LONG),
                    send_raw(server.port, "/v1/completions", many)]
-        wait_until(lambda: clm_load(server)["waiting"] == 3, timeout=10)
+        sequences = (1 if active == "stream" else 16) + 1 + 1 + 16
+        wait_until(lambda: (load := clm_load(server))["running"] == 8 and load["running"] + load["waiting"]
+                   == sequences, timeout=10)
         seconds = server.stop(timeout=15)
         print(f"\nSIGTERM with a {active} request running and 3 waiting: stopped in {seconds:.1f} s")
         assert seconds < 6
         for client in [running, *waiting]:
             hang_up(client) if isinstance(client, httpx.Response) else client.close()
+    finally:
+        server.close()
+
+
+def test_concurrent_streams_are_batched_and_each_gets_its_own_text(tiny_models):
+    """4 streaming clients at once share decode steps (/health shows 4 running) and each receives exactly
+    the text it gets alone (fp32: batching changes no number that decides a greedy token)."""
+    server = ServerProcess(tiny_models, "--dtype", "fp32")
+    try:
+        url = server.url + "/v1/generate"
+        prompts = ["The king", "A ghost walks", "The queen said", "Night falls"]
+        body = {"max_new_tokens": 120, "temperature": 0, "ignore_eos": True}
+        alone = [httpx.post(url, json={**body, "prompt": p}, timeout=60).json()["completions"][0] for p in prompts]
+        streams = [open_stream(url, {**body, "prompt": p}) for p in prompts]
+        firsts = [json.loads(next_event(s)[6:])["text"] for s in streams]
+        assert clm_load(server)["running"] == 4
+        texts = []
+        for first, response in zip(firsts, streams):
+            rest = [line[6:] for line in response.extensions["lines"] if line.startswith("data: ")]
+            assert rest[-1] == "[DONE]"
+            texts.append(first + "".join(json.loads(event)["text"] for event in rest[:-1]))
+            hang_up(response)
+        assert texts == alone
     finally:
         server.close()

@@ -98,7 +98,7 @@ def room_for_prompt(loaded: LoadedModel, max_new_tokens: int) -> int | None:
     return None if limit is None else limit - max_new_tokens
 
 
-def _encode(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> dict[str, torch.Tensor]:
+def encode_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> dict[str, torch.Tensor]:
     """The prompt's ids; a prompt that leaves no room for the new tokens loses its start (with a warning)."""
     room = room_for_prompt(loaded, max_new_tokens)
     enc = loaded.tokenizer(prompt, return_tensors="pt")
@@ -134,7 +134,7 @@ def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings
     another thread) ends the generation at the next token."""
     loaded = as_loaded(model, "generate")
     settings = _settings(settings, overrides)
-    enc = _encode(loaded, prompt, settings.max_new_tokens)
+    enc = encode_prompt(loaded, prompt, settings.max_new_tokens)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     kwargs = settings.generate_kwargs(loaded.tokenizer)
@@ -155,7 +155,7 @@ class Stream:
                  **overrides):
         loaded = as_loaded(model, "generate")
         settings = _settings(settings, overrides).model_copy(update={"num_return_sequences": 1})
-        enc = _encode(loaded, prompt, settings.max_new_tokens)
+        enc = encode_prompt(loaded, prompt, settings.max_new_tokens)
         self.stop = threading.Event()
         self.streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.errors: list[BaseException] = []

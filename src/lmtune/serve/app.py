@@ -2,10 +2,12 @@
 
 Each route is request -> predict -> response (as in litgpt's serve): a pydantic body whose schema carries
 the server's caps, a function from `infer/` run on a worker thread, a JSON body or server-sent events.
-Each model runs one request at a time; the others wait in line, first come first served, off the event
-loop. No request holds a model after its client is gone: a waiting request leaves the line when its
-client disconnects, and a running one (streamed or not) stops generating within a token. A server
-shutdown cancels requests the same way. Every error is a JSON body (4xx for anything the client sent),
+Generation requests for a causal LM are batched continuously (infer/batching.py): up to `batch_size`
+sequences share each decode step, a newcomer joins at the next step, the rest wait first come first
+served. Other requests (fill-mask, classify, models that cannot be batched) run one at a time per model,
+in the same kind of line, off the event loop. No request holds a model after its client is gone: a
+waiting request leaves the line when its client disconnects, and a running one (streamed or not) stops
+generating within a token. A server shutdown cancels requests the same way. Every error is a JSON body (4xx for anything the client sent),
 and a stream that fails sends an SSE error event and then `[DONE]`."""
 import asyncio
 import contextlib
@@ -21,6 +23,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import anyio
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -30,9 +33,10 @@ from starlette.exceptions import HTTPException
 
 from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel, load
+from lmtune.infer.batching import Batcher, Job
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import fill_mask
-from lmtune.infer.generate import (GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences, Stream, Temperature,
+from lmtune.infer.generate import (GREEDY_BELOW, GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences, Stream, Temperature,
                                    TopP, describe, generate, room_for_prompt)
 from lmtune.serve.ui import build_ui
 
@@ -41,7 +45,8 @@ from lmtune.serve.ui import build_ui
 class Limits:
     max_input_chars: int = 8000
     max_new_tokens: int = 512
-    max_batch: int = 64
+    max_batch: int = 64  # texts per request
+    batch_size: int = 8  # sequences generated together per model (continuous batching); 1: one at a time
 
 
 class ClientGone(Exception):
@@ -59,6 +64,27 @@ class Served:
     loaded: LoadedModel
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the thread using the model (API or UI)
     line: deque = field(default_factory=deque)  # API requests waiting for the model, in arrival order
+    batcher: Batcher | None = None  # continuous batching of generation, for causal LMs that allow it
+
+    @property
+    def load(self) -> dict:
+        batched = self.batcher is not None
+        running = self.batcher.running if batched else int(self.lock.locked())
+        return {"busy": running > 0 or self.lock.locked(), "running": running,
+                "waiting": len(self.line) + (self.batcher.waiting if batched else 0)}
+
+    @contextlib.contextmanager
+    def pieces(self, prompt: str, settings: GenerationSettings):
+        """Generated text pieces for a thread (the UI): through the batcher when there is one."""
+        if self.batcher is not None:
+            job = self.batcher.submit(prompt, settings)
+            try:
+                yield iter(job)
+            finally:
+                job.cancel()
+        else:
+            with self.lock, Stream(self.loaded, prompt, settings) as pieces:
+                yield pieces
 
     @property
     def capabilities(self) -> list[str]:
@@ -201,7 +227,8 @@ class ErrorBody(BaseModel):
 
 class ModelLoad(BaseModel):
     busy: bool
-    waiting: int
+    running: int = Field(description="requests (sequences) being generated or served now")
+    waiting: int = Field(description="requests waiting for their turn")
 
 
 class Health(BaseModel):
@@ -361,15 +388,24 @@ def error_payload(exc: Exception) -> dict:
 def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None = None, limits: Limits | None = None,
                ui: bool = True, device: str | None = None, dtype: str = "auto") -> FastAPI:
     limits = limits or Limits()
-    if isinstance(models, dict):
-        served = {name: Served(name, loaded) for name, loaded in models.items()}
-    else:
-        served = {name: Served(name, load(name, device=device, dtype=dtype)) for name in models}
+    if not isinstance(models, dict):
+        models = {name: load(name, device=device, dtype=dtype) for name in models}
+    served = {name: Served(name, loaded) for name, loaded in models.items()}
     if not served:
         raise LmtuneError("serve needs at least one model")
+    for model in served.values():
+        if Batcher.supports(model.loaded):
+            model.batcher = Batcher(model.loaded, limits.batch_size, model_lock=model.lock)
     bodies = request_bodies(limits)
 
-    app = FastAPI(title="lmtune", version="0.1.0",
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        for model in served.values():  # a shutdown: end running generations, stop the batch loops
+            if model.batcher is not None:
+                await anyio.to_thread.run_sync(model.batcher.close)
+
+    app = FastAPI(title="lmtune", version="0.1.0", lifespan=lifespan,
                   description="Fill-mask, generation and classification with tuned models; OpenAI-compatible routes.")
     app.state.served = served
     app.state.limits = limits
@@ -435,8 +471,25 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
                       first: dict | None = None, last: dict | None = None) -> EventStream:
         room_for_prompt(model.loaded, settings.max_new_tokens)  # a request that cannot fit: a 400, not a stream
 
+        async def batched() -> AsyncIterator[str]:
+            job = model.batcher.submit(prompt, settings, loop=asyncio.get_running_loop())
+            try:
+                if first is not None:
+                    yield _sse(first)
+                async for piece in job:
+                    yield _sse(event(piece))
+            finally:  # the end, a client that left, or a shutdown: the batch drops the row at its next step
+                job.cancel()
+
         async def events() -> AsyncIterator[str]:
             try:
+                if model.batcher is not None:
+                    async for item in batched():
+                        yield item
+                    if last is not None:
+                        yield _sse(last)
+                    yield "data: [DONE]\n\n"
+                    return
                 async with model.turn():
                     pieces = Stream(model.loaded, prompt, settings)
                     try:
@@ -457,11 +510,39 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
 
         return EventStream(events())
 
+    async def completions_of(model: Served, prompts: list[str], settings: GenerationSettings,
+                             request: Request) -> list[list[Job]]:
+        """Each prompt's finished jobs (n per prompt), generated through the batcher when the model has
+        one (all at once), else one prompt at a time in the model's line."""
+        n = settings.num_return_sequences
+        if model.batcher is None:
+            done = []
+            for prompt in prompts:
+                texts = await predict(model, request, lambda stop: generate(model.loaded, prompt, settings, stop=stop))
+                done.append([_Finished(model.loaded, prompt, text, settings.max_new_tokens) for text in texts])
+            return done
+        one = settings.model_copy(update={"num_return_sequences": 1})
+        sampled = settings.temperature >= GREEDY_BELOW and settings.top_k != 1
+        loop = asyncio.get_running_loop()
+        jobs = [[model.batcher.submit(prompt, one, None if one.seed is None else one.seed + i, loop=loop)
+                 for i in range(n if sampled else 1)] for prompt in prompts]  # greedy: n copies of one
+        flat = [job for group in jobs for job in group]
+        try:
+            texts = asyncio.gather(*(_text_of(job) for job in flat))
+            while not (await asyncio.wait({texts}, timeout=0.05))[0]:
+                if await request.is_disconnected():
+                    raise ClientGone()
+            texts.result()
+        finally:
+            for job in flat:
+                job.cancel()
+            texts.cancel()
+        return [group * (1 if sampled else n) for group in jobs]
+
     # ---- routes ------------------------------------------------------------------------------------
     @app.get("/health", response_model=Health)
     async def health():
-        return {"status": "ok", "models": list(served),
-                "load": {m.name: {"busy": m.lock.locked(), "waiting": len(m.line)} for m in served.values()}}
+        return {"status": "ok", "models": list(served), "load": {m.name: m.load for m in served.values()}}
 
     @app.get("/v1/models", dependencies=[Depends(check_key)], response_model=ModelList, responses=ERRORS)
     async def list_models():
@@ -489,8 +570,8 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
         settings = generation_settings(body)
         if body.stream:
             return stream_events(model, body.prompt, settings, lambda piece: {"text": piece})
-        texts = await predict(model, request, lambda stop: generate(model.loaded, body.prompt, settings, stop=stop))
-        return {"model": model.name, "prompt": body.prompt, "completions": texts}
+        [jobs] = await completions_of(model, [body.prompt], settings, request)
+        return {"model": model.name, "prompt": body.prompt, "completions": [job.full_text for job in jobs]}
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)], response_model=CompletionResponse,
               responses=streamed(CompletionChunk))
@@ -508,15 +589,11 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
                 lambda piece: {**head, "choices": [{"text": piece, "index": 0, "finish_reason": None}]},
                 last={**head, "choices": [{"text": "", "index": 0, "finish_reason": "stop"}]})
         choices, prompt_tokens, completion_tokens = [], 0, 0
-        tokenizer = model.loaded.tokenizer
-        for prompt in prompts:
-            texts = await predict(model, request, lambda stop: generate(model.loaded, prompt, settings, stop=stop))
-            prompt_tokens += len(tokenizer(prompt).input_ids)
-            for text in texts:
-                n_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
-                completion_tokens += n_tokens
-                choices.append({"text": text, "index": len(choices),
-                                "finish_reason": "length" if n_tokens >= body.max_tokens else "stop"})
+        for jobs in await completions_of(model, prompts, settings, request):
+            prompt_tokens += jobs[0].prompt_ids.shape[1]
+            for job in jobs:
+                completion_tokens += len(job.ids)
+                choices.append({"text": job.full_text, "index": len(choices), "finish_reason": job.finish_reason})
         return {**head, "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens":
                                                       completion_tokens, "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -539,10 +616,10 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
                 lambda piece: {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]},
                 first={**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]},
                 last={**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        texts = await predict(model, request, lambda stop: generate(model.loaded, prompt, settings, stop=stop))
+        [jobs] = await completions_of(model, [prompt], settings, request)
         return {**head, "object": "chat.completion",
-                "choices": [{"index": i, "message": {"role": "assistant", "content": t.strip()}, "finish_reason": "stop"}
-                            for i, t in enumerate(texts)]}
+                "choices": [{"index": i, "message": {"role": "assistant", "content": job.full_text.strip()},
+                             "finish_reason": job.finish_reason} for i, job in enumerate(jobs)]}
 
     openapi = app.openapi
 
@@ -559,6 +636,27 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
 
         app = gr.mount_gradio_app(app, build_ui(served), path="/")
     return app
+
+
+@dataclass
+class _Finished:
+    """A generation done without the batcher, shaped like a finished `Job` for the response builders."""
+
+    prompt_ids: torch.Tensor
+    ids: list[int]
+    full_text: str
+    finish_reason: str
+
+    def __init__(self, loaded: LoadedModel, prompt: str, text: str, max_new_tokens: int):
+        self.prompt_ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+        self.ids = loaded.tokenizer(text, add_special_tokens=False).input_ids
+        self.full_text = text
+        self.finish_reason = "length" if len(self.ids) >= max_new_tokens else "stop"
+
+
+async def _text_of(job: Job) -> None:
+    async for _ in job:  # until it ends; its text is then `job.full_text`
+        pass
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 from lmtune.errors import LmtuneError
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import fill_mask
-from lmtune.infer.generate import GenerationSettings, stream
+from lmtune.infer.generate import GenerationSettings
 from lmtune.train.runs import compare_figure, find_runs, run_table
 
 
@@ -73,8 +73,8 @@ def build_ui(served: dict):
                     try:
                         settings = GenerationSettings(max_new_tokens=int(n), temperature=temp, top_k=int(k) or None,
                                                       top_p=p)
-                        with served[name].lock:
-                            for piece in stream(served[name].loaded, text, settings):
+                        with served[name].pieces(text, settings) as pieces:
+                            for piece in pieces:
                                 result += piece
                                 yield result
                     except LmtuneError as err:  # e.g. more new tokens than the model's context holds
