@@ -57,3 +57,15 @@ def test_markdown_has_a_column_per_contender():
     assert result["clm"]["ratio_vs_seed"] == 10.0 and result["clm"]["ratio_vs_tuned"] == 2.0
     table = to_markdown(result)
     assert "| effective tokens/s | 10.0 | 50.0 | 100.0 | 10.00 | 2.00 |" in table
+
+
+def test_serving_section_drives_a_real_server(tiny_clm_run):
+    """Both servers start, serve every streamed request, and the report shows the ratio (no timing claims)."""
+    from lmtune.bench.serving import bench_serving
+
+    result = bench_serving(tiny_clm_run, clients=3, rounds=1, new_tokens=4)
+    for side in ("one_at_a_time", "batched"):
+        assert result[side]["requests"] == 3 and result[side]["tokens_per_s"] > 0
+        assert 0 < result[side]["first_token_p50_s"] <= result[side]["p50_s"]
+    table = to_markdown({"mode": "quick", "cpu": "x", "threads": 2, "torch": torch.__version__, "serve": result})
+    assert "continuous batching" in table and f"{result['ratio']:.2f}" in table

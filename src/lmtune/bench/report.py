@@ -74,6 +74,18 @@ def to_markdown(r: dict) -> str:
                   f"| p95 latency, ms | {_f(f['lmtune_p95_ms'])} | {_f(f['pipeline_p95_ms'])} | |",
                   f"| batch of 64, sentences/s | {_f(f['lmtune_sentences_per_s'])} | {_f(f['pipeline_sentences_per_s'])} | "
                   f"{_f(f['lmtune_sentences_per_s'] / f['pipeline_sentences_per_s'], 2)} |", ""]
+    if "serve" in r:
+        v = r["serve"]
+        one, many = v["one_at_a_time"], v["batched"]
+        lines += [f"## Serving ({v['model']}, {v['clients']} concurrent streaming clients x {v['rounds']} requests x "
+                  f"{v['new_tokens']} tokens, real server on loopback)", "",
+                  "| | one at a time (--batch-size 1) | continuous batching | ratio |", "|---|---|---|---|",
+                  f"| generated tokens/s, all clients | {_f(one['tokens_per_s'])} | {_f(many['tokens_per_s'])} | "
+                  f"{_f(v['ratio'], 2)} |"]
+        for label, key in (("request p50, s", "p50_s"), ("request p95, s", "p95_s"),
+                           ("first token p50, s", "first_token_p50_s"), ("first token p95, s", "first_token_p95_s")):
+            lines.append(f"| {label} | {_f(one[key], 2)} | {_f(many[key], 2)} | |")
+        lines += ["", f"One decode step of the full batch: {_f(many['step_s'], 3)} s.", ""]
     if "data_prep" in r:
         d = r["data_prep"]
         lines += ["## Data prep (clean + tokenize + pack, GPT-2 BPE)", "",

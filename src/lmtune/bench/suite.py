@@ -13,17 +13,20 @@ from lmtune.bench.inference import bench_data_prep, bench_fill_mask, bench_gener
 from lmtune.bench.contenders import CAUSAL, CLASSIFY, MASKED
 from lmtune.bench.machine import cpu_name, peak_matmul
 from lmtune.bench.report import to_markdown, with_ratio
+from lmtune.bench.serving import bench_serving
 from lmtune.bench.worker import run_worker
 from lmtune.outputs import check_output_dir, claim_dir
 
 QUICK = {"clm_model": "gpt-tiny", "seq": 128, "batch": 8, "seconds": 10, "encoder_seconds": 10, "gen_tokens": 16, "gen_prompts": 3,
-         "prep_copies": 10, "fill_calls": 10}
+         "prep_copies": 10, "fill_calls": 10,
+         "serve_rounds": 1, "serve_tokens": 16}
 FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encoder_seconds": 90, "gen_tokens": 64, "gen_prompts": 20,
-        "prep_copies": 60, "fill_calls": 40}
+        "prep_copies": 60, "fill_calls": 40,
+        "serve_rounds": 3, "serve_tokens": 64}
 
 
 SIDES = ("seed", "tuned", "lmtune")  # the tutorial recipe, the tuned HF Trainer, lmtune
-SECTIONS = ("peak", CAUSAL.name, MASKED.name, CLASSIFY.name, "generate", "fill-mask", "data", "device")
+SECTIONS = ("peak", CAUSAL.name, MASKED.name, CLASSIFY.name, "generate", "fill-mask", "serve", "data", "device")
 
 
 def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | None = None,
@@ -59,6 +62,9 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
     if "fill-mask" in sections:
         console.print("fill-mask ...")
         result["fill_mask"] = bench_fill_mask("minilm-l6", p["fill_calls"])
+    if "serve" in sections:
+        console.print("serving: 8 streaming clients, batched server and one-at-a-time server ...")
+        result["serve"] = bench_serving("smollm2-135m", clients=8, rounds=p["serve_rounds"], new_tokens=p["serve_tokens"])
     if "data" in sections:
         console.print("data prep ...")
         result["data_prep"] = bench_data_prep(p["prep_copies"])
