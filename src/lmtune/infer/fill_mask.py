@@ -19,6 +19,12 @@ def _with_model_mask(text: str, tokenizer) -> str:
     return text
 
 
+def check_masks(tokenizer, texts: list[str]) -> None:
+    """LmtuneError unless every text has a mask (the server checks each request before batching them)."""
+    for text in texts:
+        _with_model_mask(text, tokenizer)
+
+
 def _marks_word_starts(tokenizer) -> bool:
     """Byte-level BPE ('Ġ') and SentencePiece ('▁') mark the tokens that start a word."""
     second = tokenizer("a b", add_special_tokens=False).input_ids[-1]

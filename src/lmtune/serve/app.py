@@ -4,8 +4,9 @@ Each route is request -> predict -> response (as in litgpt's serve): a pydantic 
 the server's caps, a function from `infer/` run on a worker thread, a JSON body or server-sent events.
 Generation requests for a causal LM are batched continuously (infer/batching.py): up to `batch_size`
 sequences share each decode step, a newcomer joins at the next step, the rest wait first come first
-served. Other requests (fill-mask, classify, models that cannot be batched) run one at a time per model,
-in the same kind of line, off the event loop. No request holds a model after its client is gone: a
+served. Fill-mask and classify requests are micro-batched: those that arrive while their model is busy
+are answered together by its next call (`MicroBatcher`). Models that cannot be batched run one request at
+a time, in a first-come-first-served line, off the event loop. No request holds a model after its client is gone: a
 waiting request leaves the line when its client disconnects, and a running one (streamed or not) stops
 generating within a token. A server shutdown cancels requests the same way. Every error is a JSON body (4xx for anything the client sent),
 and a stream that fails sends an SSE error event and then `[DONE]`."""
@@ -35,7 +36,7 @@ from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel, load
 from lmtune.infer.batching import Batcher, Job
 from lmtune.infer.classify import classify
-from lmtune.infer.fill_mask import fill_mask
+from lmtune.infer.fill_mask import check_masks, fill_mask
 from lmtune.infer.generate import (GREEDY_BELOW, GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences, Stream, Temperature,
                                    TopP, describe, generate, room_for_prompt)
 from lmtune.serve.ui import build_ui
@@ -65,13 +66,14 @@ class Served:
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the thread using the model (API or UI)
     line: deque = field(default_factory=deque)  # API requests waiting for the model, in arrival order
     batcher: Batcher | None = None  # continuous batching of generation, for causal LMs that allow it
+    micro: "MicroBatcher | None" = None  # micro-batching of fill-mask or classify requests
 
     @property
     def load(self) -> dict:
         batched = self.batcher is not None
         running = self.batcher.running if batched else int(self.lock.locked())
-        return {"busy": running > 0 or self.lock.locked(), "running": running,
-                "waiting": len(self.line) + (self.batcher.waiting if batched else 0)}
+        waiting = len(self.line) + (self.batcher.waiting if batched else 0) + (len(self.micro.pending) if self.micro else 0)
+        return {"busy": running > 0 or self.lock.locked(), "running": running, "waiting": waiting}
 
     @contextlib.contextmanager
     def pieces(self, prompt: str, settings: GenerationSettings):
@@ -110,6 +112,61 @@ class Served:
             yield
         finally:
             self.lock.release()
+
+
+@dataclass(eq=False)
+class _Asked:
+    texts: list[str]
+    options: Any
+    answer: asyncio.Future
+
+
+class MicroBatcher:
+    """Requests that arrive while the model is busy are answered by one call: `run(texts, options)` on the
+    texts of every waiting request with the same options (up to `max_texts`), in arrival order. A request
+    whose client leaves before its turn is dropped; one failing call fails only the requests it held."""
+
+    def __init__(self, model: Served, run: Callable[[list[str], Any], list], max_texts: int):
+        self.model, self.run, self.max_texts = model, run, max_texts
+        self.pending: list[_Asked] = []
+        self._drainer: asyncio.Task | None = None
+
+    async def __call__(self, texts: list[str], options: Any, request: Request) -> list:
+        asked = _Asked(texts, options, asyncio.get_running_loop().create_future())
+        self.pending.append(asked)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        try:
+            while not (await asyncio.wait({asked.answer}, timeout=0.05))[0]:
+                if await request.is_disconnected():
+                    raise ClientGone()
+            return asked.answer.result()
+        finally:
+            if asked in self.pending:
+                self.pending.remove(asked)
+
+    async def _drain(self) -> None:
+        while self.pending:
+            async with self.model.turn():
+                group, size = [], 0
+                for asked in list(self.pending):
+                    if asked.options == self.pending[0].options and (not group or size + len(asked.texts) <= self.max_texts):
+                        group.append(asked)
+                        size += len(asked.texts)
+                for asked in group:
+                    self.pending.remove(asked)
+                try:
+                    results = await anyio.to_thread.run_sync(self.run, [t for a in group for t in a.texts], group[0].options)
+                except Exception as err:
+                    for asked in group:
+                        if not asked.answer.done():
+                            asked.answer.set_exception(err)
+                    continue
+                start = 0
+                for asked in group:
+                    if not asked.answer.done():
+                        asked.answer.set_result(results[start:start + len(asked.texts)])
+                    start += len(asked.texts)
 
 
 async def run_stoppable(work: Callable[[threading.Event], Any], request: Request) -> Any:
@@ -396,6 +453,11 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
     for model in served.values():
         if Batcher.supports(model.loaded):
             model.batcher = Batcher(model.loaded, limits.batch_size, model_lock=model.lock)
+        elif "fill-mask" in model.capabilities:
+            model.micro = MicroBatcher(model, lambda texts, top_k, m=model: fill_mask(m.loaded, texts, top_k),
+                                       limits.max_batch)
+        elif "classify" in model.capabilities:
+            model.micro = MicroBatcher(model, lambda texts, _, m=model: classify(m.loaded, texts), limits.max_batch)
     bodies = request_bodies(limits)
 
     @contextlib.asynccontextmanager
@@ -553,14 +615,15 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
     async def fill_mask_route(body: bodies.FillMaskRequest, request: Request):
         model = pick(body.model, "fill-mask")
         texts = [body.text] if isinstance(body.text, str) else body.text
-        results = await predict(model, request, lambda stop: fill_mask(model.loaded, texts, body.top_k))
+        check_masks(model.loaded.tokenizer, texts)  # a bad text fails its own request, not the batch it would join
+        results = await model.micro(texts, body.top_k, request)
         return {"model": model.name, "results": [{"text": t, "masks": r} for t, r in zip(texts, results)]}
 
     @app.post("/v1/classify", dependencies=[Depends(check_key)], response_model=ClassifyResponse, responses=ERRORS)
     async def classify_route(body: bodies.ClassifyRequest, request: Request):
         model = pick(body.model, "classify")
         texts = [body.text] if isinstance(body.text, str) else body.text
-        results = await predict(model, request, lambda stop: classify(model.loaded, texts))
+        results = await model.micro(texts, None, request)
         return {"model": model.name, "results": [{"text": t, **r} for t, r in zip(texts, results)]}
 
     @app.post("/v1/generate", dependencies=[Depends(check_key)], response_model=GenerateResponse,
