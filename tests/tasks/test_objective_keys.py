@@ -46,3 +46,14 @@ def test_the_recipe_vocabulary_is_the_registry():
     from lmtune.config import RunConfig
 
     assert set(get_args(RunConfig.model_fields["objective"].annotation)) == set(OBJECTIVES)
+
+
+def test_a_saved_recipe_reloads_without_warnings(tmp_path):
+    """A run's config.yaml lists every key at its value (defaults too): rerunning it warns about nothing."""
+    from lmtune.config import load_config, save_config
+
+    save_config(build_config({"objective": "clm", "train": {"lr": 1e-3}}), tmp_path / "config.yaml")
+    assert ignored_keys(load_config(tmp_path / "config.yaml")) == []
+    save_config(build_config({"objective": "clm", "train": {"mlm_probability": 0.3}}), tmp_path / "changed.yaml")
+    assert ignored_keys(load_config(tmp_path / "changed.yaml")) == [
+        "train.mlm_probability is for objective mlm; objective clm ignores it"]

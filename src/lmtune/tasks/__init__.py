@@ -44,11 +44,21 @@ def owner_of_key(key: str) -> Objective | None:
 
 
 def ignored_keys(config: RunConfig) -> list[str]:
-    """Keys the recipe sets that belong to another objective: they would silently do nothing."""
+    """Keys the recipe sets, to other than their defaults, that belong to another objective: they would
+    silently do nothing. (A run's saved config.yaml lists every key at its value: defaults are not news.)"""
     objective = get_objective(config.objective)
     return [f"{key} is for objective {owner.name}; objective {objective.name} ignores it"
             for key in sorted(keys_set(config)) if (owner := owner_of_key(key)) not in (None, objective)
-            and not any(key.startswith(own + ".") for own in owner.own_keys)]  # name a section once
+            and not any(key.startswith(own + ".") for own in owner.own_keys)  # name a section once
+            and not _is_default(config, key)]
+
+
+def _is_default(config: RunConfig, key: str) -> bool:
+    *sections, name = key.split(".")
+    parent = config
+    for section in sections:
+        parent = getattr(parent, section)
+    return getattr(parent, name) == type(parent).model_fields[name].get_default(call_default_factory=True)
 
 
 __all__ = ["OBJECTIVES", "Objective", "get_objective", "ignored_keys", "objective_of", "owner_of_key",
