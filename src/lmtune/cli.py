@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 Dtype = Annotated[str, typer.Option(help="inference weights: auto (bf16 on GPUs, and on CPUs measured to compute it "
                                     "fast; else fp32), fp32, bf16 or fp16")]
+Engine = Annotated[str, typer.Option(help="torch, or llama.cpp for .gguf files (needs llama-cpp-python); auto: "
+                                      "llama.cpp for a .gguf path when it is installed")]
 log = logging.getLogger("lmtune")
 
 
@@ -309,6 +311,7 @@ def generate(
                                                      "greedy, stops at EOS, prints the completion")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
     dtype: Dtype = "auto",
+    engine: Engine = "auto",
 ):
     """Continue a prompt, streaming tokens to the terminal."""
     from lmtune.infer import task_prompt
@@ -317,7 +320,7 @@ def generate(
     text = prompt_opt if prompt_opt is not None else prompt
     if text is None:
         raise LmtuneError("give a prompt: lmtune generate MODEL \"Once upon a time\"")
-    model = _model(model, device, dtype)
+    model = _model(model, device, dtype, engine)
     shown = text
     if task is not None:
         text, shown = task_prompt(model, task, text), ""
@@ -456,6 +459,7 @@ def serve(
     ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
     dtype: Dtype = "auto",
+    engine: Engine = "auto",
 ):
     """Serve models: web UI at /, REST at /v1/..., OpenAI-compatible /v1/completions and /v1/chat/completions."""
     import uvicorn
@@ -463,7 +467,7 @@ def serve(
     from lmtune.serve.app import Limits, create_app
 
     _check_port_free(host, port)  # before loading models: a busy port fails in a second
-    app_ = create_app(models, api_key=api_key, ui=ui, device=device, dtype=dtype,
+    app_ = create_app(models, api_key=api_key, ui=ui, device=device, dtype=dtype, engine=engine,
                       limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch,
                                     batch_size=batch_size))
     _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
@@ -471,13 +475,13 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
 
-def _model(name: str, device: str | None, dtype: str = "auto"):
-    """A model name, or (with --device or --dtype) the model loaded so."""
-    if device is None and dtype == "auto":
+def _model(name: str, device: str | None, dtype: str = "auto", engine: str = "auto"):
+    """A model name, or (with --device, --dtype or --engine) the model loaded so."""
+    if device is None and dtype == "auto" and engine == "auto":
         return name
     from lmtune.infer import load
 
-    return load(name, device=device, dtype=dtype)
+    return load(name, device=device, dtype=dtype, engine=engine)
 
 
 def _check_port_free(host: str, port: int) -> None:

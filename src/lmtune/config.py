@@ -77,9 +77,23 @@ class ModelConfig(_Strict):
     impl: Literal["hf", "native"] = Field("hf", description="hf: the transformers model; native: lmtune's own GPT (models/gpt.py)")
     init_from: str | None = Field(None, description="a run folder or model to take weights from (e.g. after pre-training)")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all weights (final/ gets them merged)")
+    quantize: Literal["nf4", "fp4"] | None = Field(None, description="QLoRA: load the pretrained base in 4 bits "
+                                                 "with bitsandbytes (nf4: QLoRA's format) and train model.lora's "
+                                                 "adapters on it; causal models; final/ is merged in full precision; "
+                                                 "needs bitsandbytes (lmtune's qlora extra)")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the model's dropout (0 is fastest on CPU)")
     mlm_head_init: Literal["identity", "random"] = Field("identity", description="mlm: how a missing MLM head starts")
     freeze_encoder: bool = Field(False, description="classification: train only the pooler and classifier head (a linear probe)")
+
+    @model_validator(mode="after")
+    def _quantize_needs_lora(self):
+        if self.quantize is not None and self.lora is None:
+            raise ValueError(f"model.quantize {self.quantize} (QLoRA) trains LoRA adapters on a 4-bit base: set "
+                             "model.lora too (e.g. --model.lora.r 8)")
+        if self.quantize is not None and self.impl == "native":
+            raise ValueError("model.quantize loads a transformers model in 4 bits; model.impl native (lmtune's "
+                             "own GPT) cannot be quantized: use model.impl hf")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -117,6 +131,8 @@ class TrainConfig(_Strict):
     cpu_offload: bool = Field(False, description="fsdp: keep parameters and optimizer state in CPU memory")
     compile: bool = Field(False, description="torch.compile the model (the first step compiles; pays off on long "
                           "GPU runs)")
+    profile: bool = Field(False, description="time each phase of the step (data, forward, backward, optimizer, "
+                          "other) and report the shares; synchronizes a GPU at each phase")
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -1,11 +1,13 @@
 """Two processes on CPU (gloo) through the real launcher (`lmtune train --nproc 2`, i.e. torchrun): the
-per-step losses match a one-process run with the same global batch, and the run resumes in one process."""
+per-step losses match a one-process run with the same global batch, and the run resumes in one process.
+FSDP checkpoints are sharded (DCP, a file per process) and resume with another number of processes."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import make_story
 
@@ -71,7 +73,13 @@ def test_two_processes_match_one_and_resume_in_one(reference, tmp_path, strategy
     assert summary["processes"] == 2 and summary["global_batch"] == 8
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(run / "final")
+    final = AutoModelForCausalLM.from_pretrained(run / "final")
+    if strategy == "fsdp":
+        check_sharded_checkpoint(run / "checkpoints" / "step-4", final, tmp_path)
+    else:  # DDP keeps the Hugging Face checkpoint with the whole optimizer state
+        step4 = run / "checkpoints" / "step-4"
+        assert (step4 / "model.safetensors").exists() and not (step4 / "dcp").exists()
+        assert torch.load(step4 / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
     # Resume in one process with the same global batch: it continues where the two left off.
     lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "8",
                  "--train.threads", "1", "--resume")
@@ -79,6 +87,79 @@ def test_two_processes_match_one_and_resume_in_one(reference, tmp_path, strategy
     assert sorted(resumed) == list(range(1, 9))
     for step in range(5, 9):
         assert resumed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+
+
+def check_sharded_checkpoint(folder, final, tmp_path):
+    """An FSDP checkpoint: each process wrote its own DCP shard (weights and optimizer state), nothing was
+    gathered (no safetensors, no optimizer state in trainer_state.pt), and the shards put together are
+    the weights of final/ (the step-4 model: the last one, evaluated at step 4), which rank 0 gathered."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    shards = folder / "dcp"
+    assert {p.name for p in shards.iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    assert all((shards / f"__{rank}_0.distcp").stat().st_size > 10_000 for rank in (0, 1))
+    assert not list(folder.glob("*.safetensors")) and not (folder / "optimizer.pt").exists()
+    saved = torch.load(folder / "trainer_state.pt", weights_only=False)
+    assert saved["optimizer"] is None and saved["shards"] == "dcp" and saved["state"]["step"] == 4
+    dcp_to_torch_save(shards, tmp_path / "whole.pt")
+    whole = torch.load(tmp_path / "whole.pt", weights_only=False)
+    weights = final.state_dict()
+    assert set(whole["model"]) == set(weights)
+    for name, tensor in weights.items():
+        assert torch.equal(whole["model"][name], tensor), name
+    moments = whole["optimizer"]["state"]  # AdamW's, whole again: every parameter's full shape
+    assert len(moments) >= len(list(final.parameters()))
+    assert all(moments[name]["exp_avg_sq"].shape == weights[name].shape for name in moments)
+
+
+def test_one_process_checkpoint_resumes_under_fsdp_and_fsdp_under_fsdp(reference, tmp_path):
+    """An HF-format checkpoint (one process) resumed by two FSDP processes: each takes its shard of the
+    full weights and optimizer state; then that run's sharded checkpoint resumed by two FSDP processes
+    again (DCP into DTensor shards). The losses go on as in the uninterrupted run."""
+    recipe, expected = reference
+    run = tmp_path / "run"
+    lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "4",
+                 "--train.threads", "1")
+    assert (run / "checkpoints" / "step-4" / "model.safetensors").exists()
+    for max_steps in (6, 8):
+        two = lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "4", "--train.max_steps", max_steps,
+                           "--nproc", "2", "--train.distributed", "fsdp", "--resume")
+        assert "2 x cpu (fsdp)" in two.stderr
+        assert (run / "checkpoints" / f"step-{max_steps}" / "dcp" / "__1_0.distcp").exists()  # sharded
+    resumed = losses(run)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # saving in one process: only here
+def test_sharded_state_round_trip_and_a_damaged_shard_is_named(tmp_path):
+    """In one process (no process group): the DCP shards load back exactly (an empty parameter group
+    too), and a truncated shard gives one line naming the checkpoint instead of DCP's traceback."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmtune.errors import LmtuneError
+    from lmtune.train import checkpoint
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=60, n_positions=16, n_layer=1, n_head=2, n_embd=8))
+        # two groups, one of them empty: what make_optimizer gives LoRA (no 1-D adapter weights)
+        return model, torch.optim.AdamW([{"params": list(model.parameters())}, {"params": []}], lr=1e-3)
+
+    model, optimizer = parts(0)
+    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    optimizer.step()
+    folder = tmp_path / "step-1" / "dcp"
+    checkpoint._save_shards(folder, model, optimizer)
+    fresh, fresh_optimizer = parts(1)
+    checkpoint.load_shards(folder, fresh, fresh_optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    shard = folder / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(LmtuneError, match=r"step-1/dcp: cannot read the sharded checkpoint \(.+\); delete "):
+        checkpoint.load_shards(folder, *parts(1))
 
 
 def test_a_killed_process_stops_the_others_with_one_line_each(tmp_path):

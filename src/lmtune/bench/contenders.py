@@ -106,14 +106,14 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
             "tokenizer": {"name": "gpt2-bpe"},
             "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
             "train": {"batch_size": batch, "lr": 3e-4, "weight_decay": 0.0, "schedule": "constant",
-                      "max_steps": 10**6, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
+                      "max_steps": 10**6, "profile": True, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
             "report": {"compare_base": False}})
         summary = train(config, progress=False)
         loaded = load(summary["final_model"], dtype="fp32")
         model = loaded.model
         result = {"steps": summary["steps"], "seconds": summary["train_seconds"],
                   "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
-                  "padding_fraction": 0.0, "precision": summary["precision"],
+                  "padding_fraction": 0.0, "precision": summary["precision"], "step_phases": summary["step_phases"],
                   "flops_per_token": train_flops_per_token(model, seq), **held_out_metrics(model, loaded.tokenizer, CAUSAL, seq)}
         result["tokens_per_s"] = result["effective_tokens_per_s"]
         return result
@@ -145,12 +145,12 @@ def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, 
             "objective": MASKED.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
             "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
             "train": {"batch_size": batch, "lr": 2e-4, "schedule": "constant", "max_steps": 10**6,
-                      "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
+                      "profile": True, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
             "report": {"compare_base": False}}), progress=False)
         loaded = load(summary["final_model"], dtype="fp32")
         return {"steps": summary["steps"], "seconds": summary["train_seconds"],
                 "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
-                **held_out_metrics(loaded.model, loaded.tokenizer, MASKED, seq)}
+                "step_phases": summary["step_phases"], **held_out_metrics(loaded.model, loaded.tokenizer, MASKED, seq)}
 
 
 def _reviews(n_val: int = 500):
@@ -195,12 +195,12 @@ def lmtune_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[s
             "objective": CLASSIFY.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
             "data": {"train": str(path), "block_size": seq, "val_fraction": 0.0, "keep_labels": ["fresh", "rotten"]},
             "train": {"batch_size": batch, "lr": 1e-4, "schedule": "constant", "max_steps": 10**6,
-                      "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
+                      "profile": True, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
             "report": {"compare_base": False}}), progress=False)
         loaded = load(summary["final_model"], dtype="fp32")
         return {"steps": summary["steps"], "seconds": summary["train_seconds"],
                 "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
-                "val_accuracy": _accuracy(loaded.model, loaded.tokenizer, val_rows)}
+                "step_phases": summary["step_phases"], "val_accuracy": _accuracy(loaded.model, loaded.tokenizer, val_rows)}
 
 
 # ---- the tuned Trainer: what a user who knows the field writes -------------------------------------------

@@ -14,10 +14,10 @@ from lmtune.config import CleanConfig
 from lmtune.data.clean import clean_documents
 from lmtune.data.ingest import Document, read_documents
 from lmtune.data.pack import Framing, pack, tokenize
-from lmtune.infer import load
+from lmtune.infer import llama_cpp, load
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import GenerationSettings, generate
-from lmtune.models.load import load_tokenizer
+from lmtune.models.load import gguf_file, load_tokenizer
 
 
 def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str, Any]:
@@ -42,16 +42,28 @@ def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str
             theirs = batch * new_tokens / (time.perf_counter() - start)
         out[f"batch {batch}"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs, "ratio": ours / theirs}
     out["quality"] = weights_quality(loaded, reference, new_tokens, prompts)
+    if llama_cpp.available() and gguf_file(model) is not None:  # the same GGUF file through llama.cpp
+        engine = load(model, engine="llama.cpp")
+        settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
+        generate(engine, "warm up", max_new_tokens=4, temperature=0)
+        start = time.perf_counter()
+        generate(engine, "HAMLET. To be, or not to be", settings)
+        speed = new_tokens / (time.perf_counter() - start)
+        out["llama.cpp"] = {"tokens_per_s": speed, "ratio": speed / out["batch 1"]["hf_generate_tokens_per_s"],
+                            "greedy_agreement": greedy_agreement(engine, reference, new_tokens, prompts)[0]}
     return out
 
 
-def weights_quality(loaded, reference, new_tokens: int, prompts: int) -> dict[str, float]:
-    """Greedy agreement (the share of generated tokens before the first difference, over all prompts) and
-    held-out perplexity (each model in its own weights' format, no autocast), of `loaded` against the fp32
-    `reference`."""
+def _hamlet_prompts(prompts: int) -> list[str]:
     text = read_documents(HAMLET)[0].text
     lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 30]
-    chosen = lines[100 : 100 * (prompts + 1) : 100]
+    return lines[100 : 100 * (prompts + 1) : 100]
+
+
+def greedy_agreement(loaded, reference, new_tokens: int, prompts: int) -> tuple[float, int]:
+    """The share of greedy tokens generated before the first difference from `reference`, over `prompts`
+    Hamlet lines; and how many prompts that was."""
+    chosen = _hamlet_prompts(prompts)
     agreed = total = 0
     for prompt in chosen:
         ours = generate(loaded, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
@@ -59,9 +71,17 @@ def weights_quality(loaded, reference, new_tokens: int, prompts: int) -> dict[st
         a, b = loaded.tokenizer(ours).input_ids, reference.tokenizer(theirs).input_ids
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         agreed, total = agreed + same, total + max(len(a), len(b), 1)
+    return agreed / total, len(chosen)
+
+
+def weights_quality(loaded, reference, new_tokens: int, prompts: int) -> dict[str, float]:
+    """Greedy agreement (the share of generated tokens before the first difference, over all prompts) and
+    held-out perplexity (each model in its own weights' format, no autocast), of `loaded` against the fp32
+    `reference`."""
+    agreement, count = greedy_agreement(loaded, reference, new_tokens, prompts)
     ppl, ppl_fp32 = (held_out_metrics(m.model, m.tokenizer, m.objective, 512, precision="fp32")["val_perplexity"]
                      for m in (loaded, reference))
-    return {"prompts": len(chosen), "new_tokens": new_tokens, "greedy_agreement": agreed / total,
+    return {"prompts": count, "new_tokens": new_tokens, "greedy_agreement": agreement,
             "perplexity": ppl, "perplexity_fp32": ppl_fp32, "perplexity_change": ppl / ppl_fp32 - 1}
 
 

@@ -51,6 +51,9 @@ def to_markdown(r: dict) -> str:
             if field == "effective_tokens_per_s":
                 ratios = [_f(sides.get("ratio_vs_seed"), 2), _f(sides.get("ratio_vs_tuned"), 2)]
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
+        if sides["lmtune"].get("step_phases"):
+            lines += ["", "lmtune's step time: " + ", ".join(f"{phase} {share:.0%}" for phase, share
+                                                            in sides["lmtune"]["step_phases"].items())]
         lines.append("")
     if "generate" in r:
         g = r["generate"]
@@ -61,11 +64,18 @@ def to_markdown(r: dict) -> str:
                 row = g[batch]
                 lines.append(f"| {batch} | {_f(row['lmtune_tokens_per_s'])} | {_f(row['hf_generate_tokens_per_s'])} | "
                              f"{_f(row['ratio'], 2)} |")
+        if "llama.cpp" in g:
+            c = g["llama.cpp"]
+            lines.append(f"| batch 1, llama.cpp (same GGUF, greedy) | {_f(c['tokens_per_s'])} | "
+                         f"{_f(g['batch 1']['hf_generate_tokens_per_s'])} | {_f(c['ratio'], 2)} |")
         q = g.get("quality")
         if q:
             lines += ["", f"Quality gate of lmtune's weights against fp32 ({q['prompts']} prompts x {q['new_tokens']} "
                       f"greedy tokens): agreement {q['greedy_agreement']:.1%}; held-out perplexity {q['perplexity']:.3f} "
                       f"vs {q['perplexity_fp32']:.3f} ({q['perplexity_change']:+.2%}; the gate is 1%)"]
+        if "llama.cpp" in g:
+            lines.append(f"llama.cpp's greedy agreement with the fp32 PyTorch model on the same weights: "
+                         f"{g['llama.cpp']['greedy_agreement']:.1%} (its kernels round activations to 8 bits)")
         lines.append("")
     if "fill_mask" in r:
         f = r["fill_mask"]

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import transformers
 import yaml
 
@@ -26,7 +27,7 @@ from lmtune.errors import LmtuneError
 from lmtune.export.card import model_card
 from lmtune.export.gguf import export_gguf, find_converter
 from lmtune.export.onnx import export_onnx
-from lmtune.models.load import ALIASES, load_model, resolve
+from lmtune.models.load import ALIASES, load_model, merge_lora, resolve
 from lmtune.outputs import MARKER, check_output_dir, is_lmtune_dir, marker_kind, publish_dir
 from lmtune.tasks import Objective, objective_of, serving_objective
 
@@ -147,8 +148,13 @@ def _write_hf(source: ExportSource, objective: Objective, folder: Path, merge: b
 
     model = (source.recipe.get("model") or {})
     tokenizer = transformers.AutoTokenizer.from_pretrained(source.model_dir)
-    base = load_model(objective, model.get("init_from") or model.get("name"), tokenizer, labels=_labels(source))
-    merged = PeftModel.from_pretrained(base, source.model_dir).merge_and_unload()
+    # A QLoRA run's adapter was trained on the 4-bit base: it is merged into that base, dequantized, as
+    # final/ is (so the export computes what the run evaluated), not into the original weights.
+    quantize = model.get("quantize")
+    device = "cuda" if quantize and torch.cuda.is_available() else "cpu"
+    base = load_model(objective, model.get("init_from") or model.get("name"), tokenizer, labels=_labels(source),
+                      quantize=quantize, device=device)
+    merged = merge_lora(PeftModel.from_pretrained(base, source.model_dir))
     merged.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,8 +12,10 @@ import transformers
 
 from lmtune.errors import LmtuneError
 from lmtune.hardware import cpu_has_bf16
-from lmtune.models.load import load_pretrained, load_tokenizer, resolve, unknown_model_error
+from lmtune.infer import llama_cpp
+from lmtune.models.load import gguf_file, load_pretrained, load_tokenizer, resolve, unknown_model_error
 from lmtune.tasks import Objective, get_objective, objective_of
+from lmtune.tasks.clm import OBJECTIVE as CAUSAL
 from lmtune.tasks.sft import task_prompt as format_task_prompt
 
 log = logging.getLogger("lmtune")
@@ -53,11 +56,22 @@ def weights_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
 
 
+ENGINES = ("auto", "torch", "llama.cpp")
+
+
 @functools.lru_cache(maxsize=4)
-def load(name: str, objective: str | None = None, device: str | None = None, dtype: str = "auto") -> LoadedModel:
+def load(name: str, objective: str | None = None, device: str | None = None, dtype: str = "auto",
+         engine: str = "auto") -> LoadedModel:
     """Load a model for inference from a run folder, model folder, alias or .gguf; cached per process.
     `objective`: load it as that (e.g. "mlm" for an encoder); default: what its config.json says.
-    `dtype`: auto, fp32, bf16 or fp16 (see `weights_dtype`); measurements (`lmtune eval`) use fp32."""
+    `dtype`: auto, fp32, bf16 or fp16 (see `weights_dtype`); measurements (`lmtune eval`) use fp32.
+    `engine`: torch, or llama.cpp for GGUF files (infer/llama_cpp.py); auto: llama.cpp for a .gguf path
+    when llama-cpp-python is installed, else torch."""
+    if engine not in ENGINES:
+        raise LmtuneError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
+    gguf = gguf_file(name)
+    if engine == "llama.cpp" or (engine == "auto" and gguf is not None and name.endswith(".gguf") and llama_cpp.available()):
+        return _load_llama_cpp(name, gguf, objective)
     source = resolve(name)
     if source.kind == "preset":
         raise LmtuneError(f"'{name}' is an untrained preset; train it first (lmtune train)")
@@ -74,6 +88,16 @@ def load(name: str, objective: str | None = None, device: str | None = None, dty
     model.to(weights_dtype(dtype, target))  # 16 bits: half the memory traffic, where the hardware computes it fast
     model.to(target).eval()
     return LoadedModel(name, model, tokenizer, chosen, source.path)
+
+
+def _load_llama_cpp(name: str, gguf: Path | None, objective: str | None) -> LoadedModel:
+    if gguf is None:
+        raise LmtuneError(f"the llama.cpp engine runs GGUF files; '{name}' is not one (export it: lmtune export "
+                          f"{name} --out DIR --format gguf)")
+    if objective is not None and get_objective(objective) is not CAUSAL:
+        raise LmtuneError("the llama.cpp engine generates text only")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return LoadedModel(name, llama_cpp.LlamaCppModel(gguf), tokenizer, CAUSAL, str(gguf))
 
 
 def task_prompt(model: str | LoadedModel, task: str, prompt: str) -> str:

@@ -148,6 +148,8 @@ class Batcher:
     @staticmethod
     def supports(loaded: LoadedModel) -> bool:
         """Whether this model's cache is a plain per-layer key/value cache that grows by one column a token."""
+        if getattr(loaded.model, "engine", "torch") != "torch":  # llama.cpp runs its own loop
+            return False
         try:
             probe = DynamicCache(config=loaded.model.config)
         except Exception:

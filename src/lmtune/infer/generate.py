@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -98,19 +99,33 @@ def room_for_prompt(loaded: LoadedModel, max_new_tokens: int) -> int | None:
     return None if limit is None else limit - max_new_tokens
 
 
-def encode_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> dict[str, torch.Tensor]:
+def prompt_ids(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> list[int]:
     """The prompt's ids; a prompt that leaves no room for the new tokens loses its start (with a warning)."""
     room = room_for_prompt(loaded, max_new_tokens)
-    enc = loaded.tokenizer(prompt, return_tensors="pt")
-    if enc["input_ids"].shape[1] == 0:  # an empty prompt: start from the BOS/EOS token
-        start = loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else loaded.tokenizer.eos_token_id
-        enc = {"input_ids": torch.tensor([[start]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
-    if room is not None and enc["input_ids"].shape[1] > room:
+    ids = loaded.tokenizer(prompt).input_ids
+    if not ids:  # an empty prompt: start from the BOS/EOS token
+        ids = [loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else loaded.tokenizer.eos_token_id]
+    if room is not None and len(ids) > room:
         log.warning("warning: the prompt has %d tokens; only its last %d fit the model's context with %d new "
-                    "tokens", enc["input_ids"].shape[1], room, max_new_tokens)
-        enc = {k: v[:, -room:] for k, v in enc.items()}
-    device = next(loaded.model.parameters()).device
-    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                    "tokens", len(ids), room, max_new_tokens)
+        ids = ids[-room:]
+    return ids
+
+
+def encode_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> dict[str, torch.Tensor]:
+    """`prompt_ids` as the model's input tensors, on its device."""
+    ids = torch.tensor([prompt_ids(loaded, prompt, max_new_tokens)], device=next(loaded.model.parameters()).device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _llama_cpp(loaded: LoadedModel) -> bool:
+    return getattr(loaded.model, "engine", "torch") == "llama.cpp"
+
+
+def _llama_cpp_pieces(loaded: LoadedModel, prompt: str, settings: GenerationSettings, seed: int | None,
+                      stop: threading.Event | None = None) -> Iterator[str]:
+    ids = prompt_ids(loaded, prompt, settings.max_new_tokens)
+    return loaded.model.generate_pieces(ids, settings, loaded.tokenizer.eos_token_id, seed, stop)
 
 
 def _settings(settings: GenerationSettings | None, overrides: dict) -> GenerationSettings:
@@ -134,6 +149,12 @@ def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings
     another thread) ends the generation at the next token."""
     loaded = as_loaded(model, "generate")
     settings = _settings(settings, overrides)
+    if _llama_cpp(loaded):  # one sequence at a time; greedy ones are all the same
+        sampled = settings.temperature >= GREEDY_BELOW and settings.top_k != 1
+        n = settings.num_return_sequences
+        texts = ["".join(_llama_cpp_pieces(loaded, prompt, settings, None if settings.seed is None else settings.seed + i,
+                                           stop)) for i in range(n if sampled else 1)]
+        return texts if sampled else texts * n
     enc = encode_prompt(loaded, prompt, settings.max_new_tokens)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -155,10 +176,13 @@ class Stream:
                  **overrides):
         loaded = as_loaded(model, "generate")
         settings = _settings(settings, overrides).model_copy(update={"num_return_sequences": 1})
-        enc = encode_prompt(loaded, prompt, settings.max_new_tokens)
         self.stop = threading.Event()
-        self.streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.errors: list[BaseException] = []
+        if _llama_cpp(loaded):  # llama.cpp yields pieces itself: no thread, no streamer
+            self.thread, self.streamer = None, _llama_cpp_pieces(loaded, prompt, settings, settings.seed, self.stop)
+            return
+        enc = encode_prompt(loaded, prompt, settings.max_new_tokens)
+        self.streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = {**enc, **settings.generate_kwargs(loaded.tokenizer), "streamer": self.streamer,
                   "stopping_criteria": StoppingCriteriaList([_StopWhenSet(self.stop)])}
 
@@ -182,14 +206,23 @@ class Stream:
         try:
             return next(self.streamer)
         except StopIteration:
-            self.thread.join()
+            if self.thread is not None:
+                self.thread.join()
             if self.errors:
                 raise self.errors[0] from None
             raise
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
+        else:
+            while True:
+                try:
+                    self.streamer.close()
+                    return
+                except ValueError:  # a next() runs on another thread: with `stop` set it ends within a token
+                    time.sleep(0.01)
 
     def __enter__(self):
         return self

@@ -3,6 +3,7 @@ aliases for the offline packages, from-scratch presets, and (for users with a ne
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from lmtune.paths import cache_dir, package_dir
 from lmtune.tasks import Objective, get_objective
 
 log = logging.getLogger("lmtune")
+# bitsandbytes (QLoRA; peft imports it whenever it is installed) warns on every import on CPUs with AVX512-BF16
+# that it could not fetch an optional kernel from the Hub: lmtune never downloads code at run time, and
+# bitsandbytes' own CPU kernel is used instead.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 # Offline aliases: name -> (package, path inside it). A .gguf target is converted once and cached.
@@ -106,6 +111,19 @@ def resolve(name: str) -> ModelSource:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise LmtuneError(f"model not found: {name}")
     return ModelSource("hub", name)
+
+
+def gguf_file(name: str) -> Path | None:
+    """The GGUF file a name stands for (a .gguf path, or an alias of one), else None."""
+    if name in ALIASES:
+        package, inner = ALIASES[name]
+        return package_dir(package) / inner if inner.endswith(".gguf") else None
+    path = Path(name).expanduser()
+    if path.suffix != ".gguf":
+        return None
+    if not path.is_file():
+        raise LmtuneError(f"GGUF file not found: {path}")
+    return path
 
 
 def check_weight_files(folder: str | Path) -> None:
@@ -234,17 +252,18 @@ def load_native_gpt(name: str, tokenizer, dropout: float | None = None, seed: in
 
 
 def load_pretrained(source: ModelSource, objective: Objective, name: str, head_init: str = "identity",
-                    dropout: float | None = None, **config_overrides):
+                    dropout: float | None = None, load_kwargs: dict[str, Any] | None = None, **config_overrides):
     """The one way a saved model (folder or hub id) is loaded, for training and for inference alike:
     its config (with overrides such as label names), the objective's HF class, then the objective's
-    fix-ups (an MLM head for an encoder saved without one)."""
+    fix-ups (an MLM head for an encoder saved without one). `load_kwargs`: more for `from_pretrained`
+    (QLoRA's quantization config and device)."""
     if source.kind == "folder":
         check_weight_files(source.path)
     auto = getattr(transformers, objective.auto_class)
     try:
         config = transformers.AutoConfig.from_pretrained(source.path, **config_overrides)
         _apply_dropout(config, dropout)
-        model, info = auto.from_pretrained(source.path, config=config, output_loading_info=True)
+        model, info = auto.from_pretrained(source.path, config=config, output_loading_info=True, **(load_kwargs or {}))
     except (OSError, ValueError) as err:
         if source.kind == "hub":
             raise unknown_model_error(name, err) from None
@@ -255,9 +274,14 @@ def load_pretrained(source: ModelSource, objective: Objective, name: str, head_i
 
 def load_model(objective: Objective | str, name: str, tokenizer, dropout: float | None = None,
                labels: list[str] | None = None, mlm_head_init: str = "identity", seed: int = 0,
-               impl: str = "hf"):
-    """Pretrained weights from a folder/hub, or a fresh model from a preset, for training `objective`."""
+               impl: str = "hf", quantize: str | None = None, compute_dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu"):
+    """Pretrained weights from a folder/hub, or a fresh model from a preset, for training `objective`.
+    `quantize` ('nf4', 'fp4'): QLoRA's base, its linear layers in 4 bits on `device` (bitsandbytes),
+    computing in `compute_dtype`, frozen and ready for LoRA adapters."""
     objective = get_objective(objective) if isinstance(objective, str) else objective
+    if quantize is not None:
+        return _load_quantized(objective, name, tokenizer, quantize, compute_dtype, torch.device(device), dropout)
     if impl == "native":
         if not objective.decoder:
             raise LmtuneError(f"model.impl native is a causal GPT; it cannot train {objective.name}")
@@ -279,3 +303,142 @@ def load_model(objective: Objective | str, name: str, tokenizer, dropout: float 
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+# ---- QLoRA: a 4-bit base (bitsandbytes) under LoRA adapters ----------------------------------------------
+
+def check_bitsandbytes(quantize: str, device: torch.device):
+    """bitsandbytes, new enough, and able to run 4-bit layers on `device`; else one line saying what to do."""
+    try:
+        import bitsandbytes
+        import bitsandbytes.functional as bnb_functional
+    except ImportError:
+        raise LmtuneError(f"model.quantize {quantize} (QLoRA) needs bitsandbytes, which is not installed: "
+                          "pip install 'lmtune[qlora]'") from None
+    except Exception as err:  # installed but broken (its native library failed to load, ...)
+        why = (str(err).strip().splitlines() or [""])[0]
+        raise LmtuneError(f"model.quantize {quantize} (QLoRA): bitsandbytes failed to load ({type(err).__name__}: "
+                          f"{why}); reinstall it: pip install --force-reinstall 'lmtune[qlora]'") from None
+    from packaging.version import Version
+
+    try:  # what the installed transformers asks of bitsandbytes
+        from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION as minimum
+    except ImportError:
+        minimum = "0.46.1"
+    version = getattr(bitsandbytes, "__version__", "0")
+    if Version(version) < Version(minimum):
+        raise LmtuneError(f"model.quantize {quantize} (QLoRA) needs bitsandbytes {minimum} or newer (installed: "
+                          f"{version}): pip install -U 'lmtune[qlora]'")
+    # Whether this build runs 4-bit layers on the device: quantize and restore one small block.
+    try:
+        if device.type not in getattr(bitsandbytes, "supported_torch_devices", {"cuda"}):
+            raise RuntimeError(f"no {device.type} backend")
+        sample = torch.linspace(-1, 1, 64 * 64, device=device).reshape(64, 64)  # (the seeded RNG stays untouched)
+        packed, state = bnb_functional.quantize_4bit(sample, quant_type=quantize)
+        bnb_functional.dequantize_4bit(packed, state)
+    except Exception as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        needs = "QLoRA needs a CUDA GPU here" if device.type == "cpu" else "use a CUDA GPU"
+        raise LmtuneError(f"model.quantize {quantize}: bitsandbytes {version} cannot run 4-bit layers on "
+                          f"{device.type} ({why}); {needs}") from None
+    return bitsandbytes
+
+
+def _load_quantized(objective: Objective, name: str, tokenizer, quantize: str, compute_dtype: torch.dtype,
+                    device: torch.device, dropout: float | None):
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    if not objective.decoder:
+        raise LmtuneError(f"model.quantize (QLoRA) is for causal models (clm, sft); train {objective.name} with "
+                          "plain LoRA (leave out model.quantize)")
+    source = resolve(name)
+    if source.kind == "preset":
+        raise LmtuneError(f"model.quantize loads pretrained weights in 4 bits; {name} is a from-scratch preset "
+                          "(random weights): leave out model.quantize, or set model.name to a trained model")
+    check_bitsandbytes(quantize, device)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_compute_dtype=compute_dtype,
+                                bnb_4bit_use_double_quant=True)  # QLoRA's recipe: NF4, double quantization
+    # Loaded (and quantized) straight onto the training device: 4-bit weights are not moved after loading.
+    model = load_pretrained(source, objective, name, dropout=dropout,
+                            load_kwargs={"quantization_config": config, "device_map": {"": device}})
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    bnb = check_bitsandbytes(quantize, device)
+    quantized = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+    for module in quantized:
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            # bitsandbytes (0.50) repacks a layer's weights in place for a faster CPU kernel the first time it
+            # runs in eval mode on a CPU with AVX512-BF16, and then keeps that inference-only kernel in
+            # training mode too (it breaks the backward pass): evaluations in the loop would stop training.
+            module.support_avx512bf16_for_cpu = False
+    packed = sum(module.weight.numel() for module in quantized)  # two 4-bit weights a byte
+    full = sum(p.numel() for p in model.parameters()) + packed
+    log.info("QLoRA: %d linear layers of %s in 4 bits (%s, bitsandbytes %s) on %s, computing in %s: weights "
+             "%.0f MB (%.0f MB in fp32)", len(quantized), name, quantize, bnb.__version__, device,
+             str(compute_dtype).removeprefix("torch."), model.get_memory_footprint() / 2**20, full * 4 / 2**20)
+    # Freezes the base, keeps the layers that are not quantized (norms, embeddings) in fp32. Activation
+    # checkpointing, when asked for, is turned on later like for any other model.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def is_quantized(model) -> bool:
+    """Whether `model` (a peft model too) has bitsandbytes 4-bit layers."""
+    bnb = sys.modules.get("bitsandbytes")  # never imported here: a model with its layers imported it
+    return bnb is not None and any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def merge_lora(model):
+    """A LoRA (peft) model as one plain model with its adapters merged into the weights. On a 4-bit
+    (QLoRA) base each quantized weight is dequantized and its adapter's update added in fp32, so the
+    merged model computes what was trained and evaluated (peft's own merge would round the sum back to 4
+    bits); the result is a full-precision (fp32) model without quantization config. Changes `model`."""
+    if not is_quantized(model):
+        return model.merge_and_unload()
+    import bitsandbytes as bnb
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for module in list(model.modules()):
+            if isinstance(module, LoraLayer) and isinstance(module.get_base_layer(), bnb.nn.Linear4bit):
+                deltas = [module.get_delta_weight(adapter).float() for adapter in module.active_adapters
+                          if adapter in module.lora_A]
+                module.base_layer = _dequantized(module.get_base_layer(), sum(deltas) if deltas else None)
+        merged = model.unload()  # the LoRA wrappers give way to their (now plain) base layers
+        for name, module in list(merged.named_modules()):
+            if isinstance(module, bnb.nn.Linear4bit):  # quantized layers without an adapter
+                merged.set_submodule(name, _dequantized(module, None))
+    quantizer = getattr(merged, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(merged)
+    elif hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config
+    for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
+        if getattr(merged, attr, False):
+            setattr(merged, attr, False)
+    merged.config.dtype = torch.float32
+    return merged.float()
+
+
+def _dequantized(layer, delta: torch.Tensor | None) -> torch.nn.Module:
+    """A bitsandbytes Linear4bit as a plain fp32 layer, plus `delta` (an adapter's update, (out, in)).
+    GPT-2's Conv1D layers were quantized as Linear4bit with the weight transposed: they return as Conv1D."""
+    import bitsandbytes as bnb
+    from transformers.pytorch_utils import Conv1D
+
+    data, state = layer.weight.data, layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):  # bitsandbytes' CPU inference layout (see _load_quantized)
+        data, state = bnb.nn.modules._convert_weight_packed_for_cpu_inverse(data, state)
+    weight = bnb.functional.dequantize_4bit(data, state).float()
+    if delta is not None:
+        weight = weight + delta.to(weight.device)
+    bias = None if layer.bias is None else torch.nn.Parameter(layer.bias.detach().float(), requires_grad=False)
+    if issubclass(getattr(layer, "source_cls", torch.nn.Linear), Conv1D):
+        plain = Conv1D(weight.shape[0], weight.shape[1]).to(weight.device)  # Conv1D(out, in) holds weight.T
+        plain.weight = torch.nn.Parameter(weight.t().contiguous(), requires_grad=False)
+    else:
+        plain = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+        plain.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        plain.bias = bias
+    return plain

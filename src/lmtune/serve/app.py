@@ -443,10 +443,10 @@ def error_payload(exc: Exception) -> dict:
 
 # ---- the app ----------------------------------------------------------------------------------------
 def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None = None, limits: Limits | None = None,
-               ui: bool = True, device: str | None = None, dtype: str = "auto") -> FastAPI:
+               ui: bool = True, device: str | None = None, dtype: str = "auto", engine: str = "auto") -> FastAPI:
     limits = limits or Limits()
     if not isinstance(models, dict):
-        models = {name: load(name, device=device, dtype=dtype) for name in models}
+        models = {name: load(name, device=device, dtype=dtype, engine=engine) for name in models}
     served = {name: Served(name, loaded) for name, loaded in models.items()}
     if not served:
         raise LmtuneError("serve needs at least one model")

@@ -1,6 +1,12 @@
 """Checkpoints: a Hugging Face folder (safetensors) plus `trainer_state.pt` (optimizer, scheduler, RNG,
 loop position). Written to a temporary folder and renamed, so a crash never leaves a half-written one;
-`trainer_state.pt` is written last, and only folders that have it count as checkpoints."""
+`trainer_state.pt` is written last, and only folders that have it count as checkpoints.
+
+Under FSDP (more than one process) a checkpoint is sharded instead: `dcp/` holds the weights and the
+optimizer state as torch.distributed.checkpoint (DCP) wrote them, one file per process plus `.metadata`,
+so nothing is gathered on one process; `trainer_state.pt` keeps the rest, and there is no safetensors
+file (final/, best/ and last/ stay full Hugging Face folders). DCP reshards on load: such a checkpoint
+resumes under FSDP with any number of processes, under DDP, and in one process."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +19,7 @@ from typing import Any
 import torch
 
 from lmtune.errors import LmtuneError
-from lmtune.models.load import check_weight_files
+from lmtune.models.load import check_weight_files, merge_lora
 from lmtune.outputs import TRAINER_STATE, checkpoint_dirs, replace_dir
 
 log = logging.getLogger("lmtune")
@@ -35,27 +41,116 @@ def clean_leftovers(run_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int = 2,
-         model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
-    """Save `checkpoints/step-N` and keep the newest `keep`. Saving the same step twice is a no-op.
-    `model_state`/`optimizer_state`: gathered full states of a sharded (FSDP) model."""
+SHARDS = "dcp"  # a sharded (FSDP) checkpoint's DCP folder: weights and optimizer, a file per process
+
+
+def is_sharded(folder: Path) -> bool:
+    return (Path(folder) / SHARDS / ".metadata").is_file()
+
+
+def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
+    """Save `checkpoints/step-N` and keep the newest `keep`. Saving the same step twice is a no-op."""
     target = Path(run_dir) / "checkpoints" / f"step-{state['step']}"
     if target in checkpoint_dirs(run_dir):
         return target
 
     def write(folder: Path) -> None:
-        _save_pretrained(model, folder, model_state)
+        model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        optimizer_state_ = optimizer_state if optimizer_state is not None else optimizer.state_dict()
-        torch.save({"optimizer": optimizer_state_, "scheduler": scheduler.state_dict(), "state": state,
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-                   folder / TRAINER_STATE)
+        _write_trainer_state(folder, {"optimizer": optimizer.state_dict()}, scheduler, state)
 
     path = replace_dir(target, write)
+    _rotate(run_dir, keep)
+    return path
+
+
+def save_sharded(run_dir: Path, cluster, model, tokenizer, optimizer, scheduler, state: dict[str, Any],
+                 keep: int = 2) -> Path:
+    """FSDP: `checkpoints/step-N` with the weights and optimizer state in `dcp/`, each process writing its
+    own shard. Every process calls this. The main process makes the temporary folder and tells the others
+    where it is; after the shards (dcp.save returns on every process only once all of them and the
+    metadata are written) it adds the tokenizer and, last, `trainer_state.pt`, renames the folder into
+    place and drops the oldest checkpoints, as `save` does. The caller waits for it (a barrier)."""
+    target = Path(run_dir) / "checkpoints" / f"step-{state['step']}"
+    if not cluster.main:
+        folder = cluster.share(None)  # the main process's temporary folder; None: nothing to write
+        if folder is not None:
+            _save_shards(Path(folder) / SHARDS, model, optimizer)
+        return target
+    if target in checkpoint_dirs(run_dir):  # the same step twice: kept as it is (the main one decides)
+        cluster.share(None)
+        return target
+
+    def write(folder: Path) -> None:
+        cluster.share(str(folder))
+        _save_shards(folder / SHARDS, model, optimizer)
+        tokenizer.save_pretrained(folder)
+        _write_trainer_state(folder, {"optimizer": None, "shards": SHARDS}, scheduler, state)
+
+    path = replace_dir(target, write)
+    _rotate(run_dir, keep)
+    return path
+
+
+def _write_trainer_state(folder: Path, optimizer: dict, scheduler, state: dict[str, Any]) -> None:
+    torch.save({**optimizer, "scheduler": scheduler.state_dict(), "state": state,
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
+               folder / TRAINER_STATE)
+
+
+def _rotate(run_dir: Path, keep: int) -> None:
     for old in checkpoint_dirs(run_dir)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
-    return path
+
+
+def _shard_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Frozen weights (a LoRA base, a frozen encoder) never change: the model built at resume has them, as
+    # a LoRA run's HF checkpoint holds the adapter alone. dcp.load already refuses a checkpoint that lacks
+    # a key it is asked for, so set_state_dict need not be strict about the frozen ones left out. The
+    # optimizer state stays nested (keyed by parameter name): torch 2.13's flattened form cannot load an
+    # empty parameter group, which make_optimizer gives LoRA (its adapters have no 1-D weights).
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def _save_shards(folder: Path, model, optimizer) -> None:
+    """Every process writes its own shards of the weights and optimizer state (DTensors under FSDP)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=_shard_options())
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder)
+
+
+def load_shards(folder: Path, model, optimizer) -> None:
+    """A DCP folder into `model` and `optimizer` as they are laid out here: FSDP shards with any number
+    of processes (DCP reads each process's part of every tensor), or whole tensors under DDP and in one
+    process. One process needs no process group: dcp.load then reads in this process alone. (That beats
+    format_utils.dcp_to_torch_save, which would write a second, full copy to disk and still need the
+    state_dict helpers to map it onto the model and optimizer: this is the same code for every world size.)"""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    # get_state_dict gives the tensors to read into; on a fresh optimizer it first creates its state
+    # (a step with zero gradients and learning rate 0, which changes no weight).
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=_shard_options())
+    shards = {"model": model_state, "optimizer": optimizer_state}
+    try:
+        with warnings.catch_warnings():  # one process: "assuming the intent is to load in a single process"
+            warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+            dcp.load(shards, checkpoint_id=folder)
+    except CheckpointException as err:  # a shard missing or damaged, or another model: name it in one line
+        cause = next((exc for exc, _ in err.failures.values()), err)  # (exception, traceback) per process
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        raise LmtuneError(f"{folder}: cannot read the sharded checkpoint ({first}); delete {folder.parent} "
+                          "to resume from the one before it") from None
+    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"],
+                   options=_shard_options())
 
 
 def load_weights(model, folder: Path) -> None:
@@ -85,18 +180,29 @@ def load_weights(model, folder: Path) -> None:
 
 def load_training_state(folder: Path, model, optimizer, scheduler, device=None) -> dict[str, Any]:
     """Weights, optimizer, scheduler and RNG state of a checkpoint; returns the loop's position."""
-    load_weights(model, folder)
-    return load_trainer_state(folder, optimizer, scheduler)
+    if not is_sharded(folder):
+        load_weights(model, folder)
+    return load_trainer_state(folder, optimizer, scheduler, model=model)
 
 
-def load_trainer_state(folder: Path, optimizer, scheduler, load_optimizer=None) -> dict[str, Any]:
-    """Everything but the weights. `load_optimizer(state_dict)`: how a sharded optimizer takes a full state."""
+def load_trainer_state(folder: Path, optimizer, scheduler, load_optimizer=None, model=None) -> dict[str, Any]:
+    """Everything but the weights of an HF-format checkpoint (`load_optimizer(state_dict)`: how a sharded
+    optimizer takes a full state). A sharded (DCP) checkpoint's weights come with its optimizer state:
+    they are loaded into `model` here, after the model is wrapped and the optimizer made."""
     try:
         saved = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle/zip errors of a damaged file: name it, keep the traceback out
         raise LmtuneError(f"{folder / TRAINER_STATE}: cannot read the checkpoint ({type(err).__name__}); "
                           f"delete {folder} to resume from the one before it") from None
-    (load_optimizer or optimizer.load_state_dict)(saved["optimizer"])
+    if saved.get("shards"):
+        if model is None:
+            raise LmtuneError(f"{folder}: a sharded checkpoint; its weights need the model to load into")
+        if not is_sharded(folder):
+            raise LmtuneError(f"{folder / saved['shards']}: the sharded weights are missing; delete {folder} to "
+                              "resume from the one before it")
+        load_shards(folder / saved["shards"], model, optimizer)
+    else:
+        (load_optimizer or optimizer.load_state_dict)(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
     random.setstate(saved["rng"]["python"])
@@ -144,5 +250,6 @@ def save_final(run_dir: Path, model, tokenizer, name: str = "final", model_state
         if name == "final":
             replace_dir(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
         # last/ is written before the best adapter is loaded back: merge a copy; final/ is the end of the run.
-        model = (model if name == "final" else copy.deepcopy(model)).merge_and_unload()
+        # (a QLoRA model's 4-bit base is dequantized first: final/ is a full-precision model)
+        model = merge_lora(model if name == "final" else copy.deepcopy(model))
     return save_model(run_dir / name, model, tokenizer, model_state)

@@ -109,30 +109,30 @@ class Cluster:
         model.set_requires_gradient_sync(False)
         return _restore_sync(model)
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP over more than one process: checkpoints are sharded (DCP, one file per process)."""
+        return self.strategy == "fsdp" and self.active
+
     def full_state_dict(self, model) -> dict[str, torch.Tensor] | None:
-        """The whole model's weights on the main process (FSDP gathers its shards; every rank must call)."""
-        if self.strategy != "fsdp" or not self.active:
+        """The whole model's weights on the main process (FSDP gathers its shards; every rank must call):
+        for final/, best/ and last/, which are plain Hugging Face folders."""
+        if not self.sharded:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def full_optimizer_state(self, model, optimizer) -> dict | None:
-        """FSDP: the optimizer state of the whole model, for a checkpoint any world size can resume."""
-        if self.strategy != "fsdp" or not self.active:
-            return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
     def load_optimizer_state(self, model, optimizer, state_dict: dict) -> None:
-        if self.strategy != "fsdp" or not self.active:
+        """A full optimizer state (an HF-format checkpoint: DDP or one process) into this optimizer; under
+        FSDP each process keeps its own shard of it."""
+        if not self.sharded:
             optimizer.load_state_dict(state_dict)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=state_dict,
+        model = self.unwrap(model)  # names without torch.compile's prefix
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=_keyed_by_name(model, optimizer, state_dict),
                                  options=StateDictOptions(full_state_dict=True))
 
     # ---- agreeing ---------------------------------------------------------------------------------
@@ -144,6 +144,14 @@ class Cluster:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return tensor.tolist()
 
+    def share(self, value):
+        """The main process's `value` (any picklable object) on every process; every process must call."""
+        if not self.active:
+            return value
+        box = [value if self.main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -153,6 +161,23 @@ class Cluster:
         if not self.active:
             return global_batch
         return global_batch[self.rank * per_device : (self.rank + 1) * per_device]
+
+
+def _keyed_by_name(model, optimizer, state_dict: dict) -> dict:
+    """`optimizer.state_dict()` numbers the parameters; set_optimizer_state_dict wants their names. The
+    saved groups list the parameters in the order make_optimizer gave them, as this optimizer's do."""
+    if all(isinstance(key, str) for group in state_dict["param_groups"] for key in group["params"]):
+        return state_dict
+    names = {id(param): name for name, param in model.named_parameters()}
+    if len(state_dict["param_groups"]) != len(optimizer.param_groups) or any(
+            len(saved["params"]) != len(group["params"])
+            for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)):
+        raise LmtuneError("the checkpoint's optimizer state does not match this model's parameters")
+    name_of = {key: names[id(param)] for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)
+               for key, param in zip(saved["params"], group["params"])}
+    return {"state": {name_of[key]: value for key, value in state_dict["state"].items()},
+            "param_groups": [{**group, "params": [name_of[key] for key in group["params"]]}
+                             for group in state_dict["param_groups"]]}
 
 
 @contextlib.contextmanager

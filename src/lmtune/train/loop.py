@@ -31,6 +31,7 @@ from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_c
 from lmtune.tasks import get_objective, ignored_keys
 from lmtune.train import checkpoint
 from lmtune.train.data import prepare_data
+from lmtune.train.profile import StepPhases
 from lmtune.train.distributed import Cluster
 from lmtune.train.plots import plot_run
 from lmtune.train.precision import autocast_for
@@ -62,8 +63,20 @@ def set_seed(seed: int) -> None:
 def build_model(config: RunConfig, prepared: Prepared):
     labels = prepared.stats.get("labels")
     name = config.model.init_from or config.model.name
+    quantized: dict[str, Any] = {}
+    if config.model.quantize is not None:  # QLoRA: the base is loaded in 4 bits straight onto the training device
+        if config.train.distributed == "fsdp":
+            raise LmtuneError(f"model.quantize {config.model.quantize} (QLoRA) does not work with train.distributed "
+                              "fsdp (4-bit weights cannot be sharded here); use ddp (the default), where each "
+                              "process holds the whole 4-bit base")
+        # the device the loop trains on (under torchrun the process's own GPU, set before this)
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        precision = autocast_for(config.train.precision, device)[1]
+        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        quantized = {"quantize": config.model.quantize, "compute_dtype": compute_dtype, "device": device}
     model = load_model(config.objective, name, prepared.tokenizer, dropout=config.model.dropout, labels=labels,
-                       mlm_head_init=config.model.mlm_head_init, seed=config.train.seed, impl=config.model.impl)
+                       mlm_head_init=config.model.mlm_head_init, seed=config.train.seed, impl=config.model.impl,
+                       **quantized)
     if config.model.lora is not None:
         model = apply_lora(model, config.model.lora, get_objective(config.objective))
     if config.model.freeze_encoder:
@@ -257,8 +270,10 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
         last = checkpoint.latest(out)
         if last is None:
             log.info("no checkpoint in %s; starting from the beginning", out)
-        else:
+        elif not checkpoint.is_sharded(last):
             checkpoint.load_weights(model, last)  # before sharding: every process loads the whole model
+        # A sharded (FSDP, DCP) checkpoint's weights are read with its optimizer state, below: into this
+        # process's shards, whatever the number of processes that wrote them.
     model = cluster.wrap(model, tc.activation_checkpointing, tc.cpu_offload)
     parameters = {"total": sum(p.numel() for p in model.parameters()),
                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
@@ -281,13 +296,15 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     patience = (4 if len(val_set) else None) if tc.early_stopping_patience == "auto" else tc.early_stopping_patience
 
     def save_checkpoint() -> Path:
-        """Every process takes part (FSDP gathers shards); the main one writes."""
-        model_state = cluster.full_state_dict(model)
-        optimizer_state = cluster.full_optimizer_state(model, optimizer)
+        """FSDP: every process writes its own shard (DCP), the main one the rest. Otherwise the main process
+        writes it all. The others wait until the checkpoint is in place."""
         path = out / "checkpoints" / f"step-{state.step}"
-        if main:
+        if cluster.sharded:
+            path = checkpoint.save_sharded(out, cluster, cluster.unwrap(model), tokenizer, optimizer, scheduler,
+                                           asdict(state), keep=tc.keep_checkpoints)
+        elif main:
             path = checkpoint.save(out, cluster.unwrap(model), tokenizer, optimizer, scheduler, asdict(state),
-                                   keep=tc.keep_checkpoints, model_state=model_state, optimizer_state=optimizer_state)
+                                   keep=tc.keep_checkpoints)
         cluster.barrier()
         return path
 
@@ -300,7 +317,8 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     state = TrainState()
     if last is not None:
         saved = checkpoint.load_trainer_state(last, optimizer, scheduler,
-                                              lambda state_dict: cluster.load_optimizer_state(model, optimizer, state_dict))
+                                              lambda state_dict: cluster.load_optimizer_state(model, optimizer, state_dict),
+                                              model=cluster.unwrap(model))
         state = TrainState(**saved)
         log.info("resuming from %s (step %d of %d)", last, state.step, total_steps)
     metrics_log = (MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if last else None, trackers=trackers)
@@ -347,6 +365,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     window_micro = 0
     first_step = state.step
+    phases = StepPhases(tc.profile, device)
     with StopSignals() as stop:
         while state.step < total_steps and not state.stopped_early:
             batches = epoch_batches(objective, train_set, global_batch, tc.seed, state.epoch)
@@ -358,14 +377,18 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
                 # The loss stays on the device until the step's one exchange below: no host sync per micro-batch.
                 step_loss, step_tokens = torch.zeros((), device=device), 0
                 step_started = time.perf_counter()
+                phases.start()
                 for i, global_indices in enumerate(micro):
                     indices = cluster.shard(global_indices, tc.batch_size)
                     host_batch = collate(rows(train_set, indices))
                     step_tokens += int(host_batch["attention_mask"].sum())  # counted on the host: no sync
                     batch = {k: _to_device(v, device) for k, v in host_batch.items()}
+                    phases.mark("data")
                     with cluster.no_sync(model, sync=i == len(micro) - 1), autocast():
                         loss = loss_fn(model, batch)
+                        phases.mark("forward")
                         scaler.scale(loss / len(micro)).backward()
+                        phases.mark("backward")
                     step_loss += loss.detach().float()
                 scaler.unscale_(optimizer)
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -392,12 +415,14 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
                 window_micro += len(micro)
                 window_tokens += int(tokens)
                 tokens_seen += int(tokens)
+                phases.mark("other")  # clipping, the exchange between processes
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 if tc.compile and state.step == first_step:
                     log.info("torch.compile: the first step took %.1f s (compiling)", time.perf_counter() - step_started)
                 optimizer.zero_grad(set_to_none=True)
+                phases.mark("optimizer")
                 state.step += 1
                 state.batches_done_in_epoch += len(micro)
                 bar.update(1)
@@ -436,6 +461,9 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
                     break  # a new epoch: recompute its batch order
         bar.close()
         train_seconds = time.perf_counter() - started
+        if phases.enabled:
+            log.info("where the step time went: %s", ", ".join(f"{phase} {share:.0%}"
+                                                               for phase, share in phases.shares().items()))
 
         # The run may have just been evaluated (early stopping): that evaluation is the last one.
         evaluated_now = state.step > 0 and state.evaluated_step == state.step
@@ -459,7 +487,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
                "best": state.best_metrics, "best_step": state.best_step, "last": state.last_metrics,
                "selection_metric": tc.early_stopping_metric, "selection_mode": mode,
                "beats_base": _beats_base(state, tc.early_stopping_metric, mode), "plots": [],
-               "stopped_early": state.stopped_early,
+               "stopped_early": state.stopped_early, "step_phases": phases.shares(),
                "data": {k: v for k, v in prepared.stats.items() if not isinstance(v, dict)}}
     if main:
         summary["plots"] = [str(p) for p in plot_run(out)]
