@@ -25,6 +25,7 @@ class Objective:
     summary: ClassVar[str] = ""
     auto_class: ClassVar[str]  # transformers class that loads a saved model of this objective
     lora_task_type: ClassVar[str | None] = None  # peft TaskType
+    random_collate: ClassVar[bool] = False  # its collator draws from the global RNG (MLM masks): no workers
     decoder: ClassVar[bool] = False  # a causal decoder (GPT presets) rather than an encoder (BERT presets)
     used_as: ClassVar[str | None] = None  # the objective a saved model serves as (SFT models generate like CLM)
     capabilities: ClassVar[tuple[str, ...]] = ()  # what inference and the server offer for its models

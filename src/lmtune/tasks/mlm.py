@@ -127,6 +127,7 @@ ENCODER_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "deb
 
 class MaskedLM(Objective):
     name = "mlm"
+    random_collate = True  # masks from the checkpointed global RNG: exact resume
     summary = "masked language modelling: BERT-style masking, fresh masks every epoch"
     auto_class = "AutoModelForMaskedLM"
     lora_task_type = None  # peft has no MLM task type; the head trains in full (modules_to_save)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+from collections.abc import Iterator
 import os
 import random
 import shutil
@@ -113,6 +114,29 @@ def epoch_batches(objective, dataset, batch_size: int, seed: int, epoch: int) ->
 def rows(dataset, indices: list[int]) -> list[dict[str, Any]]:
     columns = dataset[indices]
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+class _Rows(torch.utils.data.Dataset):
+    """The training split as a DataLoader reads it: one `rows` call per batch (`__getitems__`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        return rows(self.dataset, indices)
+
+
+def host_batches(dataset, collate, index_lists: list[list[int]], workers: int, pin: bool) -> Iterator[dict]:
+    """The collated batches of `index_lists`, in order. workers 0: collated on the training thread when
+    asked for (exactly where the loop used to collate, so random draws keep their order); else by
+    DataLoader worker processes, ahead of the step that needs them."""
+    if workers == 0:
+        return (collate(rows(dataset, indices)) for indices in index_lists)
+    return iter(torch.utils.data.DataLoader(_Rows(dataset), batch_sampler=index_lists, collate_fn=collate,
+                                            num_workers=workers, pin_memory=pin, prefetch_factor=2))
 
 
 class MetricsLog:
@@ -366,21 +390,29 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     window_micro = 0
     first_step = state.step
     phases = StepPhases(tc.profile, device)
+    workers = tc.num_workers
+    if workers and objective.random_collate:  # its draws come from the checkpointed RNG of this process
+        log.info("collating on the training thread: %s batches draw random numbers (train.num_workers ignored, so "
+                 "that resume stays exact)", objective.name)
+        workers = 0
     with StopSignals() as stop:
         while state.step < total_steps and not state.stopped_early:
             batches = epoch_batches(objective, train_set, global_batch, tc.seed, state.epoch)
             if cluster.active:  # every process needs a full share: a short last batch is left out
                 batches = [b for b in batches if len(b) == global_batch]
             usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
+            # This process's share of the rest of the epoch (all of it, unless resumed mid-epoch), collated in order.
+            stream = host_batches(train_set, collate, [cluster.shard(b, tc.batch_size)
+                                                       for b in batches[state.batches_done_in_epoch:usable]],
+                                  workers, device.type == "cuda")
             while state.batches_done_in_epoch < usable and state.step < total_steps and not state.stopped_early:
                 micro = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + tc.grad_accum]
                 # The loss stays on the device until the step's one exchange below: no host sync per micro-batch.
                 step_loss, step_tokens = torch.zeros((), device=device), 0
                 step_started = time.perf_counter()
                 phases.start()
-                for i, global_indices in enumerate(micro):
-                    indices = cluster.shard(global_indices, tc.batch_size)
-                    host_batch = collate(rows(train_set, indices))
+                for i, _ in enumerate(micro):
+                    host_batch = next(stream)
                     step_tokens += int(host_batch["attention_mask"].sum())  # counted on the host: no sync
                     batch = {k: _to_device(v, device) for k, v in host_batch.items()}
                     phases.mark("data")
