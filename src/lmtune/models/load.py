@@ -21,10 +21,6 @@ from lmtune.paths import cache_dir, package_dir
 from lmtune.tasks import Objective, get_objective
 
 log = logging.getLogger("lmtune")
-# bitsandbytes (QLoRA; peft imports it whenever it is installed) warns on every import on CPUs with AVX512-BF16
-# that it could not fetch an optional kernel from the Hub: lmtune never downloads code at run time, and
-# bitsandbytes' own CPU kernel is used instead.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 # Offline aliases: name -> (package, path inside it). A .gguf target is converted once and cached.
