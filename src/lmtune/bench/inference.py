@@ -1,5 +1,5 @@
-"""Inference and data benches: generation against `model.generate`, fill-mask against the transformers
-pipeline, and data preparation MB/s."""
+"""Inference benches: generation against `model.generate` (and llama.cpp), fill-mask against the
+transformers pipeline."""
 from __future__ import annotations
 
 import statistics
@@ -10,14 +10,11 @@ import torch
 from transformers import pipeline
 
 from lmtune.bench.contenders import HAMLET, held_out_metrics
-from lmtune.config import CleanConfig
-from lmtune.data.clean import clean_documents
-from lmtune.data.ingest import Document, read_documents
-from lmtune.data.pack import Framing, pack, tokenize
+from lmtune.data.ingest import read_documents
 from lmtune.infer import llama_cpp, load
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import GenerationSettings, generate
-from lmtune.models.load import gguf_file, load_tokenizer
+from lmtune.models.load import gguf_file
 
 
 def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str, Any]:
@@ -113,19 +110,6 @@ def bench_fill_mask(model: str, calls: int) -> dict[str, Any]:
     return {"lmtune_p50_ms": ours_p50, "lmtune_p95_ms": ours_p95, "pipeline_p50_ms": pipe_p50,
             "pipeline_p95_ms": pipe_p95, "p50_ratio": ours_p50 / pipe_p50,
             "lmtune_sentences_per_s": ours_tp, "pipeline_sentences_per_s": pipe_tp}
-
-
-def bench_data_prep(copies: int) -> dict[str, Any]:
-    text = read_documents(HAMLET)[0].text
-    docs = [Document(f"{i}\n{text}", "hamlet") for i in range(copies)]
-    megabytes = sum(len(d.text.encode()) for d in docs) / 1e6
-    tok = load_tokenizer("gpt2-bpe", "gpt-tiny")
-    start = time.perf_counter()
-    cleaned, _ = clean_documents(docs, CleanConfig())
-    ids = tokenize(tok, [d.text for d in cleaned], batch_size=8)
-    blocks = pack(ids, 512, Framing.eos(tok))
-    elapsed = time.perf_counter() - start
-    return {"megabytes": megabytes, "seconds": elapsed, "mb_per_s": megabytes / elapsed, "blocks": len(blocks)}
 
 
 # ---- the report ------------------------------------------------------------------------------------------

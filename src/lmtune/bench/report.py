@@ -98,6 +98,11 @@ def to_markdown(r: dict) -> str:
         lines += ["", f"One decode step of the full batch: {_f(many['step_s'], 3)} s.", ""]
     if "data_prep" in r:
         d = r["data_prep"]
-        lines += ["## Data prep (clean + tokenize + pack, GPT-2 BPE)", "",
-                  f"{_f(d['megabytes'])} MB in {_f(d['seconds'], 2)} s: **{_f(d['mb_per_s'], 2)} MB/s**", ""]
+        lines += [f"## Data prep (read + clean + tokenize + pack, {d['tokenizer']} tokenizer, {d['mb']} MB of Hamlet, "
+                  f"{d['cores']} tokenizer threads)", "", "| stage | MB/s |", "|---|---|"]
+        for label, key in (("clean", "clean_mb_s"), ("tokenize", "tokenize_mb_s"), ("pack", "pack_mb_s"),
+                           ("**end to end**", "end_to_end_mb_s"), ("the tokenizer library alone (the bound)",
+                                                                   "tokenizer_bound_mb_s")):
+            lines.append(f"| {label} | {_f(d[key], 2)} |")
+        lines += ["", f"End to end reaches {d['end_to_end_vs_bound']:.0%} of the tokenizer's own speed.", ""]
     return "\n".join(lines)

@@ -9,7 +9,8 @@ import torch
 from rich.console import Console
 
 from lmtune.bench.device import bench_device, device_markdown
-from lmtune.bench.inference import bench_data_prep, bench_fill_mask, bench_generation
+from lmtune.bench.data_prep import measure_data_prep
+from lmtune.bench.inference import bench_fill_mask, bench_generation
 from lmtune.bench.contenders import CAUSAL, CLASSIFY, MASKED
 from lmtune.bench.machine import cpu_name, peak_matmul
 from lmtune.bench.report import to_markdown, with_ratio
@@ -18,10 +19,10 @@ from lmtune.bench.worker import run_worker
 from lmtune.outputs import check_output_dir, claim_dir
 
 QUICK = {"clm_model": "gpt-tiny", "seq": 128, "batch": 8, "seconds": 10, "encoder_seconds": 10, "gen_tokens": 16, "gen_prompts": 3,
-         "prep_copies": 10, "fill_calls": 10,
+         "prep_mb": 2, "fill_calls": 10,
          "serve_rounds": 1, "serve_tokens": 16}
 FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encoder_seconds": 90, "gen_tokens": 64, "gen_prompts": 20,
-        "prep_copies": 60, "fill_calls": 40,
+        "prep_mb": 20, "fill_calls": 40,
         "serve_rounds": 3, "serve_tokens": 64}
 
 
@@ -67,7 +68,7 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
         result["serve"] = bench_serving("smollm2-135m", clients=8, rounds=p["serve_rounds"], new_tokens=p["serve_tokens"])
     if "data" in sections:
         console.print("data prep ...")
-        result["data_prep"] = bench_data_prep(p["prep_copies"])
+        result["data_prep"] = measure_data_prep(p["prep_mb"])
     if "device" in sections:
         console.print(f"training throughput on {device or 'cpu'} ...")
         result["device"] = bench_device(device or "cpu", quick=quick)

@@ -6,8 +6,9 @@ makes consecutive blocks overlap. The split is by document when there are enough
 by position (the tail of the token stream), so validation text never appears in training."""
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,28 +40,73 @@ class Framing:
 
 
 CHUNK_CHARS = 100_000  # longer texts are tokenized in pieces: memory stays bounded whatever the file
-BATCH_CHARS = 1_000_000  # characters per tokenizer call: its per-token bookkeeping is ~100 bytes
+BATCH_CHARS = 1_000_000  # characters per tokenizer call (at least): its per-token bookkeeping is ~100 bytes
 PROGRESS_CHARS = 20_000_000  # a progress bar for corpora this large
 IDS = np.int32  # 4 bytes a token, not a Python int's 36; Arrow stores input_ids as int32 either way
 
 
+def tokenizer_threads() -> int:
+    """Threads a fast (Rust) tokenizer encodes a batch with: RAYON_NUM_THREADS, else the CPUs this process
+    may use; 1 when TOKENIZERS_PARALLELISM turns parallelism off."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in {"0", "false", "off", "no"}:
+        return 1
+    for var in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _pieces(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
-    """Cut a long text just before whitespace, so every piece starts the way the next word would have:
-    byte-level BPE and WordPiece give the same tokens as for the whole text."""
+    """Cut a long text just before a run of whitespace, so every piece starts the way the next word would
+    have: byte-level BPE (GPT-2's pre-tokenizer) and WordPiece give the same tokens as for the whole text.
+    Never inside a run: "a   b" is "a", "  ", " b" whole, but "a  " + " b" would give "a", "  " in the
+    first piece. A stretch of size/2 characters without such a place (no whitespace, or all of it) is cut
+    where it must be: the tokens near that cut can differ from the whole text's."""
     start = 0
     while start < len(text):
         end = start + size
         if end < len(text):
-            cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
-            end = cut if cut > start else end
+            low = start + size // 2
+            cut = max(text.rfind(" ", low, end), text.rfind("\n", low, end))
+            if cut > low and text[cut - 1].isspace():  # inside a run: back to its start
+                cut = low + len(text[low:cut].rstrip())
+            if cut > start and cut >= low and not text[cut - 1].isspace():
+                end = cut
         yield text[start:end]
         start = end
 
 
-def tokenize(tokenizer, texts: list[str], batch_size: int = 64) -> list[np.ndarray]:
-    """Token ids of each text, as an int32 array. Long texts are tokenized in pieces of at most
-    CHUNK_CHARS, in batches of at most `batch_size` pieces and BATCH_CHARS characters (the fast
-    tokenizer parallelises inside a batch); a progress bar for large corpora."""
+def _ids_only_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+    """A function from a batch of texts to their token ids, exactly as
+    `tokenizer(batch, add_special_tokens=False)["input_ids"]`. For a fast tokenizer it calls the Rust
+    tokenizer's `encode_batch_fast` directly: no character offsets, no Python dicts, about twice as fast
+    per core, and the batch is spread over the tokenizer's threads (the GIL is released meanwhile)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or not hasattr(backend, "encode_batch_fast"):  # a slow (Python) tokenizer, old tokenizers
+        return lambda batch: tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    # What the transformers call does before encoding: no truncation or padding (a tokenizer.json may
+    # carry both, e.g. MiniLM's 128), and special-token text split or not as the tokenizer says.
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    split_special = bool(getattr(tokenizer, "split_special_tokens", False))
+    if getattr(backend, "encode_special_tokens", split_special) != split_special:
+        backend.encode_special_tokens = split_special
+    return lambda batch: [encoding.ids for encoding in backend.encode_batch_fast(batch, add_special_tokens=False)]
+
+
+def tokenize(tokenizer, texts: list[str], batch_size: int = 1024) -> list[np.ndarray]:
+    """Token ids of each text, as an int32 array: the same ids as `tokenizer(text, add_special_tokens=False)`.
+    Long texts are tokenized in pieces of at most CHUNK_CHARS, in batches of at most `batch_size` pieces
+    and about BATCH_CHARS characters, or two pieces per tokenizer thread when that is more (the fast
+    tokenizer encodes a batch's texts in parallel); memory stays bounded by the batch. A progress bar for
+    large corpora."""
+    encode = _ids_only_encoder(tokenizer)
+    batch_chars = max(BATCH_CHARS, 2 * tokenizer_threads() * CHUNK_CHARS)
     parts: list[list[np.ndarray]] = [[] for _ in texts]
     total = sum(map(len, texts))
     batch: list[str] = []
@@ -69,8 +115,7 @@ def tokenize(tokenizer, texts: list[str], batch_size: int = 64) -> list[np.ndarr
               leave=False) as bar:
 
         def flush() -> None:
-            encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-            for i, piece_ids in zip(owners, encoded):
+            for i, piece_ids in zip(owners, encode(batch)):
                 parts[i].append(np.array(piece_ids, dtype=IDS))
             bar.update(sum(map(len, batch)))
             batch.clear()
@@ -78,11 +123,11 @@ def tokenize(tokenizer, texts: list[str], batch_size: int = 64) -> list[np.ndarr
 
         chars = 0
         for i, text in enumerate(texts):
-            for piece in _pieces(text):
+            for piece in _pieces(text, CHUNK_CHARS):  # read now: tests shrink it
                 batch.append(piece)
                 owners.append(i)
                 chars += len(piece)
-                if len(batch) >= batch_size or chars >= BATCH_CHARS:
+                if len(batch) >= batch_size or chars >= batch_chars:
                     flush()
                     chars = 0
         if batch:
