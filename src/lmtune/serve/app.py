@@ -5,11 +5,12 @@ the server's caps, a function from `infer/` run on a worker thread, a JSON body 
 Generation requests for a causal LM are batched continuously (infer/batching.py): up to `batch_size`
 sequences share each decode step, a newcomer joins at the next step, the rest wait first come first
 served. Fill-mask and classify requests are micro-batched: those that arrive while their model is busy
-are answered together by its next call (`MicroBatcher`). Models that cannot be batched run one request at
-a time, in a first-come-first-served line, off the event loop. No request holds a model after its client is gone: a
-waiting request leaves the line when its client disconnects, and a running one (streamed or not) stops
-generating within a token. A server shutdown cancels requests the same way. Every error is a JSON body (4xx for anything the client sent),
-and a stream that fails sends an SSE error event and then `[DONE]`."""
+are answered together by its next call (`MicroBatcher`). Models that cannot be batched run one request
+at a time, in a first-come-first-served line, off the event loop. No request holds a model after its
+client is gone: a waiting request leaves the line when its client disconnects, and a running one
+(streamed or not) stops generating within a token. A server shutdown cancels requests the same way.
+Every error is a JSON body (4xx for anything the client sent), and a stream that fails sends an SSE
+error event and then `[DONE]`."""
 import asyncio
 import contextlib
 import itertools
@@ -37,8 +38,8 @@ from lmtune.infer import LoadedModel, load
 from lmtune.infer.batching import Batcher, Job
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import check_masks, fill_mask
-from lmtune.infer.generate import (GREEDY_BELOW, GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences, Stream, Temperature,
-                                   TopP, describe, generate, room_for_prompt)
+from lmtune.infer.generate import (GREEDY_BELOW, GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences,
+                                   Stream, Temperature, TopP, describe, generate, room_for_prompt)
 from lmtune.serve.ui import build_ui
 
 
@@ -586,10 +587,14 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
         one = settings.model_copy(update={"num_return_sequences": 1})
         sampled = settings.temperature >= GREEDY_BELOW and settings.top_k != 1
         loop = asyncio.get_running_loop()
-        jobs = [[model.batcher.submit(prompt, one, None if one.seed is None else one.seed + i, loop=loop)
-                 for i in range(n if sampled else 1)] for prompt in prompts]  # greedy: n copies of one
-        flat = [job for group in jobs for job in group]
+        jobs: list[list[Job]] = []
+        flat: list[Job] = []
+        texts = None
         try:
+            for prompt in prompts:  # a prompt that cannot fit raises here: the finally cancels those before it
+                jobs.append([model.batcher.submit(prompt, one, None if one.seed is None else one.seed + i, loop=loop)
+                             for i in range(n if sampled else 1)])  # greedy: n copies of one
+                flat += jobs[-1]
             texts = asyncio.gather(*(_text_of(job) for job in flat))
             while not (await asyncio.wait({texts}, timeout=0.05))[0]:
                 if await request.is_disconnected():
@@ -598,7 +603,8 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
         finally:
             for job in flat:
                 job.cancel()
-            texts.cancel()
+            if texts is not None:
+                texts.cancel()
         return [group * (1 if sampled else n) for group in jobs]
 
     # ---- routes ------------------------------------------------------------------------------------
