@@ -36,7 +36,7 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
 
 from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel
-from lmtune.infer.generate import GREEDY_BELOW, MAX_SEED, GenerationSettings, encode_prompt
+from lmtune.infer.generate import MAX_SEED, GenerationSettings, encode_prompt
 
 log = logging.getLogger("lmtune")
 _END = object()
@@ -63,7 +63,7 @@ class Job:
 
     @property
     def sampled(self) -> bool:
-        return self.settings.temperature >= GREEDY_BELOW and self.settings.top_k != 1
+        return self.settings.sampled
 
     def cancel(self) -> None:
         self.cancelled.set()

@@ -76,8 +76,13 @@ class GenerationSettings(SamplingSettings):
         except ValidationError as err:
             raise LmtuneError("; ".join(describe(e) for e in err.errors())) from None
 
+    @property
+    def sampled(self) -> bool:
+        """Whether tokens are sampled (else greedy: every sequence is the same one)."""
+        return self.temperature >= GREEDY_BELOW and self.top_k != 1
+
     def generate_kwargs(self, tokenizer) -> dict:
-        sample = self.temperature >= GREEDY_BELOW and self.top_k != 1
+        sample = self.sampled
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
                   "repetition_penalty": self.repetition_penalty, "num_return_sequences": self.num_return_sequences,
                   "pad_token_id": tokenizer.pad_token_id,
@@ -150,8 +155,7 @@ def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings
     loaded = as_loaded(model, "generate")
     settings = _settings(settings, overrides)
     if _llama_cpp(loaded):  # one sequence at a time; greedy ones are all the same
-        sampled = settings.temperature >= GREEDY_BELOW and settings.top_k != 1
-        n = settings.num_return_sequences
+        sampled, n = settings.sampled, settings.num_return_sequences
         texts = ["".join(_llama_cpp_pieces(loaded, prompt, settings, None if settings.seed is None else settings.seed + i,
                                            stop)) for i in range(n if sampled else 1)]
         return texts if sampled else texts * n

@@ -28,6 +28,16 @@ def available() -> bool:
     return True
 
 
+def _trained_context(path: Path) -> int:
+    """The context length the GGUF file declares (read from its header, memory-mapped: no weights)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    arch = bytes(fields["general.architecture"].parts[-1]).decode()
+    field = fields.get(f"{arch}.context_length")
+    return int(field.parts[-1][0]) if field is not None else N_CTX
+
+
 class LlamaCppModel:
     """A llama.cpp model behind the few attributes lmtune's inference reads (`config`, `generate_pieces`).
     One generation at a time: llama.cpp's context holds one sequence's cache."""
@@ -41,11 +51,8 @@ class LlamaCppModel:
         from llama_cpp import Llama
 
         self.path = path
-        self.llm = Llama(model_path=str(path), n_ctx=0, n_threads=threads or os.cpu_count(), verbose=False)
-        trained = self.llm.n_ctx_train() if hasattr(self.llm, "n_ctx_train") else N_CTX
-        if self.llm.n_ctx() > N_CTX:  # n_ctx=0 took the model's full context: allocate less
-            self.llm = Llama(model_path=str(path), n_ctx=min(trained, N_CTX), n_threads=threads or os.cpu_count(),
-                             verbose=False)
+        self.llm = Llama(model_path=str(path), n_ctx=min(_trained_context(path), N_CTX), n_threads=threads or os.cpu_count(),
+                         verbose=False)
         self.config = SimpleNamespace(n_ctx=self.llm.n_ctx(), model_type="gguf", name_or_path=str(path))
         self.lock = threading.Lock()
 
@@ -55,7 +62,7 @@ class LlamaCppModel:
     def generate_pieces(self, prompt_ids: list[int], settings, eos_token_id: int | None, seed: int | None,
                         stop: threading.Event | None = None) -> Iterator[str]:
         """Text pieces of one continuation, as llama.cpp samples it with `settings`."""
-        sample = settings.temperature >= 1e-3 and settings.top_k != 1
+        sample = settings.sampled
         kwargs = dict(max_tokens=settings.max_new_tokens, temperature=settings.temperature if sample else 0.0,
                       top_k=(settings.top_k or 0) if sample else 1, top_p=(settings.top_p or 1.0) if sample else 1.0,
                       min_p=0.0, repeat_penalty=settings.repetition_penalty, seed=seed if seed is not None else -1,

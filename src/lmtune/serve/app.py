@@ -38,7 +38,7 @@ from lmtune.infer import LoadedModel, load
 from lmtune.infer.batching import Batcher, Job
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import check_masks, fill_mask
-from lmtune.infer.generate import (GREEDY_BELOW, GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences,
+from lmtune.infer.generate import (GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences,
                                    Stream, Temperature, TopP, describe, generate, room_for_prompt)
 from lmtune.serve.ui import build_ui
 
@@ -585,7 +585,7 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
                 done.append([_Finished(model.loaded, prompt, text, settings.max_new_tokens) for text in texts])
             return done
         one = settings.model_copy(update={"num_return_sequences": 1})
-        sampled = settings.temperature >= GREEDY_BELOW and settings.top_k != 1
+        sampled = settings.sampled
         loop = asyncio.get_running_loop()
         jobs: list[list[Job]] = []
         flat: list[Job] = []
