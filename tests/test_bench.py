@@ -73,3 +73,16 @@ def test_serving_section_drives_a_real_server(tiny_clm_run):
         assert 0 < result[side]["first_token_p50_s"] <= result[side]["p50_s"]
     table = to_markdown({"mode": "quick", "cpu": "x", "threads": 2, "torch": torch.__version__, "serve": result})
     assert "continuous batching" in table and f"{result['ratio']:.2f}" in table
+
+
+def test_generation_section_measures_each_weight_format_with_its_quality_gate(tiny_clm_run):
+    from lmtune.bench.inference import bench_generation
+
+    result = bench_generation(tiny_clm_run, new_tokens=4, prompts=2)
+    assert set(result["formats"]) == {"bf16", "int8"}
+    for row in result["formats"].values():
+        assert row["batch 1"]["lmtune_tokens_per_s"] > 0 and row["batch 8"]["hf_generate_tokens_per_s"] > 0
+        assert 0 <= row["quality"]["greedy_agreement"] <= 1 and row["quality"]["prompts"] == 2
+    table = to_markdown({"mode": "quick", "cpu": "x", "threads": 2, "torch": torch.__version__, "generate": result})
+    assert "| int8 | batch 1 |" in table and "| bf16 | batch 8 |" in table and "| int8 | batch 1, streamed |" in table
+    assert table.count("| met |") + table.count("| NOT met |") == 2

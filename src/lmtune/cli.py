@@ -21,8 +21,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt a language model to your own text: prepare data, train, evaluate, generate, serve.")
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-Dtype = Annotated[str, typer.Option(help="inference weights: auto (bf16 on GPUs, and on CPUs measured to compute it "
-                                    "fast; else fp32), fp32, bf16 or fp16")]
+Dtype = Annotated[str, typer.Option(help="inference weights: auto (bf16 on GPUs; on CPUs measured to compute bf16 "
+                                    "fast, int8 weights for causal LMs and bf16 for encoders; else fp32), fp32, "
+                                    "bf16, fp16 or int8 (CPU)")]
 Engine = Annotated[str, typer.Option(help="torch, or llama.cpp for .gguf files (needs llama-cpp-python); auto: "
                                       "llama.cpp for a .gguf path when it is installed")]
 log = logging.getLogger("lmtune")
@@ -508,8 +509,8 @@ def _check_port_free(host: str, port: int) -> None:
 def bench(
     quick: Annotated[bool, typer.Option("--quick/--full", help="small configs (~3 min) or the full comparison")] = True,
     out: Annotated[Optional[Path], typer.Option(help="folder for bench.json and bench.md")] = None,
-    only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask data "
-                                                       "device")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask serve "
+                                                       "data device")] = None,
     device: Annotated[Optional[str], typer.Option(help="also measure training tokens/s and MFU on this device "
                                                   "(cuda: the demo recipe and GPT-2 124M at seq 1024)")] = None,
 ):

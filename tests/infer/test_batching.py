@@ -5,9 +5,10 @@ import dataclasses
 import threading
 
 import pytest
+import torch
 
 from lmtune.infer import load
-from lmtune.infer.batching import Batcher, generate_many
+from lmtune.infer.batching import Batcher, Job, generate_many
 from lmtune.infer.generate import GenerationSettings, generate
 
 PROMPTS = ["The king", "A ghost walks", "", "The queen said to the prince that", "Night", "Long live"]
@@ -32,6 +33,27 @@ def test_greedy_batched_equals_one_at_a_time(model, batcher):
     assert [job.text() for job in jobs] == alone
     assert batcher.widest == 4 and all(job.finish_reason == "length" for job in jobs)
     assert all(len(job.ids) == 24 for job in jobs)
+
+
+def test_a_burst_of_newcomers_shares_one_prefill(model):
+    settings = GenerationSettings(max_new_tokens=12, temperature=0, ignore_eos=True)
+    alone = [generate(model, p, settings)[0] for p in PROMPTS]
+    batcher = Batcher(model, max_batch=8)
+    try:
+        with batcher.model_lock:  # the engine cannot start a pass until all six have arrived (bar the first)
+            jobs = [batcher.submit(p, settings) for p in PROMPTS]
+        assert [job.text() for job in jobs] == alone  # prompts of 1 to 8 tokens, left-padded together
+        assert batcher.prefills <= 2
+    finally:
+        batcher.close()
+
+
+def test_prompts_of_very_different_lengths_prefill_apart():
+    from lmtune.infer.batching import _prefill_groups
+
+    jobs = [Job(torch.zeros(1, n, dtype=torch.long), GenerationSettings(), 0, None) for n in (300, 1, 40, 10, 100)]
+    groups = _prefill_groups(jobs, slack=32)
+    assert [[j.prompt_ids.shape[1] for j in g] for g in groups] == [[1, 10], [40, 100], [300]]
 
 
 def test_a_newcomer_joins_a_running_batch(model, batcher):

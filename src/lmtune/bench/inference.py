@@ -13,41 +13,63 @@ from lmtune.bench.contenders import HAMLET, held_out_metrics
 from lmtune.data.ingest import read_documents
 from lmtune.infer import llama_cpp, load
 from lmtune.infer.fill_mask import fill_mask
-from lmtune.infer.generate import GenerationSettings, generate
+from lmtune.infer.generate import GenerationSettings, generate, stream
 from lmtune.models.load import gguf_file
 
 
 def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str, Any]:
-    """lmtune's default generation (its `auto` weights) against `model.generate` on the fp32 model, as
-    transformers loads it; and the quality gate of the weights' precision: greedy agreement with fp32 on
-    `prompts` Hamlet lines x `new_tokens`, and held-out perplexity of both."""
-    loaded, reference = load(model), load(model, dtype="fp32")
-    out: dict[str, Any] = {"weights": str(next(loaded.model.parameters()).dtype).removeprefix("torch.")}
+    """lmtune's generation with each reduced weight format the device runs (bf16, and int8 on CPUs)
+    against `model.generate` on the fp32 model, as transformers loads it; and each format's quality gate:
+    greedy agreement with fp32 on `prompts` Hamlet lines x `new_tokens`, and held-out perplexity.
+    `weights` names the format lmtune picks by default here (`auto`)."""
+    reference = load(model, dtype="fp32")
+    device = next(reference.model.parameters()).device
+    out: dict[str, Any] = {"weights": load(model).weights, "formats": {}}
+    prompt = "HAMLET. To be, or not to be"
+    enc = reference.tokenizer(prompt, return_tensors="pt").to(device)
+    theirs = {}
     for batch in (1, 8):  # sampling (top-k 50), so that 8 sequences from one prompt differ
-        settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
-                                      num_return_sequences=batch, ignore_eos=True, seed=0)
-        enc = reference.tokenizer("HAMLET. To be, or not to be", return_tensors="pt")
-        generate(loaded, "warm up", max_new_tokens=4, temperature=0)
-        start = time.perf_counter()
-        generate(loaded, "HAMLET. To be, or not to be", settings)
-        ours = batch * new_tokens / (time.perf_counter() - start)
         with torch.inference_mode():
             start = time.perf_counter()
             reference.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
                                      top_k=50, top_p=1.0, temperature=1.0, num_return_sequences=batch,
                                      pad_token_id=reference.tokenizer.pad_token_id)
-            theirs = batch * new_tokens / (time.perf_counter() - start)
-        out[f"batch {batch}"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs, "ratio": ours / theirs}
-    out["quality"] = weights_quality(loaded, reference, new_tokens, prompts)
+            theirs[batch] = batch * new_tokens / (time.perf_counter() - start)
+    reference_texts = _greedy_texts(reference, new_tokens, prompts)
+    for weights in ("bf16", "int8") if device.type == "cpu" else (out["weights"],):
+        loaded = load(model, dtype=weights)
+        row: dict[str, Any] = {}
+        generate(loaded, "warm up", max_new_tokens=4, temperature=0)
+        for batch in (1, 8):
+            settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
+                                          num_return_sequences=batch, ignore_eos=True, seed=0)
+            start = time.perf_counter()
+            generate(loaded, prompt, settings)
+            ours = batch * new_tokens / (time.perf_counter() - start)
+            row[f"batch {batch}"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs[batch],
+                                     "ratio": ours / theirs[batch]}
+        # `lmtune generate` streams: the model runs on a generation thread while this one prints
+        settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
+                                      ignore_eos=True, seed=0)
+        start = time.perf_counter()
+        for _ in stream(loaded, prompt, settings):
+            pass
+        ours = new_tokens / (time.perf_counter() - start)  # ignore_eos: exactly new_tokens
+        row["batch 1, streamed"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs[1],
+                                    "ratio": ours / theirs[1]}
+        row["quality"] = weights_quality(loaded, reference, new_tokens, prompts, reference_texts)
+        out["formats"][weights] = row
+    out.update(out["formats"].get(out["weights"], {}))  # the default's rows at the top, as before
     if llama_cpp.available() and gguf_file(model) is not None:  # the same GGUF file through llama.cpp
         engine = load(model, engine="llama.cpp")
         settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
         generate(engine, "warm up", max_new_tokens=4, temperature=0)
         start = time.perf_counter()
-        generate(engine, "HAMLET. To be, or not to be", settings)
+        generate(engine, prompt, settings)
         speed = new_tokens / (time.perf_counter() - start)
-        out["llama.cpp"] = {"tokens_per_s": speed, "ratio": speed / out["batch 1"]["hf_generate_tokens_per_s"],
-                            "greedy_agreement": greedy_agreement(engine, reference, new_tokens, prompts)[0]}
+        out["llama.cpp"] = {"tokens_per_s": speed, "ratio": speed / theirs[1],
+                            "greedy_agreement": greedy_agreement(engine, reference, new_tokens, prompts,
+                                                                 reference_texts)[0]}
     return out
 
 
@@ -57,25 +79,32 @@ def _hamlet_prompts(prompts: int) -> list[str]:
     return lines[100 : 100 * (prompts + 1) : 100]
 
 
-def greedy_agreement(loaded, reference, new_tokens: int, prompts: int) -> tuple[float, int]:
+def _greedy_texts(loaded, new_tokens: int, prompts: int) -> list[str]:
+    return [generate(loaded, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
+            for prompt in _hamlet_prompts(prompts)]
+
+
+def greedy_agreement(loaded, reference, new_tokens: int, prompts: int,
+                     reference_texts: list[str] | None = None) -> tuple[float, int]:
     """The share of greedy tokens generated before the first difference from `reference`, over `prompts`
-    Hamlet lines; and how many prompts that was."""
-    chosen = _hamlet_prompts(prompts)
+    Hamlet lines; and how many prompts that was. `reference_texts`: the reference's greedy continuations,
+    if already generated."""
+    ours = _greedy_texts(loaded, new_tokens, prompts)
+    theirs = reference_texts or _greedy_texts(reference, new_tokens, prompts)
     agreed = total = 0
-    for prompt in chosen:
-        ours = generate(loaded, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
-        theirs = generate(reference, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
-        a, b = loaded.tokenizer(ours).input_ids, reference.tokenizer(theirs).input_ids
+    for mine, other in zip(ours, theirs):
+        a, b = loaded.tokenizer(mine).input_ids, reference.tokenizer(other).input_ids
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         agreed, total = agreed + same, total + max(len(a), len(b), 1)
-    return agreed / total, len(chosen)
+    return agreed / total, len(ours)
 
 
-def weights_quality(loaded, reference, new_tokens: int, prompts: int) -> dict[str, float]:
+def weights_quality(loaded, reference, new_tokens: int, prompts: int,
+                    reference_texts: list[str] | None = None) -> dict[str, float]:
     """Greedy agreement (the share of generated tokens before the first difference, over all prompts) and
     held-out perplexity (each model in its own weights' format, no autocast), of `loaded` against the fp32
     `reference`."""
-    agreement, count = greedy_agreement(loaded, reference, new_tokens, prompts)
+    agreement, count = greedy_agreement(loaded, reference, new_tokens, prompts, reference_texts)
     ppl, ppl_fp32 = (held_out_metrics(m.model, m.tokenizer, m.objective, 512, precision="fp32")["val_perplexity"]
                      for m in (loaded, reference))
     return {"prompts": count, "new_tokens": new_tokens, "greedy_agreement": agreement,

@@ -57,25 +57,33 @@ def to_markdown(r: dict) -> str:
         lines.append("")
     if "generate" in r:
         g = r["generate"]
-        lines += [f"## Generation (SmolLM2-135M, sampling top-k 50; lmtune's weights: {g.get('weights', '?')}, "
-                  "model.generate on fp32)", "", "| batch | lmtune tok/s | model.generate tok/s | ratio |", "|---|---|---|---|"]
-        for batch in ("batch 1", "batch 8"):
-            if batch in g:
-                row = g[batch]
-                lines.append(f"| {batch} | {_f(row['lmtune_tokens_per_s'])} | {_f(row['hf_generate_tokens_per_s'])} | "
-                             f"{_f(row['ratio'], 2)} |")
+        formats = g.get("formats") or {g.get("weights", "?"): g}
+        lines += [f"## Generation (SmolLM2-135M, sampling top-k 50; model.generate on fp32; lmtune's default "
+                  f"weights here: {g.get('weights', '?')})", "",
+                  "| lmtune's weights | batch | lmtune tok/s | model.generate tok/s | ratio |", "|---|---|---|---|---|"]
+        for weights, row in formats.items():
+            for batch in ("batch 1", "batch 1, streamed", "batch 8"):
+                if batch in row:
+                    b = row[batch]
+                    lines.append(f"| {weights} | {batch} | {_f(b['lmtune_tokens_per_s'])} | "
+                                 f"{_f(b['hf_generate_tokens_per_s'])} | {_f(b['ratio'], 2)} |")
         if "llama.cpp" in g:
             c = g["llama.cpp"]
-            lines.append(f"| batch 1, llama.cpp (same GGUF, greedy) | {_f(c['tokens_per_s'])} | "
+            lines.append(f"| llama.cpp (same GGUF, greedy) | batch 1 | {_f(c['tokens_per_s'])} | "
                          f"{_f(g['batch 1']['hf_generate_tokens_per_s'])} | {_f(c['ratio'], 2)} |")
-        q = g.get("quality")
-        if q:
-            lines += ["", f"Quality gate of lmtune's weights against fp32 ({q['prompts']} prompts x {q['new_tokens']} "
-                      f"greedy tokens): agreement {q['greedy_agreement']:.1%}; held-out perplexity {q['perplexity']:.3f} "
-                      f"vs {q['perplexity_fp32']:.3f} ({q['perplexity_change']:+.2%}; the gate is 1%)"]
+        gates = [(w, row["quality"]) for w, row in formats.items() if row.get("quality")]
+        if gates:
+            q0 = gates[0][1]
+            lines += ["", f"Quality gate against fp32 ({q0['prompts']} prompts x {q0['new_tokens']} greedy tokens; "
+                      f"perplexity must stay within 1%):", "",
+                      "| weights | greedy agreement | held-out perplexity | fp32 | change | gate |", "|---|---|---|---|---|---|"]
+            for weights, q in gates:
+                lines.append(f"| {weights} | {q['greedy_agreement']:.1%} | {q['perplexity']:.3f} | "
+                             f"{q['perplexity_fp32']:.3f} | {q['perplexity_change']:+.2%} | "
+                             f"{'met' if abs(q['perplexity_change']) <= 0.01 else 'NOT met'} |")
         if "llama.cpp" in g:
-            lines.append(f"llama.cpp's greedy agreement with the fp32 PyTorch model on the same weights: "
-                         f"{g['llama.cpp']['greedy_agreement']:.1%} (its kernels round activations to 8 bits)")
+            lines += ["", f"llama.cpp's greedy agreement with the fp32 PyTorch model on the same weights: "
+                      f"{g['llama.cpp']['greedy_agreement']:.1%} (its kernels round activations to 8 bits)"]
         lines.append("")
     if "fill_mask" in r:
         f = r["fill_mask"]

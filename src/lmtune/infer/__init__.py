@@ -13,6 +13,7 @@ import transformers
 from lmtune.errors import LmtuneError
 from lmtune.hardware import cpu_has_bf16
 from lmtune.infer import llama_cpp
+from lmtune.models.int8 import quantize_int8
 from lmtune.models.load import gguf_file, load_pretrained, load_tokenizer, resolve, unknown_model_error
 from lmtune.tasks import Objective, get_objective, objective_of
 from lmtune.tasks.clm import OBJECTIVE as CAUSAL
@@ -28,6 +29,7 @@ class LoadedModel:
     tokenizer: Any
     objective: Objective  # what the model does at inference (a tuned SFT model is a causal LM)
     path: str | None = None  # the folder it was loaded from
+    weights: str = "fp32"  # the weights' number format (`weights_format`)
 
     @property
     def capabilities(self) -> tuple[str, ...]:
@@ -40,20 +42,27 @@ class LoadedModel:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHTS = (*DTYPES, "int8")
 
 
-def weights_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The weights' number format for inference. auto: bf16 on GPUs that have it (else fp16), and on CPUs
-    where bf16 matmuls measure clearly faster than fp32 (`cpu_has_bf16`); fp32 elsewhere. Measured on
-    SmolLM2-135M (2 vCPUs, AMD EPYC with avx512_bf16): bf16 weights decode 1.40x faster at batch 1 with
-    held-out perplexity within 0.1% of fp32 (docs/performance.md; `lmtune bench` re-measures both)."""
+def weights_format(dtype: str, device: torch.device, objective: Objective = CAUSAL) -> str:
+    """The weights' number format for inference (fp32, bf16, fp16 or int8). auto: on GPUs bf16 where they
+    have it, else fp16; on CPUs where bf16 matmuls measure clearly faster than fp32 (`cpu_has_bf16`), int8
+    weights with bf16 activations for causal LMs (decoding is memory-bound) and bf16 for encoders; fp32 on
+    other CPUs (int8's kernel is slow with fp32 activations). Measured on SmolLM2-135M (2 vCPUs, AMD EPYC
+    with avx512_bf16), batch-1 decoding against fp32: bf16 1.4x, int8 3x; held-out perplexity +0.004% and
+    +0.4% (docs/performance.md; `lmtune bench` re-measures both and their greedy agreement)."""
     if dtype != "auto":
-        if dtype not in DTYPES:
-            raise LmtuneError(f"unknown dtype '{dtype}' (choose from auto, {', '.join(DTYPES)})")
-        return DTYPES[dtype]
+        if dtype not in WEIGHTS:
+            raise LmtuneError(f"unknown dtype '{dtype}' (choose from auto, {', '.join(WEIGHTS)})")
+        if dtype == "int8" and device.type != "cpu":
+            raise LmtuneError(f"int8 weights run on CPUs only; use bf16 or fp16 on {device.type}")
+        return dtype
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "int8" if objective is CAUSAL else "bf16"
+    return "fp32"
 
 
 ENGINES = ("auto", "torch", "llama.cpp")
@@ -64,7 +73,7 @@ def load(name: str, objective: str | None = None, device: str | None = None, dty
          engine: str = "auto") -> LoadedModel:
     """Load a model for inference from a run folder, model folder, alias or .gguf; cached per process.
     `objective`: load it as that (e.g. "mlm" for an encoder); default: what its config.json says.
-    `dtype`: auto, fp32, bf16 or fp16 (see `weights_dtype`); measurements (`lmtune eval`) use fp32.
+    `dtype`: auto, fp32, bf16, fp16 or int8 (see `weights_format`); measurements (`lmtune eval`) use fp32.
     `engine`: torch, or llama.cpp for GGUF files (infer/llama_cpp.py); auto: llama.cpp for a .gguf path
     when llama-cpp-python is installed, else torch."""
     if engine not in ENGINES:
@@ -85,9 +94,13 @@ def load(name: str, objective: str | None = None, device: str | None = None, dty
     model = load_pretrained(source, chosen, name)
     tokenizer = load_tokenizer(None, source.path)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(weights_dtype(dtype, target))  # 16 bits: half the memory traffic, where the hardware computes it fast
+    weights = weights_format(dtype, target, chosen)
+    if weights == "int8":  # fewer bytes per token: decoding reads every weight once
+        quantize_int8(model)
+    else:
+        model.to(DTYPES[weights])
     model.to(target).eval()
-    return LoadedModel(name, model, tokenizer, chosen, source.path)
+    return LoadedModel(name, model, tokenizer, chosen, source.path, weights)
 
 
 def _load_llama_cpp(name: str, gguf: Path | None, objective: str | None) -> LoadedModel:
@@ -97,7 +110,7 @@ def _load_llama_cpp(name: str, gguf: Path | None, objective: str | None) -> Load
     if objective is not None and get_objective(objective) is not CAUSAL:
         raise LmtuneError("the llama.cpp engine generates text only")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return LoadedModel(name, llama_cpp.LlamaCppModel(gguf), tokenizer, CAUSAL, str(gguf))
+    return LoadedModel(name, llama_cpp.LlamaCppModel(gguf), tokenizer, CAUSAL, str(gguf), "gguf")
 
 
 def task_prompt(model: str | LoadedModel, task: str, prompt: str) -> str:

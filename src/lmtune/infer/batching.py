@@ -4,14 +4,16 @@ A decode step costs nearly the same for 1 sequence as for 8 (on 2 CPU cores, Smo
 at once give 6.8x the tokens/s of one), so a server that runs requests one at a time leaves most of the
 machine idle. `Batcher` keeps one batch of running sequences for a model and, on a background thread:
 
-    admit waiting jobs (up to `max_batch`): prefill each prompt alone, sample its first token at once,
-    and join its KV cache to the batch's (left-padded, so all rows end at the same column);
+    admit waiting jobs (up to `max_batch`): prefill their prompts together (left-padded; prompts of very
+    different lengths in separate passes), sample each first token at once, and join their KV cache to
+    the batch's (left-padded, so all rows end at the same column);
     one decode step for every running row: a [rows, 1] forward with per-row positions and mask;
     sample each row with its own settings (greedy rows in one argmax, sampled rows each with its own
     seeded generator, so a seeded request gives the same text whoever it shares the batch with);
     send each row its new text; drop rows that are done (end of text, length, or cancelled).
 
-A newcomer waits at most one step for its turn to prefill. The KV cache is transformers' own
+A newcomer waits at most one step for its turn to prefill, and a burst of newcomers shares one prefill
+(one by one, the eighth of 8 clients arriving together waited 7 prefills for its first token). The KV cache is transformers' own
 `DynamicCache`, used as `model.generate` uses it with left padding (attention mask + position ids), so
 greedy output equals `generate`'s. Models whose cache is not a plain growing one (sliding windows,
 state-space layers) are not batched: `Batcher.supports` says so and the server runs them one at a time.
@@ -35,6 +37,7 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
 from lmtune.errors import LmtuneError
+from lmtune.hardware import release_cpu_workers
 from lmtune.infer import LoadedModel
 from lmtune.infer.generate import MAX_SEED, GenerationSettings, encode_prompt
 
@@ -143,6 +146,7 @@ class Batcher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self.prefills = 0  # prefill passes (several newcomers can share one)
         self.widest = 0  # most rows one decode step has run (how much batching happened)
 
     @staticmethod
@@ -194,6 +198,8 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._wake:
+                if not self._closed and not self._waiting and not self._rows.jobs:
+                    release_cpu_workers()  # idle: other threads may compute meanwhile (see release_cpu_workers)
                 while not self._closed and not self._waiting and not self._rows.jobs:
                     self._wake.wait()
                 if self._closed:
@@ -207,10 +213,10 @@ class Batcher:
             try:
                 with self.model_lock, torch.inference_mode():
                     for job in admitted:
-                        if not job.cancelled.is_set():
-                            self._admit(job)
-                        else:
+                        if job.cancelled.is_set():
                             job._finish("cancelled")
+                    for group in _prefill_groups([job for job in admitted if job.finish_reason is None]):
+                        self._admit(group)
                     self._drop_finished()
                     if self._rows.jobs:
                         self._step()
@@ -228,13 +234,16 @@ class Batcher:
                                 use_cache=True, **{self._cache_kwarg: cache})
         return out.logits[:, -1, :]
 
-    def _admit(self, job: Job) -> None:
-        """Prefill the job's prompt alone, sample its first token, and join its cache to the batch's."""
-        ids = job.prompt_ids.to(self.device)
-        mask = torch.ones_like(ids)
-        positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
+    def _admit(self, jobs: list[Job]) -> None:
+        """Prefill the jobs' prompts in one pass (left-padded to the longest), sample each one's first
+        token, and join their cache to the batch's."""
+        width = max(job.prompt_ids.shape[1] for job in jobs)
+        ids = torch.cat([_pad_left(job.prompt_ids, width, 1) for job in jobs]).to(self.device)
+        mask = torch.cat([_pad_left(torch.ones_like(job.prompt_ids), width, 1) for job in jobs]).to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # each row counts from its first real token
         cache = DynamicCache(config=self.loaded.model.config)
-        token = self._sample([job], self._forward(ids, mask, positions, cache))
+        tokens = self._sample(jobs, self._forward(ids, mask, positions, cache))
+        self.prefills += 1
         rows = self._rows
         if rows.cache is None:
             rows.cache, rows.mask = cache, mask
@@ -244,9 +253,10 @@ class Batcher:
                 mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)])
                 mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)])
             rows.mask = torch.cat([_pad_left(rows.mask, width, 1), _pad_left(mask, width, 1)])
-        rows.jobs.append(job)
-        rows.last = token if rows.last is None else torch.cat([rows.last, token])
-        self._took(job, int(token[0, 0]))
+        rows.jobs.extend(jobs)
+        rows.last = tokens if rows.last is None else torch.cat([rows.last, tokens])
+        for job, token in zip(jobs, tokens[:, 0].tolist()):
+            self._took(job, token)
 
     def _step(self) -> None:
         rows = self._rows
@@ -316,6 +326,18 @@ class Batcher:
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         rows.last = rows.last.index_select(0, index)
         rows.jobs = [rows.jobs[i] for i in keep]
+
+
+def _prefill_groups(jobs: list[Job], slack: int = 32) -> list[list[Job]]:
+    """The jobs in groups that prefill together: prompts sorted by length, a group's longest at most twice
+    its shortest plus `slack` tokens, so that padding never costs more than the real tokens."""
+    groups: list[list[Job]] = []
+    for job in sorted(jobs, key=lambda j: j.prompt_ids.shape[1]):
+        if groups and job.prompt_ids.shape[1] <= 2 * groups[-1][0].prompt_ids.shape[1] + slack:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from lmtune.errors import LmtuneError
+from lmtune.hardware import release_cpu_workers
 from lmtune.infer import LoadedModel, as_loaded
 from lmtune.models.load import context_length_of
 
@@ -200,6 +201,7 @@ class Stream:
                 self.errors.append(err)
                 self.streamer.end()
 
+        release_cpu_workers()  # this thread hands the model to the generation thread (see release_cpu_workers)
         self.thread = threading.Thread(target=work, daemon=True)
         self.thread.start()
 

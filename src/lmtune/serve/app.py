@@ -34,6 +34,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from lmtune.errors import LmtuneError
+from lmtune.hardware import release_cpu_workers
 from lmtune.infer import LoadedModel, load
 from lmtune.infer.batching import Batcher, Job
 from lmtune.infer.classify import classify
@@ -157,7 +158,8 @@ class MicroBatcher:
                 for asked in group:
                     self.pending.remove(asked)
                 try:
-                    results = await anyio.to_thread.run_sync(self.run, [t for a in group for t in a.texts], group[0].options)
+                    results = await anyio.to_thread.run_sync(on_worker, self.run, [t for a in group for t in a.texts],
+                                                             group[0].options)
                 except Exception as err:
                     for asked in group:
                         if not asked.answer.done():
@@ -170,12 +172,21 @@ class MicroBatcher:
                     start += len(asked.texts)
 
 
+def on_worker(fn: Callable, *args) -> Any:
+    """`fn(*args)` on a pooled worker thread, which then lets its OpenMP workers go: threads of the pool
+    outlive the call, and idle OpenMP pools of several threads slow every PyTorch op (`release_cpu_workers`)."""
+    try:
+        return fn(*args)
+    finally:
+        release_cpu_workers()
+
+
 async def run_stoppable(work: Callable[[threading.Event], Any], request: Request) -> Any:
     """`work(stop)` on a worker thread. When the client disconnects or this task is cancelled (a shutdown),
     set `stop` (generation ends within a token) and still wait for the thread: whoever holds the model
     keeps it until its thread is done with it."""
     stop = threading.Event()
-    done = asyncio.get_running_loop().run_in_executor(None, work, stop)
+    done = asyncio.get_running_loop().run_in_executor(None, on_worker, work, stop)
     try:
         while not (await asyncio.wait({done}, timeout=0.05))[0]:
             if await request.is_disconnected():
@@ -449,6 +460,7 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
     if not isinstance(models, dict):
         models = {name: load(name, device=device, dtype=dtype, engine=engine) for name in models}
     served = {name: Served(name, loaded) for name, loaded in models.items()}
+    release_cpu_workers()  # the models were loaded here; from now on they compute on engine and worker threads
     if not served:
         raise LmtuneError("serve needs at least one model")
     for model in served.values():

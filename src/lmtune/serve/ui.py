@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmtune.errors import LmtuneError
+from lmtune.hardware import release_cpu_workers
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import GenerationSettings
@@ -20,8 +21,11 @@ def build_ui(served: dict):
     masked, causal, classifiers = _names(served, "fill-mask"), _names(served, "generate"), _names(served, "classify")
 
     def run_locked(name, fn, *args):
-        with served[name].lock:
-            return fn(served[name].loaded, *args)
+        try:
+            with served[name].lock:
+                return fn(served[name].loaded, *args)
+        finally:
+            release_cpu_workers()  # Gradio's worker threads stay: their OpenMP workers need not
 
     with gr.Blocks(title="lmtune") as ui:
         gr.Markdown("# lmtune\nTry the served models. The REST API is at `/v1/...` (schema: `/openapi.json`).")
