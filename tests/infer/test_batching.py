@@ -149,3 +149,13 @@ def test_generate_many(model):
 def test_only_plain_caches_are_batched(model, tiny_classifier):
     assert Batcher.supports(model)
     assert not Batcher.supports(load(tiny_classifier[0]))  # cannot generate at all
+
+
+def test_sampling_keeps_to_the_top_k_and_top_p(model, batcher):
+    """Sampled rows are warped together over their top-k candidates: a top-k of 1, or a tiny top-p, leaves
+    only the greedy token."""
+    want = generate(model, "The king", max_new_tokens=12, temperature=0, ignore_eos=True)[0]
+    for cut in ({"top_k": 1, "top_p": 1.0}, {"top_k": 0, "top_p": 1e-6}):
+        settings = GenerationSettings(max_new_tokens=12, temperature=1.5, ignore_eos=True, seed=3, **cut)
+        jobs = [batcher.submit("The king", settings, seed=i) for i in range(3)]
+        assert [job.text() for job in jobs] == [want] * 3

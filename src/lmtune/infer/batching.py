@@ -9,7 +9,8 @@ machine idle. `Batcher` keeps one batch of running sequences for a model and, on
     the batch's (left-padded, so all rows end at the same column);
     one decode step for every running row: a [rows, 1] forward with per-row positions and mask;
     sample each row with its own settings (greedy rows in one argmax, sampled rows each with its own
-    seeded generator, so a seeded request gives the same text whoever it shares the batch with);
+    seeded generator, so a seeded request gives the same text whoever it shares the batch with; rows with
+    the same settings warped together over their top-k candidates);
     send each row its new text; drop rows that are done (end of text, length, or cancelled).
 
 A newcomer waits at most one step for its turn to prefill, and a burst of newcomers shares one prefill
@@ -33,8 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                    TopKLogitsWarper, TopPLogitsWarper)
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
 
 from lmtune.errors import LmtuneError
 from lmtune.hardware import release_cpu_workers
@@ -270,27 +270,34 @@ class Batcher:
 
     def _sample(self, jobs: list[Job], logits: torch.Tensor) -> torch.Tensor:
         """The next token of each row ([rows, 1]), each with its job's settings, as `generate` samples:
-        repetition penalty, then temperature, top-k, top-p."""
+        repetition penalty, then temperature, top-k, top-p. Rows with the same settings are warped together,
+        and only over their top-k candidates (a full-vocabulary sort and draw per row took a third of a
+        batch-8 step with SmolLM2's 49k tokens); each row then draws with its own seeded generator."""
         scores = logits.float()
         tokens = scores.argmax(dim=-1)
+        groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
             s = job.settings
-            if not job.sampled and s.repetition_penalty == 1.0:
-                continue
-            row = scores[i:i + 1]
             if s.repetition_penalty != 1.0:  # over the prompt and what came so far, as `generate` does
                 history = torch.cat([job.prompt_ids[0], torch.tensor(job.ids, dtype=torch.long)])
-                row = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)(history.unsqueeze(0).to(row.device), row)
-            if not job.sampled:
-                tokens[i] = row.argmax(dim=-1)[0]
-                continue
-            row = TemperatureLogitsWarper(s.temperature)(None, row)
-            if s.top_k:
-                row = TopKLogitsWarper(s.top_k)(None, row)
-            if s.top_p is not None and s.top_p < 1.0:
-                row = TopPLogitsWarper(s.top_p)(None, row)
-            probs = torch.softmax(row, dim=-1).cpu()
-            tokens[i] = torch.multinomial(probs, 1, generator=job.generator)[0, 0]
+                scores[i:i + 1] = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)(
+                    history.unsqueeze(0).to(scores.device), scores[i:i + 1])
+                tokens[i] = scores[i].argmax()
+            if job.sampled:
+                top_p = s.top_p if s.top_p is not None else 1.0
+                groups.setdefault((s.temperature, s.top_k or 0, top_p), []).append(i)
+        for (temperature, top_k, top_p), rows in groups.items():
+            block = scores[rows] / temperature
+            if top_k:  # the k best, best first: the only tokens top-k leaves a chance
+                block, candidates = block.topk(min(top_k, block.shape[-1]), dim=-1)
+            else:
+                block, candidates = block.sort(dim=-1, descending=True)
+            if top_p < 1.0:
+                block = TopPLogitsWarper(top_p)(None, block)
+            probs = torch.softmax(block, dim=-1).cpu()
+            for row, i in enumerate(rows):
+                pick = torch.multinomial(probs[row], 1, generator=jobs[i].generator)
+                tokens[i] = candidates[row, pick.to(candidates.device)]
         return tokens.unsqueeze(1)
 
     def _took(self, job: Job, token: int) -> None:
