@@ -80,7 +80,7 @@ def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[s
     """The tutorial recipe: HF Trainer, each line of text one sample padded to max_length, fp32."""
 
 
-    tok = load_tokenizer("gpt2-bpe", model_name)
+    tok = load_tokenizer(None, model_name)  # GPT-2 BPE for the GPT presets, else the model's own
     train_text, _ = _held_out_text()
     lines = [line for line in train_text.splitlines() if line.strip()]
     enc = tok(lines, padding="max_length", truncation=True, max_length=seq)
@@ -103,7 +103,6 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
         corpus.write_text(train_text)
         config = build_config({
             "objective": CAUSAL.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": model_name},
-            "tokenizer": {"name": "gpt2-bpe"},
             "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
             "train": {"batch_size": batch, "lr": 3e-4, "weight_decay": 0.0, "schedule": "constant",
                       "max_steps": 10**6, "profile": True, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
@@ -219,7 +218,7 @@ def _group_texts(ids: list[list[int]], seq: int) -> list[list[int]]:
 
 def tuned_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
     """HF Trainer with packed blocks (group_texts, EOS between lines), bf16 where fast, fused AdamW."""
-    tok = load_tokenizer("gpt2-bpe", model_name)
+    tok = load_tokenizer(None, model_name)  # GPT-2 BPE for the GPT presets, else the model's own
     train_text, _ = _held_out_text()
     lines = [line for line in train_text.splitlines() if line.strip()]
     blocks = _group_texts([ids + [tok.eos_token_id] for ids in tok(lines)["input_ids"]], seq)

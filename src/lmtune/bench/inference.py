@@ -36,7 +36,8 @@ def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str
                                      pad_token_id=reference.tokenizer.pad_token_id)
             theirs[batch] = batch * new_tokens / (time.perf_counter() - start)
     reference_texts = _greedy_texts(reference, new_tokens, prompts)
-    for weights in ("bf16", "int8") if device.type == "cpu" else (out["weights"],):
+    formats = ["bf16", "int8"] if device.type == "cpu" else []
+    for weights in formats + ([out["weights"]] if out["weights"] not in formats else []):  # the default too
         loaded = load(model, dtype=weights)
         row: dict[str, Any] = {}
         generate(loaded, "warm up", max_new_tokens=4, temperature=0)

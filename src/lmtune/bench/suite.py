@@ -18,11 +18,10 @@ from lmtune.bench.serving import bench_serving
 from lmtune.bench.worker import run_worker
 from lmtune.outputs import check_output_dir, claim_dir
 
-QUICK = {"clm_model": "gpt-tiny", "seq": 128, "batch": 8, "seconds": 10, "encoder_seconds": 10, "gen_tokens": 16, "gen_prompts": 3,
-         "prep_mb": 2, "fill_calls": 10,
-         "serve_rounds": 1, "serve_tokens": 16}
-FULL = {"clm_model": "gpt2-124m", "seq": 512, "batch": 8, "seconds": 150, "encoder_seconds": 90, "gen_tokens": 64, "gen_prompts": 20,
-        "prep_mb": 20, "fill_calls": 40,
+QUICK = {"clm_model": "gpt-tiny", "demo_model": None, "seq": 128, "batch": 8, "seconds": 10, "encoder_seconds": 10,
+         "gen_tokens": 16, "gen_prompts": 3, "prep_mb": 2, "fill_calls": 10, "serve_rounds": 1, "serve_tokens": 16}
+FULL = {"clm_model": "gpt2-124m", "demo_model": "smollm2-135m", "demo_seq": 256, "seq": 512, "batch": 8, "seconds": 150,
+        "encoder_seconds": 90, "gen_tokens": 64, "gen_prompts": 20, "prep_mb": 20, "fill_calls": 40,
         "serve_rounds": 3, "serve_tokens": 64}
 
 
@@ -52,6 +51,10 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
                 side["mfu_fp32"] = side["effective_tokens_per_s"] * side["flops_per_token"] / (peak["fp32"] * 1e9)
                 side["mfu_bf16"] = side["effective_tokens_per_s"] * side["flops_per_token"] / (peak["bf16"] * 1e9)
         result[CAUSAL.name] = with_ratio(sides, **args)
+        if p["demo_model"]:  # the demo's pretrained model too, at the demo recipe's 8x256
+            args = {**args, "model_name": p["demo_model"], "seq": p["demo_seq"]}
+            console.print(f"causal LM training on {p['demo_model']} ({p['batch']}x{p['demo_seq']}) ...")
+            result["clm_demo"] = with_ratio({side: run_worker(f"{side}_causal", **args) for side in SIDES}, **args)
     for objective, kind in ((MASKED, "masked"), (CLASSIFY, "classifier")):
         if objective.name in sections:
             console.print(f"{objective.name} training: seed recipe, tuned Trainer, lmtune, {p['encoder_seconds']} s each ...")

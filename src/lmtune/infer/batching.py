@@ -14,10 +14,11 @@ machine idle. `Batcher` keeps one batch of running sequences for a model and, on
     send each row its new text; drop rows that are done (end of text, length, or cancelled).
 
 A newcomer waits at most one step for its turn to prefill, and a burst of newcomers shares one prefill
-(one by one, the eighth of 8 clients arriving together waited 7 prefills for its first token). The KV cache is transformers' own
-`DynamicCache`, used as `model.generate` uses it with left padding (attention mask + position ids), so
-greedy output equals `generate`'s. Models whose cache is not a plain growing one (sliding windows,
-state-space layers) are not batched: `Batcher.supports` says so and the server runs them one at a time.
+(one by one, the eighth of 8 clients arriving together waited 7 prefills for its first token). The KV
+cache is transformers' own `DynamicCache`, used as `model.generate` uses it with left padding (attention
+mask + position ids), so greedy output equals `generate`'s. Models whose cache is not a plain growing one
+(sliding windows, state-space layers) are not batched: `Batcher.supports` says so and the server runs them
+one at a time.
 
 Why not transformers' continuous-batching manager (`model.generate_batch`)? Measured here (2 vCPUs, AMD
 EPYC, bf16) it gave 26.9 tok/s for 8 requests against 23.4 for one at a time, where this loop gives
