@@ -35,3 +35,14 @@ def test_a_thread_that_computed_lets_its_openmp_workers_go():
     thread.start()
     thread.join()
     assert result["grown"] >= 1 and result["after"] == 0 and result["same"]
+
+
+def test_the_bf16_answer_can_be_handed_down(monkeypatch):
+    from lmtune.hardware import cpu_has_bf16
+
+    for given, answer in (("1", True), ("0", False)):
+        monkeypatch.setenv("LMTUNE_CPU_BF16", given)
+        cpu_has_bf16.cache_clear()
+        assert cpu_has_bf16() is answer
+    monkeypatch.delenv("LMTUNE_CPU_BF16")
+    cpu_has_bf16.cache_clear()

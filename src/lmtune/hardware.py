@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,12 @@ import torch
 def cpu_has_bf16() -> bool:
     """Whether bf16 matmuls are clearly faster than fp32 on this CPU, measured (~0.3 s, once per process):
     with avx512_bf16/AMX they run ~4x faster, without them ~3.5x slower, so the margin asked for is wide
-    and the answer does not flip with noise (processes of one run must agree)."""
+    and the answer does not flip with noise (processes of one run must agree). `LMTUNE_CPU_BF16=1|0` gives
+    the answer instead: a parent that measured once hands it to its workers (the bench's contenders, where
+    a worker measuring while the model loader's threads still held CPUs once answered differently)."""
+    given = os.environ.get("LMTUNE_CPU_BF16")
+    if given in ("0", "1"):
+        return given == "1"
     return _matmul_seconds(torch.bfloat16) < 0.6 * _matmul_seconds(torch.float32)
 
 

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from lmtune.bench import contenders
+from lmtune.hardware import cpu_has_bf16
 from lmtune.libraries import quiet_libraries
 
 WORKERS = {f"{side}_{kind}": getattr(contenders, f"{side}_{kind}") for side in ("seed", "tuned", "lmtune")
@@ -18,7 +19,8 @@ WORKERS = {f"{side}_{kind}": getattr(contenders, f"{side}_{kind}") for side in (
 def run_worker(name: str, **kwargs) -> dict[str, Any]:
     """Run one contender in a fresh process; its peak RSS is the process's own."""
     cmd = [sys.executable, "-m", "lmtune.bench.worker", name, json.dumps(kwargs)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMTUNE_CPU_BF16": str(int(cpu_has_bf16()))}  # one answer per run
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0]}
