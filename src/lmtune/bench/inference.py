@@ -36,24 +36,22 @@ def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str
                                      pad_token_id=reference.tokenizer.pad_token_id)
             theirs[batch] = batch * new_tokens / (time.perf_counter() - start)
     reference_texts = _greedy_texts(reference, new_tokens, prompts)
+    sampling = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0, ignore_eos=True,
+                                  seed=0)
     formats = ["bf16", "int8"] if device.type == "cpu" else []
     for weights in formats + ([out["weights"]] if out["weights"] not in formats else []):  # the default too
         loaded = load(model, dtype=weights)
         row: dict[str, Any] = {}
         generate(loaded, "warm up", max_new_tokens=4, temperature=0)
         for batch in (1, 8):
-            settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
-                                          num_return_sequences=batch, ignore_eos=True, seed=0)
             start = time.perf_counter()
-            generate(loaded, prompt, settings)
+            generate(loaded, prompt, sampling.model_copy(update={"num_return_sequences": batch}))
             ours = batch * new_tokens / (time.perf_counter() - start)
             row[f"batch {batch}"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs[batch],
                                      "ratio": ours / theirs[batch]}
         # `lmtune generate` streams: the model runs on a generation thread while this one prints
-        settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0,
-                                      ignore_eos=True, seed=0)
         start = time.perf_counter()
-        for _ in stream(loaded, prompt, settings):
+        for _ in stream(loaded, prompt, sampling):
             pass
         ours = new_tokens / (time.perf_counter() - start)  # ignore_eos: exactly new_tokens
         row["batch 1, streamed"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs[1],
