@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmtune.tasks.losses import causal_lm_loss
+
 
 @dataclass
 class GPTConfig:
@@ -134,8 +136,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if labels is not None:  # position t predicts token t+1
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
-                                   ignore_index=-100)
+            loss = causal_lm_loss(logits, labels)
         return GPTOutput(logits=logits, loss=loss)
 
     # ---- what the rest of lmtune (and HF habits) expect of a model --------------------------------------

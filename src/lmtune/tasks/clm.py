@@ -7,6 +7,7 @@ import torch
 
 from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
+from lmtune.tasks.losses import causal_lm_training_loss
 
 
 def make_collator(tokenizer, config=None):
@@ -43,6 +44,9 @@ class CausalLM(Objective):
 
     def make_collator(self, tokenizer, config):
         return make_collator(tokenizer, config)
+
+    def make_loss(self, config, train_set):
+        return causal_lm_training_loss
 
     def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
         return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)

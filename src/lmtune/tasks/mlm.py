@@ -10,6 +10,7 @@ import torch
 from lmtune.data.pack import Framing
 from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
+from lmtune.tasks.losses import masked_lm_training_loss
 
 log = logging.getLogger("lmtune")
 EVAL_MASK_SEED = 1234  # the same masks for every evaluation, run and model sharing a tokenizer
@@ -142,6 +143,9 @@ class MaskedLM(Objective):
 
     def make_collator(self, tokenizer, config):
         return make_collator(tokenizer, config)
+
+    def make_loss(self, config, train_set):
+        return masked_lm_training_loss
 
     def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
         return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)

@@ -18,6 +18,7 @@ from lmtune.data.ingest import read_documents
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
+from lmtune.tasks.losses import causal_lm_training_loss
 
 METADATA_FILE = "lmtune_tasks.json"  # in final/: tasks and template, for `lmtune generate --task`
 
@@ -241,6 +242,9 @@ class MultiTaskSFT(Objective):
 
     def make_collator(self, tokenizer, config):
         return make_collator(tokenizer, config)
+
+    def make_loss(self, config, train_set):
+        return causal_lm_training_loss  # the collator's labels mask prompts and padding with -100
 
     def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
         return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)
