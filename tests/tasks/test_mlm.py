@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lmtune.models.load import load_tokenizer
@@ -64,3 +65,64 @@ def test_minilm_gets_an_identity_head_that_training_updates():
     assert torch.equal(dense, torch.eye(dense.shape[0]))
     assert model.cls.predictions.decoder.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert dense.requires_grad
+
+
+def _tiny_bert_pair():
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    ours, theirs = BertForMaskedLM(config), BertForMaskedLM(config)
+    theirs.load_state_dict(ours.state_dict())
+    input_ids = torch.randint(5, 200, (4, 12))
+    labels = torch.full_like(input_ids, -100)
+    where = torch.rand(4, 12) < 0.2
+    where[0, 3] = True
+    labels[where] = input_ids[where]
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[3, 9:] = 0
+    labels[3, 9:] = -100
+    return ours, theirs, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_training_loss_runs_the_head_on_masked_rows_only_and_matches_hugging_face():
+    from lmtune.tasks.mlm import training_loss
+
+    ours, theirs, batch = _tiny_bert_pair()
+    head_inputs = []
+    ours.cls.register_forward_hook(lambda module, args, out: head_inputs.append(args[0].shape))
+    loss = training_loss(ours, batch)
+    loss.backward()
+    reference = theirs(**batch).loss
+    reference.backward()
+
+    assert head_inputs == [torch.Size([int((batch["labels"] != -100).sum()), 32])]  # the masked rows, not 4 x 12
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_masked_logits_through_lora_and_for_a_head_it_cannot_find():
+    from lmtune.config import LoraConfig
+    from lmtune.models.lora import apply_lora
+    from lmtune.tasks import get_objective
+    from lmtune.tasks.mlm import masked_logits
+
+    ours, theirs, batch = _tiny_bert_pair()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    where = batch["labels"] != -100
+    expected = theirs(**inputs).logits[where]
+    adapted = apply_lora(ours, LoraConfig(r=4, target_modules=["query", "value"]), get_objective("mlm")).eval()
+    with torch.no_grad():
+        assert torch.allclose(masked_logits(adapted, inputs, where), expected, atol=1e-5)
+
+        class Wrapped(torch.nn.Module):  # no `cls` / `lm_head` to hook: every row computed, then selected
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, **kw):
+                return self.inner(**kw)
+
+        assert torch.allclose(masked_logits(Wrapped(theirs), inputs, where), expected, atol=1e-6)

@@ -5,6 +5,7 @@ import torch
 
 from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel, as_loaded
+from lmtune.tasks.mlm import masked_logits
 
 GENERIC_MASK = "[MASK]"  # accepted for every model, whatever its own mask token (<mask> for RoBERTa)
 
@@ -41,17 +42,10 @@ def _display(tokenizer, token_id: int, marks_starts: bool) -> tuple[str, bool]:
 
 
 def _mask_logits(model, enc, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vocabulary logits at the masks only, and (row, position) of each mask. The encoder runs on every
-    token, but the output layer (vocabulary x hidden, the largest matmul of a small encoder) only where
-    a word is asked for, when the model's head can be found (BERT's `cls`, RoBERTa's `lm_head`)."""
+    """Vocabulary logits at the masks only (the output layer runs only where a word is asked for), and
+    (row, position) of each mask."""
     where = enc["input_ids"] == mask_id
-    head = next((getattr(model, n) for n in ("cls", "lm_head") if hasattr(model, n)), None)
-    base = getattr(model, "base_model", None)
-    if head is None or base is None or base is model:
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[where]
-    else:
-        hidden = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        logits = head(hidden[where])
+    logits = masked_logits(model, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, where)
     return logits.float(), where.nonzero()
 
 

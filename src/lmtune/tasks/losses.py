@@ -69,19 +69,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, consume_logits: b
     return cross_entropy(logits, targets, consume_logits)
 
 
-def training_loss(model, batch: dict[str, torch.Tensor], shift: bool) -> torch.Tensor:
-    """The training loss of a language-model batch: the model's logits (asked without `labels`, so it computes
-    no loss of its own) consumed by the fused cross-entropy. `shift`: causal (next token) or masked LM."""
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs).logits
-    if shift:
-        return causal_lm_loss(logits, batch["labels"], consume_logits=True)
-    return cross_entropy(logits, batch["labels"], consume_logits=True)
-
-
 def causal_lm_training_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return training_loss(model, batch, shift=True)
-
-
-def masked_lm_training_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return training_loss(model, batch, shift=False)
+    """The training loss of a causal LM batch: the model's logits (asked without `labels`, so it computes no
+    loss of its own) consumed by the fused cross-entropy."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    return causal_lm_loss(model(**inputs).logits, batch["labels"], consume_logits=True)

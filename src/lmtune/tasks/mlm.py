@@ -10,7 +10,7 @@ import torch
 from lmtune.data.pack import Framing
 from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
-from lmtune.tasks.losses import masked_lm_training_loss
+from lmtune.tasks.losses import IGNORE_INDEX, cross_entropy
 
 log = logging.getLogger("lmtune")
 EVAL_MASK_SEED = 1234  # the same masks for every evaluation, run and model sharing a tokenizer
@@ -75,6 +75,48 @@ def make_collator(tokenizer, config=None):
     return MaskingCollator(tokenizer, tc.mlm_probability if tc else 0.15, tc.whole_word_mask if tc else False)
 
 
+def _output_head(model) -> torch.nn.Module | None:
+    """The module that turns hidden states into vocabulary logits (BERT's `cls`, RoBERTa's `lm_head`), looked
+    up inside DDP's and peft's wrappers; None for other architectures and compiled models (a hook added per
+    call would make torch.compile recompile)."""
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "_orig_mod"):
+        return None
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    return next((m for m in (getattr(inner, n, None) for n in ("cls", "lm_head")) if isinstance(m, torch.nn.Module)),
+                None)
+
+
+def masked_logits(model, inputs: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
+    """Vocabulary logits [k, vocab] at the k positions where `where` [batch, length] is true. The encoder runs on
+    every token, the output layer (vocabulary x hidden: the largest matmul of a small encoder, 85% of whose
+    rows masked LM never reads) only at those positions: a pre-hook hands the head the selected rows. The
+    call still goes through the model's own forward, so DDP's and FSDP's hooks run as usual."""
+    head = _output_head(model)
+    handle = None
+    if head is not None:
+        def selected_rows(module, args):
+            if args and torch.is_tensor(args[0]) and args[0].shape[:2] == where.shape:
+                return (args[0][where], *args[1:])
+            return None
+
+        handle = head.register_forward_pre_hook(selected_rows)
+    try:
+        logits = model(**inputs).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits[where] if logits.dim() == 3 else logits
+
+
+def training_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy at the masked positions, the output layer run only there."""
+    where = batch["labels"] != IGNORE_INDEX
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    return cross_entropy(masked_logits(model, inputs, where), batch["labels"][where], consume_logits=True)
+
+
 @torch.no_grad()  # not inference_mode: FSDP must reuse the gathered parameters in training
 def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, max_batches: int | None = None):
     """MLM loss, perplexity and top-1/top-5 accuracy on masks fixed by a seed (comparable across runs)."""
@@ -83,10 +125,11 @@ def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, m
     collate = MaskingCollator(tokenizer, probability, generator=torch.Generator().manual_seed(EVAL_MASK_SEED))
     total_loss, top1, top5, count = 0.0, 0, 0, 0
     for batch in eval_batches(dataset, collate, batch_size, max_batches):
+        where = batch["labels"] != IGNORE_INDEX
         with autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        where = batch["labels"] != -100
-        picked, targets = logits[where].float(), batch["labels"][where]
+            logits = masked_logits(model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+                                   where)
+        picked, targets = logits.float(), batch["labels"][where]
         total_loss += float(torch.nn.functional.cross_entropy(picked, targets, reduction="sum"))
         best = picked.topk(5, dim=-1).indices
         top1 += int((best[:, 0] == targets).sum())
@@ -145,7 +188,7 @@ class MaskedLM(Objective):
         return make_collator(tokenizer, config)
 
     def make_loss(self, config, train_set):
-        return masked_lm_training_loss
+        return training_loss
 
     def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
         return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)
