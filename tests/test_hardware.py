@@ -46,3 +46,32 @@ def test_the_bf16_answer_can_be_handed_down(monkeypatch):
         assert cpu_has_bf16() is answer
     monkeypatch.delenv("LMTUNE_CPU_BF16")
     cpu_has_bf16.cache_clear()
+
+
+_PAGE_FAULTS = """
+import resource, sys
+import torch
+from lmtune.hardware import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+for _ in range(4):  # the first touches fault in any case (the heap settles after a few)
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):  # what a training step does: free a large tensor, allocate its successor, write it
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "gnu_get_libc_version"), reason="glibc only")
+def test_freed_memory_is_reused_without_page_faults():
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 1000  # 5 x 64 MB of fresh mmaps
+    assert kept < default / 10, (kept, default)

@@ -58,3 +58,26 @@ def release_cpu_workers() -> None:
     lib = _libgomp()
     if lib is not None:
         lib.omp_pause_resource_all(1)  # omp_pause_soft: frees this thread's pool, keeps what was set
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of giving it back to the system. Why: a
+    training step frees and re-allocates the same large tensors (activations, logits, gradients) every
+    step; glibc serves blocks over 32 MB with a fresh mmap each time, and every page of it faults on first
+    touch. Measured on 2 vCPUs (AMD EPYC), SmolLM2-135M at 8x256 in bf16: 9.1-10.8 s per step before,
+    6.8-8.5 s after, peak RSS 5.2 -> 4.9 GB (the heap reuses what the mmaps kept re-creating). Once per
+    process; True where it applied (glibc), False elsewhere (macOS, musl: their allocators are left alone)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    return all(mallopt(option, value) == 1 for option, value in
+               ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))  # C ints

@@ -25,28 +25,36 @@ class _CrossEntropyInPlace(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         vocab = logits.shape[1]
         keep = targets != IGNORE_INDEX
-        kept = keep.nonzero().squeeze(1)  # masked LM: ~15% of the rows; causal LM: nearly all
+        kept = keep.nonzero().squeeze(1)  # masked LM: only its masked rows come here; causal LM: nearly all
         logits.index_fill_(0, (~keep).nonzero().squeeze(1), 0)  # ignored rows get no gradient
         scale = 1.0 / max(len(kept), 1)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        step = max(1, _CHUNK_BYTES.get(logits.device.type, _DEFAULT_CHUNK_BYTES) // (vocab * 4))
+        step = max(1, min(len(kept), _CHUNK_BYTES.get(logits.device.type, _DEFAULT_CHUNK_BYTES) // (vocab * 4)))
+        # Buffers reused by every chunk: a fresh multi-MB tensor per chunk costs its page faults each time.
+        work = torch.empty(step, vocab, dtype=torch.float32, device=logits.device)
+        low = torch.empty(step, vocab, dtype=logits.dtype, device=logits.device)
         for start in range(0, len(kept), step):
             rows = kept[start : start + step]
+            n = len(rows)
             target = targets[rows][:, None]
-            x = logits.index_select(0, rows).float()
-            lse = torch.logsumexp(x, dim=-1)
-            total += (lse - x.gather(1, target).squeeze(1)).sum()
+            x = work[:n]
+            x.copy_(torch.index_select(logits, 0, rows, out=low[:n]))
+            picked = x.gather(1, target).squeeze(1)
+            peak = x.amax(dim=-1, keepdim=True)
+            x.sub_(peak).exp_()
+            sums = x.sum(dim=-1, keepdim=True)
+            total += (peak.squeeze(1) + sums.log().squeeze(1) - picked).sum()  # logsumexp - the target's logit
             # the gradient of the mean: (softmax - one_hot(target)) / count
-            x.sub_(lse[:, None]).exp_()
-            x.scatter_add_(1, target, torch.full_like(target, -1, dtype=x.dtype))
-            logits.index_copy_(0, rows, x.mul_(scale).to(logits.dtype))
+            x.mul_(scale / sums)
+            x.scatter_add_(1, target, torch.full_like(target, -scale, dtype=x.dtype))
+            logits.index_copy_(0, rows, low[:n].copy_(x))
         ctx.save_for_backward(logits)
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype), None
+        return grad.mul_(grad_loss.to(grad.dtype)), None  # in place: the buffer serves no one else
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, consume_logits: bool = False) -> torch.Tensor:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from lmtune.config import RunConfig, data_inputs, save_config
 from lmtune.data.prepare import Prepared
 from lmtune.errors import Interrupted, LmtuneError
+from lmtune.hardware import keep_freed_memory
 from lmtune.models.load import check_block_size, load_model
 from lmtune.models.lora import apply_lora
 from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
@@ -273,6 +274,8 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // cluster.world))
     set_seed(tc.seed)
     device = cluster.device
+    if device.type == "cpu":
+        keep_freed_memory()  # every step re-allocates the same large tensors: reuse their pages
     autocast, precision = autocast_for(tc.precision, device)
     main = cluster.main
 
