@@ -25,7 +25,7 @@ from lmtune.outputs import TRAINER_STATE, checkpoint_dirs, replace_dir
 log = logging.getLogger("lmtune")
 
 
-def _is_peft(model) -> bool:
+def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
@@ -161,7 +161,7 @@ def load_weights(model, folder: Path) -> None:
     if hasattr(model, "load_pretrained_weights"):  # lmtune's own GPT: HF GPT-2 layout on disk
         model.load_pretrained_weights(folder)
         return
-    if _is_peft(model):
+    if is_peft(model):
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
@@ -246,7 +246,7 @@ def save_final(run_dir: Path, model, tokenizer, name: str = "final", model_state
     """`final/` (or `last/`): a plain Hugging Face folder; LoRA adapters are merged in (the adapter alone
     is kept in `adapter/` for final/)."""
     run_dir = Path(run_dir)
-    if _is_peft(model):
+    if is_peft(model):
         if name == "final":
             replace_dir(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
         # last/ is written before the best adapter is loaded back: merge a copy; final/ is the end of the run.

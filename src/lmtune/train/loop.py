@@ -510,7 +510,14 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
         model_state = cluster.full_state_dict(model)
         final_dir = out / "final"
         if main:
-            final_dir = _save_final_model(out, cluster.unwrap(model), tokenizer, state, tc.keep, model_state)
+            final_model = cluster.unwrap(model)
+            if model_state is not None and checkpoint.is_peft(final_model):
+                # FSDP + LoRA: sharded adapters can be neither saved alone nor merged in place; an unsharded
+                # copy takes the gathered weights and is saved and merged as in a one-process run.
+                final_model = build_model(config, prepared)
+                final_model.load_state_dict(model_state)
+                model_state = None
+            final_dir = _save_final_model(out, final_model, tokenizer, state, tc.keep, model_state)
             objective.save_metadata(final_dir, prepared)  # e.g. SFT task prefixes, for `lmtune generate --task`
         cluster.barrier()
     kept_best = tc.keep == "best" and state.best_step is not None
