@@ -133,6 +133,7 @@ def test_lora_export_merges_by_default_and_keeps_the_adapter_with_no_merge(lora_
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "adapter" / "model.safetensors").exists()
+    assert (tmp_path / "adapter" / "tokenizer_config.json").exists()  # usable without the run folder
     assert "LoRA adapter" in (tmp_path / "adapter" / "README.md").read_text()
 
 

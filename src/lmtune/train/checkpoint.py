@@ -248,7 +248,7 @@ def save_final(run_dir: Path, model, tokenizer, name: str = "final", model_state
     run_dir = Path(run_dir)
     if is_peft(model):
         if name == "final":
-            replace_dir(run_dir / "adapter", lambda folder: model.save_pretrained(folder))
+            save_model(run_dir / "adapter", model, tokenizer)  # the adapter with its tokenizer, as exported
         # last/ is written before the best adapter is loaded back: merge a copy; final/ is the end of the run.
         # (a QLoRA model's 4-bit base is dequantized first: final/ is a full-precision model)
         model = merge_lora(model if name == "final" else copy.deepcopy(model))
