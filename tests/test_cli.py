@@ -44,6 +44,7 @@ def test_prepare_bad_input(tmp_path, content, fragment):
 def test_unknown_model(tmp_path):
     (tmp_path / "a.txt").write_text("hello world")
     assert_one_line_error(lmtune("generate", "no-such-model-xyz", "hi"), "unknown model 'no-such-model-xyz'")
+    assert_one_line_error(lmtune("generate", "smolm2-135m", "hi"), "did you mean smollm2-135m?")
     assert_one_line_error(lmtune("generate", tmp_path / "missing-dir", "hi"), "model not found")
 
 

@@ -2,6 +2,7 @@
 aliases for the offline packages, from-scratch presets, and (for users with a network) hub ids."""
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 from dataclasses import dataclass
@@ -106,6 +107,9 @@ def resolve(name: str) -> ModelSource:
         return ModelSource("folder", str(folder))
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise LmtuneError(f"model not found: {name}")
+    near = difflib.get_close_matches(name, [*ALIASES, *PRESETS], n=1, cutoff=0.85)
+    if near and "/" not in name:  # a typo of a local name: say so now, not after the hub's retries
+        raise LmtuneError(f"unknown model '{name}': did you mean {near[0]}?")
     return ModelSource("hub", name)
 
 
