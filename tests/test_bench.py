@@ -79,10 +79,11 @@ def test_generation_section_measures_each_weight_format_with_its_quality_gate(ti
     from lmtune.bench.inference import bench_generation
 
     result = bench_generation(tiny_clm_run, new_tokens=4, prompts=2)
-    assert set(result["formats"]) == {"bf16", "int8"}
+    # bf16 and int8 always on a CPU, and the default `auto` picks here (measured: fp32 where bf16 is slow)
+    assert set(result["formats"]) == {"bf16", "int8", result["weights"]}
     for row in result["formats"].values():
         assert row["batch 1"]["lmtune_tokens_per_s"] > 0 and row["batch 8"]["hf_generate_tokens_per_s"] > 0
         assert 0 <= row["quality"]["greedy_agreement"] <= 1 and row["quality"]["prompts"] == 2
     table = to_markdown({"mode": "quick", "cpu": "x", "threads": 2, "torch": torch.__version__, "generate": result})
     assert "| int8 | batch 1 |" in table and "| bf16 | batch 8 |" in table and "| int8 | batch 1, streamed |" in table
-    assert table.count("| met |") + table.count("| NOT met |") == 2
+    assert table.count("| met |") + table.count("| NOT met |") == len(result["formats"])
