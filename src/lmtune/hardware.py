@@ -76,7 +76,9 @@ def keep_freed_memory() -> bool:
     training step frees and re-allocates the same large tensors (activations, logits, gradients) every
     step; glibc serves blocks over 32 MB with a fresh mmap each time, and every page of it faults on first
     touch. Measured on 2 vCPUs (AMD EPYC), SmolLM2-135M at 8x256 in bf16: 9.1-10.8 s per step before,
-    6.8-8.5 s after, peak RSS 5.2 -> 4.9 GB (the heap reuses what the mmaps kept re-creating). Once per
+    6.8-8.5 s after, peak RSS 5.2 -> 4.9 GB (the heap reuses what the mmaps kept re-creating). In about
+    one process in six the heap cannot grow in place (other mappings in the way) and glibc falls back to
+    fresh mappings: no gain there, no harm either. Once per
     process; True where it applied (glibc), False elsewhere (macOS, musl: their allocators are left alone)."""
     try:
         libc = ctypes.CDLL(None)
