@@ -134,3 +134,20 @@ def tiny_classifier(tmp_path_factory):
                            "train": {"max_steps": 3, "precision": "fp32", "eval_every": 0},
                            "report": {"compare_base": False}})
     return train(config, progress=False)["final_model"], root / "train.jsonl"
+
+
+def twin_models(model_class, config):
+    """Two copies of one freshly initialised model: one for lmtune's loss, one for the library's own."""
+    import torch
+
+    torch.manual_seed(0)
+    ours, theirs = model_class(config), model_class(config)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def assert_same_gradients(ours, theirs) -> None:
+    import torch
+
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name

@@ -7,6 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmtune.tasks import losses
 from lmtune.tasks.losses import causal_lm_loss, causal_lm_training_loss, cross_entropy
+from tests.conftest import assert_same_gradients, twin_models
 
 
 def _textbook(logits, targets):
@@ -54,9 +55,7 @@ def test_without_consuming_the_logits_are_left_alone():
 def test_causal_training_loss_matches_hugging_face_loss_and_gradients():
     config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    ours, theirs = LlamaForCausalLM(config), LlamaForCausalLM(config)
-    theirs.load_state_dict(ours.state_dict())
+    ours, theirs = twin_models(LlamaForCausalLM, config)
     input_ids = torch.randint(0, 300, (3, 16))
     labels = input_ids.clone()
     labels[1, :5] = -100  # an SFT prompt
@@ -71,5 +70,4 @@ def test_causal_training_loss_matches_hugging_face_loss_and_gradients():
     reference.backward()
 
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
-    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    assert_same_gradients(ours, theirs)

@@ -3,6 +3,7 @@ import torch
 
 from lmtune.models.load import load_tokenizer
 from lmtune.tasks.mlm import MaskingCollator
+from tests.conftest import assert_same_gradients, twin_models
 
 
 def bert_tokenizer():
@@ -72,9 +73,7 @@ def _tiny_bert_pair():
 
     config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    ours, theirs = BertForMaskedLM(config), BertForMaskedLM(config)
-    theirs.load_state_dict(ours.state_dict())
+    ours, theirs = twin_models(BertForMaskedLM, config)
     input_ids = torch.randint(5, 200, (4, 12))
     labels = torch.full_like(input_ids, -100)
     where = torch.rand(4, 12) < 0.2
@@ -99,8 +98,7 @@ def test_training_loss_runs_the_head_on_masked_rows_only_and_matches_hugging_fac
 
     assert head_inputs == [torch.Size([int((batch["labels"] != -100).sum()), 32])]  # the masked rows, not 4 x 12
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
-    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    assert_same_gradients(ours, theirs)
 
 
 def test_masked_logits_through_lora_and_for_a_head_it_cannot_find():
