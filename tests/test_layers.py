@@ -1,6 +1,6 @@
 """Layers import one way only: each module uses only the layers before it (and its own), with no circle.
 
-config/errors/paths/outputs/libraries/hardware -> data -> tasks (the objectives) -> models -> infer -> train -> export
+config/errors/paths/outputs/locks/libraries/hardware -> data -> tasks (the objectives) -> models -> infer -> train -> export
 -> serve -> bench -> cli. Checked on every import statement, at module top or inside functions."""
 import ast
 from pathlib import Path
@@ -9,7 +9,7 @@ import lmtune
 
 PACKAGE = Path(lmtune.__file__).parent
 LAYERS = ["base", "data", "tasks", "models", "infer", "train", "export", "serve", "bench", "cli"]
-BASE = {"config", "errors", "paths", "outputs", "libraries", "hardware"}
+BASE = {"config", "errors", "paths", "outputs", "locks", "libraries", "hardware"}
 
 
 def layer_of(module: str) -> str | None:

@@ -1,6 +1,7 @@
 """Nothing the user has is ever lost: lmtune writes only into folders it made (or new/empty ones),
 never over an input, and replaces only its own files."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,44 @@ def test_classify_checks_the_output_before_the_work(cli, tiny_classifier, tmp_pa
     monkeypatch.setattr(classify_module, "classify", must_not_run)
     result = cli("classify", model, "--input", source, "--output", tmp_path / "missing" / "p.csv")
     assert result.returncode == 1 and "does not exist" in result.error_lines[0]
+
+
+def modes(folder) -> set[int]:
+    return {p.stat().st_mode & 0o777 for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def test_written_files_follow_the_umask(cli, tiny_clm_run, tiny_classifier, tmp_path):
+    """safetensors and mkstemp create private (0600) files: lmtune's outputs get the modes of any other file
+    the user makes, so a model copied to a colleague can be read by them."""
+    run = Path(tiny_clm_run).parent
+    assert modes(run / "final") == {0o644} and modes(run / "checkpoints") == {0o644}
+    previous = os.umask(0o027)
+    try:
+        assert cli("export", run, "--out", tmp_path / "export").returncode == 0
+        model, source = tiny_classifier
+        assert cli("classify", model, "--input", source, "--output", tmp_path / "p.csv").returncode == 0
+    finally:
+        os.umask(previous)
+    assert modes(tmp_path / "export") == {0o640}
+    assert (tmp_path / "export").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "p.csv").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_copied_runs_recipe_never_acts_on_the_original_run(cli, tiny_clm_run, tmp_path):
+    """A run folder copied with its config.yaml still names the original in output_dir: --overwrite or
+    --resume through the copy is refused, naming both folders, and the original is untouched."""
+    import shutil
+
+    original = tmp_path / "original"
+    shutil.copytree(Path(tiny_clm_run).parent, original)
+    config = (original / "config.yaml").read_text().replace(str(Path(tiny_clm_run).parent), str(original))
+    (original / "config.yaml").write_text(config)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    before = snapshot(original)
+    for flag in ("--overwrite", "--resume"):
+        result = cli("train", copy / "config.yaml", flag)
+        assert result.returncode == 1 and len(result.error_lines) == 1, result.stderr
+        assert f"saved recipe of the run in {copy}" in result.error_lines[0]
+        assert f"--output-dir {copy}" in result.error_lines[0] and str(original) in result.error_lines[0]
+    assert snapshot(original) == before

@@ -114,6 +114,7 @@ def train(
     output_dir: Annotated[Optional[str], typer.Option(help="run folder (default: the recipe's)")] = None,
     nproc: Annotated[int, typer.Option(min=1, help="processes on this machine (one per GPU): runs torchrun for "
                                                "you; train.distributed picks ddp or fsdp")] = 1,
+    oversubscribe: Annotated[bool, typer.Option(help="allow --nproc beyond this machine's GPUs (or CPU cores)")] = False,
 ):
     """Train from a recipe, or straight from data: lmtune train --data book.pdf.
 
@@ -127,6 +128,7 @@ def train(
     if resume and overwrite:
         raise LmtuneError("--resume continues a run and --overwrite replaces it: choose one")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _check_nproc(nproc, oversubscribe)
         _launch_torchrun(nproc)
     recipe, extra = _recipe_and_overrides(([recipe] if recipe else []) + ctx.args)
     if recipe is None and not data:
@@ -145,6 +147,8 @@ def train(
         config = load_config(Path(recipe), parse_overrides(extra))
         updates = {"output_dir": output_dir, "objective": objective}
         config = build_config(_merge_settings(config, updates, model, data))
+        if output_dir is None and (resume or overwrite):
+            _check_recipe_targets_its_run(Path(recipe), config.output_dir)
     summary = run_train(config, resume=resume, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # one report, from the main process
@@ -155,11 +159,38 @@ def train(
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "", summary["final_model"])
 
 
+def _check_nproc(nproc: int, oversubscribe: bool) -> None:
+    """More processes than GPUs (or, without GPUs, CPU cores) only wait on each other: refuse, unless asked."""
+    devices, kind = (_cuda_count(), "GPUs") if _cuda() else (os.cpu_count() or 1, "CPU cores")
+    if nproc > devices and not oversubscribe:
+        raise LmtuneError(f"--nproc {nproc} starts more training processes than this machine has {kind} "
+                          f"({devices}); use --nproc {devices} or fewer (--oversubscribe to insist)")
+
+
+def _check_recipe_targets_its_run(recipe: Path, output_dir: str) -> None:
+    """A run's saved config.yaml copied with its folder still names the original folder: replacing or
+    resuming through it would silently act on that other run. Ask which one is meant."""
+    from lmtune.outputs import marker_kind
+
+    folder = recipe.resolve().parent
+    target = Path(output_dir).expanduser().resolve()
+    if recipe.name == "config.yaml" and marker_kind(folder) == "run" and target != folder:
+        raise LmtuneError(f"{recipe} is the saved recipe of the run in {folder}, but its output_dir names another "
+                          f"folder ({output_dir}); pass --output-dir {folder} to act on this run, or --output-dir "
+                          f"{output_dir} to act on that one")
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _launch_torchrun(nproc: int) -> None:
     """`lmtune train ... --nproc N` = `torchrun --standalone --nproc-per-node N -m lmtune.cli train ...`."""
     import subprocess
 
-    args = sys.argv[1:]
+    args = [arg for arg in sys.argv[1:] if arg != "--oversubscribe"]
     for i, arg in enumerate(args):  # drop --nproc N / --nproc=N: each worker is one process
         if arg == "--nproc":
             del args[i : i + 2]

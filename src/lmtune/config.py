@@ -13,7 +13,8 @@ from lmtune.paths import resolve_data_path
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # inf and nan are never a setting: `--train.lr inf` is refused like any other bad value
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class CleanConfig(_Strict):

@@ -7,11 +7,13 @@ folder or one of their parents. Files are written to a temporary name and rename
 either the old file or the new one, never half of one. All checks run before the long work starts."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from lmtune.errors import LmtuneError
@@ -106,11 +108,18 @@ def remove_if_created(folder: Path, existed: bool) -> None:
 
 def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     """Write a folder next to `target` and swap it in, so a crash never leaves a half-written one.
-    `target` must be lmtune's (its parent is an lmtune folder); stray `.tmp`/`.old` siblings are ours."""
+    `target` must be lmtune's (its parent is an lmtune folder); stray `.tmp`/`.old` siblings are ours.
+    A write that fails (a full disk, say) leaves `target` as it was and no `.tmp` behind."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        with disk_errors(target):
+            write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    share_like_umask(tmp)
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -130,11 +139,10 @@ def publish_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
         raise LmtuneError(f"refusing to replace {target}: lmtune did not make it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is the user's to share
     try:
-        write(tmp)
+        with disk_errors(target):
+            write(tmp)
+        share_like_umask(tmp)  # mkdtemp makes it private; the export is the user's to share
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             target.rename(old / target.name)
@@ -171,13 +179,94 @@ def write_file_atomic(path: str | Path, write: Callable[[object], None], mode: s
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes it private: the result is the user's, like any file
+        with disk_errors(target), \
+                os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
             write(fh)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+# ---- file modes and full disks ------------------------------------------------------------------
+def _umask() -> int:
+    """This process's umask (read without changing it where /proc tells)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(folder: Path) -> None:
+    """Give every file and folder under `folder` the modes the user's umask asks for. Some writers (mkdtemp,
+    safetensors' own file writer) create private 0600/0700 entries: a model copied to a colleague could
+    then not be read by them, unlike every other file the user makes."""
+    files, dirs = 0o666 & ~_umask(), 0o777 & ~_umask()
+    for root, names, files_here in os.walk(folder):
+        os.chmod(root, dirs)
+        for name in files_here:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, files)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _free_bytes(path: Path) -> int:
+    for place in (path, *path.parents):
+        if place.exists():
+            return shutil.disk_usage(place).free
+    return 0
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} KB"
+
+
+def is_disk_full(err: BaseException, path: Path) -> bool:
+    """Whether `err` (or what caused it) is the disk filling up. Libraries word it their own way: OSError
+    ENOSPC, safetensors' "os error 28", torch's zip writer's "unexpected pos" (a short write)."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            return True
+        text = str(err)
+        if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+            return True
+        if "unexpected pos" in text and _free_bytes(path) < 64 * 2**20:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def no_space_error(path: Path, needed: int | None = None) -> LmtuneError:
+    need = f"needs about {_mb(needed)}, " if needed else ""
+    return LmtuneError(f"no space left on device writing {path} ({need}{_mb(_free_bytes(Path(path)))} free); free "
+                       "some space or write elsewhere; nothing earlier was lost")
+
+
+def check_free_space(path: str | Path, needed: int) -> None:
+    """Refuse a write of about `needed` bytes, before it starts, where the disk cannot hold it."""
+    if needed > 0 and _free_bytes(Path(path)) < needed * 1.05 + 16 * 2**20:
+        raise no_space_error(Path(path), needed)
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path, needed: int | None = None) -> Iterator[None]:
+    """A full disk inside the block becomes one line naming `path` (callers clean up what they began)."""
+    try:
+        yield
+    except LmtuneError:
+        raise
+    except Exception as err:
+        if is_disk_full(err, Path(path)):
+            raise no_space_error(Path(path), needed) from None
+        raise
 
 
 # ---- the run folder -------------------------------------------------------------------------------

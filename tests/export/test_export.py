@@ -228,14 +228,43 @@ def test_gguf_export_of_a_llama_model_loads_and_generates_the_same(tmp_path):
                        trained.generate(ids, max_new_tokens=16, do_sample=False))
 
 
-def test_gguf_export_of_a_gpt2_preset_is_a_readable_gguf(tiny_clm_run, tmp_path):
+def test_gguf_export_of_a_gpt2_preset_is_a_readable_gguf_that_lmtune_runs(tiny_clm_run, tmp_path, monkeypatch):
+    """Read back by transformers' GGUF loader too (GPT-2 with a 512-token context: transformers maps the
+    context to n_ctx only, and the position table did not fit), so `lmtune generate x.gguf` works without
+    llama.cpp."""
     from gguf import GGUFReader
 
     converter_or_skip()
-    out = export_model(str(Path(tiny_clm_run).parent), tmp_path / "gguf", format="gguf", gguf_type="f16")
-    reader = GGUFReader(next(out.glob("*.gguf")))
+    monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path / "cache"))
+    out = export_model(str(Path(tiny_clm_run).parent), tmp_path / "gguf", format="gguf", gguf_type="f32")
+    gguf_path = next(out.glob("*.gguf"))
+    reader = GGUFReader(gguf_path)
     names = {t.name for t in reader.tensors}
     assert "token_embd.weight" in names and "blk.1.attn_qkv.weight" in names
+    settings = dict(max_new_tokens=12, temperature=0.0)
+    from lmtune.infer.generate import GenerationSettings
+
+    from_gguf = generate(load(str(gguf_path), engine="torch", dtype="fp32"), "The king", GenerationSettings(**settings))
+    trained = generate(load(tiny_clm_run, dtype="fp32"), "The king", GenerationSettings(**settings))
+    assert from_gguf == trained
+
+
+def test_an_unfinished_or_damaged_checkpoint_is_not_exported(tiny_clm_run, tmp_path, cli):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(tiny_clm_run).parent, run)
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    cut = step.with_name(step.name + ".tmp")
+    shutil.copytree(step, cut)
+    result = cli("export", cut, "--out", tmp_path / "a")
+    assert result.returncode == 1 and "is an unfinished checkpoint" in result.error_lines[0]
+    weights = step / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short by a full disk or a kill
+    result = cli("export", step, "--out", tmp_path / "b")
+    assert result.returncode == 1 and len(result.error_lines) == 1, result.stderr
+    assert "corrupt or truncated weights file" in result.error_lines[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_gguf_without_a_converter_says_how_to_get_one(tiny_clm_run, tmp_path, cli, monkeypatch):

@@ -198,3 +198,45 @@ def test_concurrent_requests_are_queued(client):
 def test_ui_is_mounted(server):
     r = httpx.get(server["url"] + "/")
     assert r.status_code == 200 and "gradio" in r.text.lower()
+
+
+def test_every_route_sits_behind_the_key_rest_and_ui(server):
+    """With --api-key, no route that computes answers without it: every route the OpenAPI schema lists, and
+    every function of the web UI's own (Gradio) API, which needs a login with the key as password."""
+    url = server["url"]
+    schema = httpx.get(url + "/openapi.json").json()
+    checked = 0
+    for path, methods in schema["paths"].items():
+        if path == "/health":  # liveness only: no model is touched
+            continue
+        for method in methods:
+            response = httpx.request(method, url + path, json={"text": "x", "prompt": "x"})
+            assert response.status_code == 401, (method, path, response.status_code)
+            checked += 1
+    assert checked >= 6
+    assert httpx.get(url + "/gradio_api/info").status_code == 401
+    assert httpx.post(url + "/login", data={"username": "me", "password": "wrong"}).status_code >= 400
+    login = httpx.post(url + "/login", data={"username": "me", "password": KEY})
+    assert login.status_code == 200
+    info = httpx.get(url + "/gradio_api/info", cookies=login.cookies).json()
+    endpoints = list(info["named_endpoints"])
+    assert "/run" in endpoints and "/predict_class" in endpoints
+    for endpoint in endpoints:
+        for route in ("/gradio_api/call" + endpoint, "/gradio_api/run" + endpoint):
+            response = httpx.post(url + route, json={"data": [server["clm"], "x"]})
+            assert response.status_code == 401, (route, response.status_code)
+
+
+def test_the_ui_routes_keep_the_servers_caps(server):
+    """A 1 MB prompt through the UI's API used to stream back 100 MB; it gets the REST limit's error."""
+    url = server["url"]
+    cookies = httpx.post(url + "/login", data={"username": "me", "password": KEY}).cookies
+    for endpoint, data in (("/run", [server["clm"], "x" * 1_000_000, 0.8, 50, 0.95, 30]),
+                           ("/run", [server["clm"], "Once", 0.8, 50, 0.95, 10_000]),
+                           ("/predict_class", [server["cls"], "y" * 1_000_000])):
+        event = httpx.post(url + "/gradio_api/call" + endpoint, json={"data": data}, cookies=cookies).json()
+        with httpx.stream("GET", f"{url}/gradio_api/call{endpoint}/{event['event_id']}", cookies=cookies,
+                          timeout=60) as response:
+            body = b"".join(response.iter_bytes())
+        assert len(body) < 20_000 and b"event: error" in body, body[:500]
+        assert b"this server takes at most 200" in body or b"greater than maximum value 32" in body, body[:500]

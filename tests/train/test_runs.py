@@ -72,7 +72,7 @@ def test_find_runs_summarises_every_kind_of_run(runs_dir):
     assert (early.base, early.best, early.best_step, early.state) == (0.5, 0.8, 5, "stopped early")
     # no summary.json: from metrics.jsonl so far, the torn last line skipped
     assert (broken.base, broken.best, broken.best_step, broken.steps) == (4.1, 3.7, 20, 33)
-    assert broken.state == "interrupted/running" and broken.train_seconds is None
+    assert broken.state == "interrupted" and broken.train_seconds is None
     # a run folder itself, and a finished run whose model is gone
     assert [r.path for r in find_runs(runs_dir / "done")] == [str(runs_dir / "done")]
     import shutil
@@ -88,7 +88,7 @@ def test_a_finished_run_resumed_is_read_from_its_metrics(runs_dir):
         fh.write(json.dumps({"step": 30, "event": "eval", "model": "tuned", "val_loss": 3.0}) + "\n")
     os.utime(done / "metrics.jsonl", (1_000_100, 1_000_100))
     (info,) = find_runs(done)
-    assert (info.state, info.steps, info.best, info.best_step) == ("interrupted/running", 30, 3.0, 30)
+    assert (info.state, info.steps, info.best, info.best_step) == ("interrupted", 30, 3.0, 30)
 
 
 def test_files_half_written_or_missing_are_no_traceback(tmp_path):
@@ -100,7 +100,7 @@ def test_files_half_written_or_missing_are_no_traceback(tmp_path):
     (info,) = find_runs(tmp_path)
     assert (info.objective, info.model, info.metric, info.steps, info.base, info.best) == (None, None, "val_loss", 2,
                                                                                             None, None)
-    assert info.state == "interrupted/running"
+    assert info.state == "interrupted"
 
 
 def test_cli_table_newest_last(cli, runs_dir, monkeypatch):
@@ -110,7 +110,7 @@ def test_cli_table_newest_last(cli, runs_dir, monkeypatch):
     out = result.stdout
     assert out.index("done") < out.index("early") < out.index("broken")
     assert "4.0000 → 3.2000" in out and "0.5000 → 0.8000" in out and "4.1000 → 3.7000" in out
-    assert "stopped early" in out and "interrupted/running" in out and "1h02m" in out and "1m15s" in out
+    assert "stopped early" in out and "interrupted" in out and "1h02m" in out and "1m15s" in out
 
 
 def test_cli_default_folder_is_runs(cli, runs_dir, monkeypatch):
@@ -125,7 +125,7 @@ def test_cli_json(cli, runs_dir):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [(r["state"], r["base"], r["best"]) for r in rows] == [("done", 4.0, 3.2), ("stopped early", 0.5, 0.8),
-                                                                   ("interrupted/running", 4.1, 3.7)]
+                                                                   ("interrupted", 4.1, 3.7)]
     assert rows[0]["steps"] == 20 and rows[0]["objective"] == "clm" and rows[0]["modified"].startswith("1970-01-1")
 
 

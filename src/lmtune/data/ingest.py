@@ -1,5 +1,10 @@
-"""Readers: text, Markdown, PDF, EPUB/HTML, CSV/TSV/JSONL (optionally compressed), folders of them,
-and saved Hugging Face datasets. Everything becomes a list of `Document`s."""
+"""Readers: text, Markdown, PDF, EPUB/HTML, CSV/TSV/JSONL/JSON/Parquet (optionally compressed), folders of
+them, and saved Hugging Face datasets. Everything becomes a list of `Document`s.
+
+Only regular files are read (a FIFO, device or socket would block or never end), each at most
+`max_input_bytes()`, also once decompressed; a folder is walked with each real file and folder read once
+(symlink loops are named and skipped), and lmtune's own output folders inside it (they carry its marker)
+are skipped, so a run or prepared dataset next to the data is never read back as the user's text."""
 from __future__ import annotations
 
 import bz2
@@ -10,6 +15,7 @@ import json
 import logging
 import lzma
 import os
+import stat
 import sys
 import warnings
 import zlib
@@ -21,14 +27,23 @@ from typing import Any
 from pypdf import PdfReader
 
 from lmtune.errors import LmtuneError
+from lmtune.outputs import MARKER
 from lmtune.paths import resolve_data_path
 
 # A review or a book chapter in one CSV cell is legitimate: raise the csv module's 128 KiB field limit.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst"}
-TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson"}
+TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet"}
 OTHER_SUFFIXES = {".pdf", ".epub", ".html", ".htm", ".xhtml"}
+# Formats people hold text in that lmtune does not read: refused by name, never read as plain text (their
+# markup or binary would become training text).
+FOREIGN_SUFFIXES = {".rtf": "RTF", ".doc": "Word", ".docx": "Word", ".odt": "OpenDocument", ".pages": "Pages",
+                    ".xls": "Excel", ".xlsx": "Excel", ".ods": "OpenDocument spreadsheet", ".ppt": "PowerPoint",
+                    ".pptx": "PowerPoint", ".zip": "zip archive", ".tar": "tar archive", ".7z": "7-Zip archive",
+                    ".rar": "RAR archive", ".mobi": "Kindle", ".azw3": "Kindle", ".djvu": "DjVu"}
+READABLE = ".txt .md .pdf .epub .html .csv .tsv .jsonl .json .parquet (also .gz/.bz2/.xz), folders of them"
+MAX_INPUT_MB = 4096  # one file, as read (decompressed); LMTUNE_MAX_INPUT_MB changes it
 log = logging.getLogger(__name__)
 
 COMPRESSED = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
@@ -50,16 +65,67 @@ def _suffixes(path: Path) -> tuple[str, str | None]:
     return suffix, None
 
 
+def max_input_bytes() -> int:
+    value = os.environ.get("LMTUNE_MAX_INPUT_MB", "")
+    return int(float(value) * 2**20) if value.replace(".", "", 1).isdigit() else MAX_INPUT_MB * 2**20
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(mode: int) -> str | None:
+    """What a non-regular, non-folder file is ('a FIFO (named pipe)', ...), or None."""
+    return next((name for test, name in _NOT_REGULAR if test(mode)), None)
+
+
+def check_readable_file(path: Path) -> os.stat_result:
+    """A regular file within the size cap, else one line saying what it is."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise LmtuneError(f"file not found: {path}") from None
+    except PermissionError:
+        raise LmtuneError(f"{path}: permission denied (cannot read the file)") from None
+    except OSError as err:  # a symlink loop (ELOOP), a name too long, ...
+        raise LmtuneError(f"{path}: cannot read the file ({err.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise LmtuneError(f"{path} is a folder, not a file")
+    kind = special_kind(info.st_mode)
+    if kind is not None:
+        raise LmtuneError(f"{path} is {kind}, not a regular file: lmtune reads files ({READABLE})")
+    if info.st_size > max_input_bytes():
+        raise _too_large(path, f"is {info.st_size / 2**20:,.0f} MB")
+    return info
+
+
+def _too_large(path: Path, what: str) -> LmtuneError:
+    return LmtuneError(f"{path} {what}, more than lmtune reads from one file ({max_input_bytes() / 2**20:,.0f} MB); "
+                       "split it into several files, or raise the cap with LMTUNE_MAX_INPUT_MB")
+
+
+def _read_capped(fh, path: Path) -> bytes:
+    """All of a decompressing stream, stopping at the cap (a small archive can expand without end)."""
+    limit, chunks, size = max_input_bytes(), [], 0
+    while chunk := fh.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(path, "decompresses to more than that")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, decompressed; every way reading can fail becomes one line naming the file."""
     _, compression = _suffixes(path)
+    info = check_readable_file(path)
     try:
         if not compression:
             return path.read_bytes()
-        if path.stat().st_size == 0:  # empty, not corrupt: reported as "no text" like any empty file
+        if info.st_size == 0:  # empty, not corrupt: reported as "no text" like any empty file
             return b""
         with COMPRESSED[compression](path, "rb") as fh:
-            return fh.read()
+            return _read_capped(fh, path)
     except PermissionError:
         raise LmtuneError(f"{path}: permission denied (cannot read the file)") from None
     except IsADirectoryError:
@@ -158,6 +224,7 @@ def read_epub(path: Path) -> list[Document]:
     import ebooklib
     from ebooklib import epub
 
+    check_readable_file(path)
     try:
         book = epub.read_epub(str(path), options={"ignore_ncx": True})
     except Exception as err:  # ebooklib raises bare exceptions for broken archives
@@ -166,20 +233,26 @@ def read_epub(path: Path) -> list[Document]:
     return [Document(text=t, source=f"{path}#{i}") for i, t in enumerate(chapters) if t.strip()]
 
 
-def read_table(path: Path, text_column: str | None) -> list[Document]:
-    """CSV/TSV/JSONL rows; `text_column` must exist when given."""
+def table_rows(path: Path) -> list[dict]:
+    """The records of a CSV/TSV/JSONL/JSON/Parquet file, each a dict of its columns."""
     kind, _ = _suffixes(path)
+    if kind == ".parquet":
+        return _parquet_rows(path)
     content = decode_text(_read_bytes(path), str(path))
     if kind == ".json":
-        rows = _json_rows(path, content)
-    elif kind in {".jsonl", ".ndjson"}:
-        rows = _jsonl_rows(path, content)
-    else:
-        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if kind == ".tsv" else ",")
-        try:
-            rows = list(reader)
-        except csv.Error as err:
-            raise LmtuneError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+        return _json_rows(path, content)
+    if kind in {".jsonl", ".ndjson"}:
+        return _jsonl_rows(path, content)
+    reader = csv.DictReader(io.StringIO(content), delimiter="\t" if kind == ".tsv" else ",")
+    try:
+        return list(reader)
+    except csv.Error as err:
+        raise LmtuneError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+
+
+def read_table(path: Path, text_column: str | None) -> list[Document]:
+    """Table rows as documents; `text_column` must exist when given."""
+    rows = table_rows(path)
     if rows and text_column is not None and text_column not in rows[0]:
         raise LmtuneError(
             f"{path}: no column '{text_column}' (columns: {', '.join(map(str, rows[0].keys()))}); "
@@ -194,6 +267,18 @@ def read_table(path: Path, text_column: str | None) -> list[Document]:
                               "set data.text_column to a text field")
         docs.append(Document(text="" if value is None else str(value), source=str(path), fields=dict(row)))
     return docs
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = _read_bytes(path)
+    try:
+        return pq.read_table(pa.BufferReader(raw)).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise LmtuneError(f"{path}: cannot read Parquet, the file is damaged or not Parquet "
+                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
 def _jsonl_rows(path: Path, content: str) -> list[dict]:
@@ -293,6 +378,9 @@ def is_hf_dataset(path: Path) -> bool:
 
 def read_file(path: Path, text_column: str | None = "text") -> list[Document]:
     kind, _ = _suffixes(path)
+    if kind in FOREIGN_SUFFIXES:
+        raise LmtuneError(f"{path}: lmtune does not read {FOREIGN_SUFFIXES[kind]} files; save it as plain text, "
+                          f"PDF or EPUB (lmtune reads {READABLE})")
     if kind == ".pdf":
         return [read_pdf(path)]
     if kind == ".epub":
@@ -304,6 +392,8 @@ def read_file(path: Path, text_column: str | None = "text") -> list[Document]:
         return [Document(text=_html_to_text(decode_text(raw, str(path))), source=str(path))]
     if raw.startswith(b"%PDF"):
         return [read_pdf(path)]
+    if raw.startswith(b"{\\rtf"):
+        raise LmtuneError(f"{path}: this is an RTF document; save it as plain text or PDF (lmtune reads {READABLE})")
     return [Document(text=decode_text(raw, str(path)), source=str(path))]
 
 
@@ -312,18 +402,101 @@ def _supported(path: Path) -> bool:
     return kind in TEXT_SUFFIXES | TABLE_SUFFIXES | OTHER_SUFFIXES
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """The supported files under `folder`, sorted. A subfolder we may not open is named (Path.rglob
-    would skip it without a word)."""
+@dataclass
+class FolderListing:
+    """A folder's readable files, and what the walk left out (each named once in a warning)."""
+
+    files: list[Path] = field(default_factory=list)
+    loops: list[str] = field(default_factory=list)  # "link -> target" of symlinks back into the walk
+    repeats: int = 0  # more paths to a file or folder already read (symlinks)
+    special: list[str] = field(default_factory=list)  # FIFOs, devices, sockets
+    outputs: list[Path] = field(default_factory=list)  # lmtune's own output folders
+
+    def warn(self) -> None:
+        notes = []
+        if self.outputs:
+            notes.append(f"{len(self.outputs)} lmtune output folder(s) ({_some(self.outputs)})")
+        if self.loops:
+            notes.append(f"{len(self.loops)} symlink loop(s) ({_some(self.loops)})")
+        if self.repeats:
+            notes.append(f"{self.repeats} more path(s) to files or folders already read (symlinks)")
+        if self.special:
+            notes.append(f"{len(self.special)} file(s) that are not regular files ({_some(self.special)})")
+        if notes:
+            log.warning("warning: skipped %s", "; ".join(notes))
+
+
+def _some(items: list, shown: int = 3) -> str:
+    return ", ".join(map(str, items[:shown])) + (", ..." if len(items) > shown else "")
+
+
+def list_folder(folder: Path) -> FolderListing:
+    """The supported files under `folder`, sorted. Symlinks are followed, but each real folder and file is
+    read once, and a link back to a folder that contains it (a loop) is named and skipped. A subfolder we
+    may not open is named (os.walk would skip it without a word); lmtune's own output folders, FIFOs,
+    devices and sockets are skipped and counted."""
 
     def fail(err: OSError) -> None:
         if isinstance(err, PermissionError):
             raise LmtuneError(f"{err.filename}: permission denied (cannot list the folder)")
 
-    found = []
-    for root, _, names in os.walk(folder, onerror=fail, followlinks=True):
-        found += [Path(root) / name for name in names if _supported(Path(name))]
-    return sorted(f for f in found if f.is_file())
+    listing = FolderListing()
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    for root, dirs, names in os.walk(folder, onerror=fail, followlinks=True):
+        dirs.sort()  # a fixed walk: which of two paths to one file is read does not depend on the disk
+        here = Path(root)
+        info = here.stat()
+        if (info.st_dev, info.st_ino) in seen_dirs:
+            dirs[:] = []
+            listing.repeats += 1
+            continue
+        seen_dirs.add((info.st_dev, info.st_ino))
+        if here != folder and MARKER in names:
+            dirs[:] = []
+            listing.outputs.append(here)
+            continue
+        real = here.resolve()
+        for name in list(dirs):
+            link = here / name
+            if link.is_symlink():
+                target = link.resolve()
+                if target == real or target in real.parents:
+                    dirs.remove(name)
+                    listing.loops.append(f"{link} -> {target}")
+        for name in sorted(names):
+            path = here / name
+            if not _supported(path):
+                continue
+            try:
+                file_info = path.stat()
+            except OSError:  # a dangling link, a loop of links
+                listing.special.append(str(path))
+                continue
+            if special_kind(file_info.st_mode) is not None:
+                listing.special.append(str(path))
+            elif (file_info.st_dev, file_info.st_ino) in seen_files:
+                listing.repeats += 1
+            elif stat.S_ISREG(file_info.st_mode):
+                seen_files.add((file_info.st_dev, file_info.st_ino))
+                listing.files.append(path)
+    listing.files.sort()
+    return listing
+
+
+def _check_not_output(path: Path) -> None:
+    """A folder lmtune wrote (a run, a prepared dataset, an export) given as data: say what it is."""
+    if not (path / MARKER).is_file():
+        return
+    from lmtune.outputs import marker_kind
+
+    kind = marker_kind(path) or "output"
+    if kind == "prepared" and not (path / "prepare.json").exists():
+        raise LmtuneError(f"{path} is an unfinished lmtune prepare output (it was interrupted, or failed); run "
+                          "lmtune prepare again")
+    if kind != "prepared":
+        hint = " (its prepared data is its data/ folder)" if kind == "run" else ""
+        raise LmtuneError(f"{path} is an lmtune {kind} folder, not data{hint}; give the files to read")
 
 
 def read_documents(paths: str | Path | list, text_column: str | None = "text") -> list[Document]:
@@ -335,13 +508,16 @@ def read_documents(paths: str | Path | list, text_column: str | None = "text") -
     for p in map(resolve_data_path, paths):
         if not p.exists():
             raise LmtuneError(f"file not found: {p}")
+        if p.is_dir():
+            _check_not_output(p)
         if is_hf_dataset(p):
             docs += read_hf_dataset(p, text_column)
         elif p.is_dir():
-            files = _folder_files(p)
-            if not files:
-                raise LmtuneError(f"{p}: no readable files (.txt .md .pdf .epub .html .csv .jsonl)")
-            for f in files:
+            listing = list_folder(p)
+            listing.warn()
+            if not listing.files:
+                raise LmtuneError(f"{p}: no readable files ({READABLE})")
+            for f in listing.files:
                 found = read_file(f, text_column)
                 if not any(d.text.strip() for d in found):
                     empty.append(f)

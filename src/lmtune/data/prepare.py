@@ -16,7 +16,8 @@ from lmtune.data.ingest import Document, read_documents
 from lmtune.data.pack import Framing, pack_splits, tokenize
 from lmtune.data.tokenizer import train_tokenizer
 from lmtune.errors import LmtuneError
-from lmtune.outputs import check_output_dir, claim_dir, is_lmtune_dir, remove_own
+from lmtune.locks import own_folder
+from lmtune.outputs import check_free_space, check_output_dir, disk_errors, is_lmtune_dir, remove_own
 
 
 @dataclass
@@ -106,7 +107,8 @@ def prepare(config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: C
 
     `out_dir` must be new, empty, or an earlier prepared folder of lmtune's (checked before any reading);
     only lmtune's own entries in it are replaced, and `prepare.json` is written last, so an interrupted
-    prepare is never mistaken for a finished one."""
+    prepare is never mistaken for a finished one; a failed write (a full disk) removes what it began. One
+    writer at a time: a second prepare into the same folder is refused while the first runs."""
     from datasets import Dataset, DatasetDict
 
     if config.data.train and not isinstance(config.data.train, list) and is_prepared(Path(config.data.train)):
@@ -118,19 +120,26 @@ def prepare(config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: C
             and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         return load_prepared(out_dir)
     check_output_dir(out_dir, data_inputs(config), kind="prepared")
-    tokenizer = tokenizer_fn() if config.tokenizer.train is None else None
-    columns, tokenizer, stats = split_fn(config, tokenizer)
-    if not columns["train"][next(iter(columns["train"]))]:
-        raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
-    # Empty splits are left out (Arrow cannot infer a type from no rows); readers use .get().
-    dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()
-                           if cols[next(iter(cols))]})
-    claim_dir(out_dir, "prepared")
-    remove_own(out_dir, PREPARED_ENTRIES)
-    dataset.save_to_disk(str(out_dir))
-    tokenizer.save_pretrained(out_dir / "tokenizer")
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
-    (out_dir / "prepare.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    with own_folder(out_dir, "prepared", "prepare"):
+        tokenizer = tokenizer_fn() if config.tokenizer.train is None else None
+        columns, tokenizer, stats = split_fn(config, tokenizer)
+        if not columns["train"][next(iter(columns["train"]))]:
+            raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
+        # Empty splits are left out (Arrow cannot infer a type from no rows); readers use .get().
+        dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()
+                               if cols[next(iter(cols))]})
+        remove_own(out_dir, PREPARED_ENTRIES)
+        try:
+            needed = sum(split.data.nbytes for split in dataset.values())
+            check_free_space(out_dir, needed)
+            with disk_errors(out_dir, needed):
+                dataset.save_to_disk(str(out_dir))
+                tokenizer.save_pretrained(out_dir / "tokenizer")
+                (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+                (out_dir / "prepare.json").write_text(json.dumps({"fingerprint": fingerprint}))
+        except BaseException:
+            remove_own(out_dir, PREPARED_ENTRIES)  # nothing half-written that could pass for a dataset
+            raise
     if not quiet:
         print_stats(stats, out_dir)
     return load_prepared(out_dir)

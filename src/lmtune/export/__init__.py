@@ -27,8 +27,9 @@ from lmtune.errors import LmtuneError
 from lmtune.export.card import model_card
 from lmtune.export.gguf import export_gguf, find_converter
 from lmtune.export.onnx import export_onnx
-from lmtune.models.load import ALIASES, load_model, merge_lora, resolve
-from lmtune.outputs import MARKER, check_output_dir, is_lmtune_dir, marker_kind, publish_dir
+from lmtune.locks import folder_lock
+from lmtune.models.load import ALIASES, check_weight_files, load_model, merge_lora, resolve
+from lmtune.outputs import MARKER, TRAINER_STATE, check_output_dir, is_lmtune_dir, marker_kind, publish_dir
 from lmtune.tasks import Objective, objective_of, serving_objective
 
 log = logging.getLogger("lmtune")
@@ -67,6 +68,9 @@ def find_source(name: str, merge: bool = True) -> ExportSource:
     path = Path(name).expanduser()
     if name in ALIASES or not path.exists():
         return ExportSource(name, Path(resolve(name).path), None, False)  # an alias (or a clear error)
+    if path.name.endswith((".tmp", ".old")) or path.parent.name == "checkpoints" and not (path / TRAINER_STATE).exists():
+        raise LmtuneError(f"{path} is an unfinished checkpoint (a save cut off by a stop or a crash), not a model; "
+                          f"export the run folder or a complete checkpoint ({path.parent}/step-N)")
     if (path / "config.yaml").exists() and not (path / "config.json").exists():  # a run folder
         if not merge and (path / "adapter" / "adapter_config.json").exists():
             return ExportSource(name, path / "adapter", path, True)
@@ -104,11 +108,13 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
         converter_path = find_converter(converter)  # before any work: a missing converter is a one-line error
     if source.adapter and not merge and format != "hf":
         raise LmtuneError("an adapter alone cannot be converted; export the merged model (leave out --no-merge)")
+    check_weight_files(source.model_dir)  # a truncated or corrupt weights file: one line, before any work
 
     def write(folder: Path) -> None:
         model_files = folder if format == "hf" else Path(tempfile.mkdtemp(prefix=".hf-", dir=folder.parent))
         try:
             _write_hf(source, objective, model_files, merge)
+            _check_loads(model_files, objective, source)
             extra: dict = {}
             if format == "onnx":
                 extra = export_onnx(model_files, objective, folder)
@@ -121,7 +127,12 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
         (folder / MARKER).write_text(json.dumps({"kind": "export", "note": "made by lmtune export; lmtune may "
                                                  "replace this folder with --overwrite"}) + "\n")
 
-    publish_dir(out, write)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One export into a folder at a time; the lock sits beside it, as publish_dir's working copy does.
+    with folder_lock(out, "export", lock_file=out.parent / f".{out.name}.lmtune-lock"):
+        if out.exists() and marker_kind(out) == "export" and not overwrite:  # one published while we waited
+            raise LmtuneError(f"{out} holds an earlier export; pass --overwrite to replace it")
+        publish_dir(out, write)
     if push_to_hub:
         _push(out, push_to_hub)
     return out
@@ -157,6 +168,19 @@ def _write_hf(source: ExportSource, objective: Objective, folder: Path, merge: b
     merged = merge_lora(PeftModel.from_pretrained(base, source.model_dir))
     merged.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def _check_loads(folder: Path, objective: Objective, source: ExportSource) -> None:
+    """What is about to be published loads as the model it claims to be (an adapter: its weights read)."""
+    check_weight_files(folder)
+    if source.adapter and not (folder / "config.json").exists():
+        return
+    try:
+        getattr(transformers, objective.auto_class).from_pretrained(folder)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise LmtuneError(f"{source.model_dir} does not load as a {objective.name} model ({first}); nothing was "
+                          "exported") from None
 
 
 def _labels(source: ExportSource) -> list[str] | None:

@@ -59,8 +59,16 @@ def _convert_gguf(gguf_path: Path) -> Path:
         return target
 
     log.info("converting %s to a safetensors folder (once): %s", gguf_path.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        config = transformers.AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        if getattr(config, "n_ctx", None) and getattr(config, "n_positions", None) != config.n_ctx:
+            config.n_positions = config.n_ctx  # transformers maps GPT-2's context to n_ctx only (wpe's size)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, config=config)
+    except Exception as err:  # an architecture or tensor type transformers' GGUF reader does not know
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise LmtuneError(f"{gguf_path}: transformers cannot read this GGUF file ({first}); run it with llama.cpp "
+                          "instead: pip install 'lmtune[llama-cpp]'") from None
     # The dequantized model still counts as "GGUF-quantized" and refuses save_pretrained: copy the
     # (now plain fp32) weights into a model built from the same config without the quantization entry.
     config = model.config

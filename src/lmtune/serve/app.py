@@ -13,6 +13,7 @@ Every error is a JSON body (4xx for anything the client sent), and a stream that
 error event and then `[DONE]`."""
 import asyncio
 import contextlib
+import hmac
 import itertools
 import json
 import threading
@@ -489,7 +490,7 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
         if api_key is None:
             return
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if given != api_key:
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
                            "authentication_error")
 
@@ -715,7 +716,12 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
     if ui:
         import gradio as gr  # heavy: imported only when the UI is wanted
 
-        app = gr.mount_gradio_app(app, build_ui(served), path="/")
+        # The web UI and Gradio's own API routes sit behind the same key: its login form (any user name, the
+        # key as password) sets the session cookie every Gradio route then asks for.
+        auth = None if api_key is None else (lambda _user, password: hmac.compare_digest(password.encode(),
+                                                                                        api_key.encode()))
+        app = gr.mount_gradio_app(app, build_ui(served, limits), path="/", auth=auth,
+                                  auth_message="This server needs its API key: any user name, the key as password.")
     return app
 
 

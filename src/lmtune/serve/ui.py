@@ -15,10 +15,25 @@ def _names(served: dict, capability: str) -> list[str]:
     return [name for name, m in served.items() if capability in m.capabilities]
 
 
-def build_ui(served: dict):
+def _within_limits(limits, text: str, new_tokens: int | None = None, top_k: int | None = None) -> None:
+    """The server's caps hold on the UI's routes as on REST (Gradio's API takes any value its callers send,
+    whatever the sliders show)."""
+    if limits is None:
+        return
+    if len(text) > limits.max_input_chars:
+        raise LmtuneError(f"the text has {len(text):,} characters; this server takes at most {limits.max_input_chars:,}")
+    if new_tokens is not None and not 1 <= new_tokens <= limits.max_new_tokens:
+        raise LmtuneError(f"max new tokens must be between 1 and {limits.max_new_tokens} on this server")
+    if top_k is not None and not 1 <= top_k <= 100:
+        raise LmtuneError("top-k must be between 1 and 100")
+
+
+def build_ui(served: dict, limits=None):
+    """`limits`: the server's caps (serve.app.Limits), checked on every UI call as on the REST routes."""
     import gradio as gr  # heavy: imported only when the UI is wanted
 
     masked, causal, classifiers = _names(served, "fill-mask"), _names(served, "generate"), _names(served, "classify")
+    most_tokens = limits.max_new_tokens if limits is not None else 512
 
     def run_locked(name, fn, *args):
         try:
@@ -48,6 +63,7 @@ def build_ui(served: dict):
                 def predict(sentence, k):
                     outputs = []
                     try:
+                        _within_limits(limits, sentence, top_k=int(k))
                         for name in masked:
                             masks = run_locked(name, fill_mask, sentence, int(k))
                             rows = [[m + 1, r + 1, p["token"], round(p["score"], 4)]
@@ -68,13 +84,14 @@ def build_ui(served: dict):
                     temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="temperature")
                     top_k_gen = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)")
                     top_p = gr.Slider(0.05, 1, value=0.95, step=0.01, label="top-p")
-                    max_tokens = gr.Slider(1, 512, value=80, step=1, label="max new tokens")
+                    max_tokens = gr.Slider(1, most_tokens, value=min(80, most_tokens), step=1, label="max new tokens")
                 go = gr.Button("Generate", variant="primary")
                 output = gr.Textbox(label="Output", lines=10)
 
                 def run(name, text, temp, k, p, n):
                     result = text
                     try:
+                        _within_limits(limits, text, new_tokens=int(n))
                         settings = GenerationSettings(max_new_tokens=int(n), temperature=temp, top_k=int(k) or None,
                                                       top_p=p)
                         with served[name].pieces(text, settings) as pieces:
@@ -95,6 +112,10 @@ def build_ui(served: dict):
                 def predict_class(name, sentence):
                     if not sentence.strip():
                         raise gr.Error("type some text")
+                    try:
+                        _within_limits(limits, sentence)
+                    except LmtuneError as err:
+                        raise gr.Error(str(err)) from None
                     return run_locked(name, classify, [sentence])[0]["scores"]
 
                 button_c.click(predict_class, [model_c, text_c], label)

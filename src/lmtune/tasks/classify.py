@@ -2,6 +2,7 @@
 dynamic padding, optional class weights; accuracy, macro-F1, per-class P/R/F1, confusion matrix."""
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 
@@ -14,24 +15,40 @@ from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
 
 MEGA_BATCH = 50  # batches sorted by length together: little padding, order still random
+# How tables spell a missing value (pandas writes NaN, R writes NA): never a class of its own.
+MISSING_LABELS = {"", "nan", "na", "n/a", "<na>", "null"}
+log = logging.getLogger("lmtune")
 
 
 def _label_order(values: list[str]) -> list[str]:
+    """Label ids in a stable order: numerically for numeric labels ("2" before "10"), else alphabetically."""
     unique = set(values)
     try:
-        return [str(v) for v in sorted(unique, key=lambda v: float(v))]
+        return sorted(unique, key=lambda v: (float(v), v))
     except ValueError:
         return sorted(unique)
 
 
-def read_labelled(paths, config: RunConfig, tokenizer):
+def label_of(value) -> str | None:
+    """A row's label as text, None when the value is missing (None, empty, NaN)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text.lower() in MISSING_LABELS else text
 
+
+def read_labelled(paths, config: RunConfig, tokenizer):
     docs, report = read_clean(paths, config, tokenizer)
     column = config.data.label_column
     if docs and column not in docs[0].fields:
         raise LmtuneError(f"no label column '{column}' (columns: {', '.join(map(str, docs[0].fields))}); "
                           "set data.label_column")
-    rows = [(d.text, str(d.fields[column]).strip()) for d in docs if d.fields.get(column) not in (None, "")]
+    labelled = [(d.text, label_of(d.fields.get(column))) for d in docs]
+    rows = [(text, label) for text, label in labelled if label is not None]
+    if len(rows) < len(labelled):
+        missing = len(labelled) - len(rows)
+        log.warning("warning: %d row(s) without a label (empty or NaN in column '%s') left out", missing, column)
+        report = {**report, "rows without a label": missing}
     if config.data.keep_labels is not None:
         keep = set(map(str, config.data.keep_labels))
         rows = [r for r in rows if r[1] in keep]

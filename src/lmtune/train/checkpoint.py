@@ -20,7 +20,7 @@ import torch
 
 from lmtune.errors import LmtuneError
 from lmtune.models.load import check_weight_files, merge_lora
-from lmtune.outputs import TRAINER_STATE, checkpoint_dirs, replace_dir
+from lmtune.outputs import TRAINER_STATE, check_free_space, checkpoint_dirs, replace_dir
 
 log = logging.getLogger("lmtune")
 
@@ -53,6 +53,7 @@ def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str,
     target = Path(run_dir) / "checkpoints" / f"step-{state['step']}"
     if target in checkpoint_dirs(run_dir):
         return target
+    check_free_space(target, saved_bytes(model, optimizer))  # the previous checkpoint stays either way
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
@@ -90,6 +91,17 @@ def save_sharded(run_dir: Path, cluster, model, tokenizer, optimizer, scheduler,
     path = replace_dir(target, write)
     _rotate(run_dir, keep)
     return path
+
+
+def saved_bytes(model, optimizer=None) -> int:
+    """About what saving `model` (and `optimizer`'s state) writes: the weights save_pretrained keeps (a LoRA
+    model's adapters alone) and every optimizer tensor."""
+    tensors = [p for p in model.parameters() if p.requires_grad] if is_peft(model) else model.state_dict().values()
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    if optimizer is not None:
+        total += sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values()
+                     if torch.is_tensor(v))
+    return total
 
 
 def _write_trainer_state(folder: Path, optimizer: dict, scheduler, state: dict[str, Any]) -> None:
@@ -224,6 +236,7 @@ def save_model(folder: Path, model, tokenizer, model_state: dict | None = None) 
         _save_pretrained(model, tmp, model_state)
         tokenizer.save_pretrained(tmp)
 
+    check_free_space(folder, saved_bytes(model))
     return replace_dir(Path(folder), write)
 
 

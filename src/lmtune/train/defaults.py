@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.config import RunConfig
-from lmtune.data.ingest import COMPRESSED, TABLE_SUFFIXES, read_documents
+from lmtune.data.ingest import COMPRESSED, TABLE_SUFFIXES, list_folder, read_documents
 from lmtune.errors import LmtuneError
 from lmtune.models.load import PRESETS, context_length, resolve
 from lmtune.paths import resolve_data_path
@@ -39,7 +39,7 @@ def estimate_tokens(paths: list[str]) -> int:
     total = 0.0
     for ref in paths:
         path = resolve_data_path(ref)
-        files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else []
+        files = [path] if path.is_file() else list_folder(path).files if path.is_dir() else []
         for file in files:
             suffixes = [s.lower() for s in file.suffixes]
             size = file.stat().st_size * (3 if suffixes and suffixes[-1] in COMPRESSED else 1)

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun
 
@@ -35,6 +36,11 @@ def main(args: list[str] | None = None) -> None:
     except ChildFailedError as err:
         sys.stderr.write(f"error: {describe_failure(err, world)}\n")
         sys.exit(1)
+    except SignalException as err:  # SIGTERM/SIGINT to torchrun: it has stopped the processes (each saves first)
+        name = signal.Signals(err.sigval).name
+        sys.stderr.write(f"error: stopped by {name}; the training processes were stopped (each saves a checkpoint "
+                         "when it can): continue with --resume\n")
+        sys.exit(128 + int(err.sigval))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from lmtune.errors import Interrupted, LmtuneError
 from lmtune.hardware import keep_freed_memory
 from lmtune.models.load import check_block_size, load_model
 from lmtune.models.lora import apply_lora
-from lmtune.outputs import RUN_ENTRIES, check_output_dir, claim_dir, remove_if_created, remove_own, run_has_model
+from lmtune.locks import own_folder
+from lmtune.outputs import RUN_ENTRIES, check_output_dir, remove_own, run_has_model
 from lmtune.tasks import get_objective, ignored_keys
 from lmtune.train import checkpoint
 from lmtune.train.data import prepare_data
@@ -55,6 +56,7 @@ class TrainState:
     base_metrics: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    plan: dict[str, int] = field(default_factory=dict)  # how the data was cut into steps (a resume must agree)
 
 
 def set_seed(seed: int) -> None:
@@ -215,52 +217,102 @@ def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
     out = Path(config.output_dir)
     check_output_dir(out, data_inputs(config), kind="run")
     check_trackers(config.train.report_to)
-    if run_has_model(out) and not resume:
-        if not overwrite:
-            raise LmtuneError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
-                              "it, or choose another output_dir")
-        remove_own(out, RUN_ENTRIES)
     check_block_size(config.model.init_from or config.model.name, config.data.block_size)
     return out
 
 
+def claim_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
+    """With the run folder's lock held: refuse to continue a run with other settings, or to start over a run
+    without --overwrite; with it, remove the earlier run's own files (and nothing else)."""
+    out = Path(config.output_dir)
+    if resume:
+        conflicts = resume_conflicts(out, config)
+        if conflicts:
+            raise LmtuneError(f"cannot resume {out} with other settings: {'; '.join(conflicts)}. Resume with the "
+                              f"run's own settings (lmtune train {out / 'config.yaml'} --resume), or start a new "
+                              "run (--overwrite, or another --output-dir)")
+    elif run_has_model(out):
+        if not overwrite:
+            raise LmtuneError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
+                              "it, or choose another output_dir")
+        log.info("replacing the run in %s (--overwrite)", out.resolve())
+        remove_own(out, RUN_ENTRIES)
+
+
+# What defines a run's data and steps: a resume must not change them (the saved position in the epoch,
+# the batches and the optimizer state would no longer fit). Steps, epochs and the time budget may grow.
+RESUME_KEYS = ("objective", "model.name", "model.init_from", "model.impl", "model.lora", "model.quantize",
+               "tokenizer", "data", "train.grad_accum", "train.seed", "tasks", "sft")
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def resume_conflicts(out: Path, config: RunConfig) -> list[str]:
+    """Settings of `config` that differ from those the run in `out` was started with (its config.yaml)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # no record to compare with: the checkpoint's own plan is checked when it loads
+    now = config.model_dump(mode="json")
+    changed = []
+    for key in RESUME_KEYS:
+        old, new = saved, now
+        for part in key.split("."):
+            old = old.get(part) if isinstance(old, dict) else None
+            new = new.get(part) if isinstance(new, dict) else None
+        old_flat, new_flat = _flat(old, key), _flat(new, key)
+        changed += [f"{name} {old_flat.get(name)!r} -> {new_flat.get(name)!r}"
+                    for name in dict.fromkeys([*old_flat, *new_flat]) if old_flat.get(name) != new_flat.get(name)]
+    return changed
+
+
 def train(config: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run the recipe; returns a summary (base and final metrics, paths). Under torchrun every process
-    calls this; the main one checks and writes the run folder, and all of them train."""
+    calls this; the main one checks, locks and writes the run folder, and all of them train."""
     out = Path(config.output_dir)
-    existed = out.exists()
     cluster = Cluster.from_env(config.train.distributed)
     try:
-        if cluster.main:
-            prepare_run_dir(config, resume, overwrite)
-        cluster.barrier()
-        trackers: list[Tracker] = []
-        try:
+        with contextlib.ExitStack() as held:
             if cluster.main:
-                claim_dir(out, "run")
-                save_config(config, out / "config.yaml")
-                # train.report_to: the trackers start (the recipe logged) before any training work
-                trackers = open_trackers(config.train.report_to, out, config.model_dump(mode="json"))
-            status = "failed"
-            try:
-                summary = _train(config, out, resume, progress, cluster, trackers)
-                log_artifacts(trackers, summary["plots"])
-                status = "finished"
-                return summary
-            except (KeyboardInterrupt, Interrupted):
-                status = "killed"
-                raise
-            finally:
-                close_trackers(trackers, status)
-        except BaseException as err:
-            if cluster.main and not (out / "metrics.jsonl").exists() and not run_has_model(out):
-                remove_if_created(out, existed)  # failed before training began: leave no half-made run folder
-            if cluster.lost_a_peer(err):
-                raise LmtuneError("lost contact with another training process (it crashed or was killed); "
-                                  "the last checkpoint is kept: continue with --resume") from None
-            raise
+                prepare_run_dir(config, resume, overwrite)
+                # One writer per run folder; a run that fails before training began leaves no folder behind.
+                held.enter_context(own_folder(out, "run", "train",
+                                              keep=lambda: (out / "metrics.jsonl").exists() or run_has_model(out)))
+                claim_run_dir(config, resume, overwrite)
+            cluster.barrier()
+            return _train_tracked(config, out, resume, progress, cluster)
+    except BaseException as err:
+        if cluster.lost_a_peer(err):
+            raise LmtuneError("lost contact with another training process (it crashed or was killed); "
+                              "the last checkpoint is kept: continue with --resume") from None
+        raise
     finally:
         cluster.close()
+
+
+def _train_tracked(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: Cluster) -> dict[str, Any]:
+    """_train with train.report_to's trackers open around it (main process)."""
+    trackers: list[Tracker] = []
+    if cluster.main:
+        # train.report_to: the trackers start (the recipe logged) before any training work
+        trackers = open_trackers(config.train.report_to, out, config.model_dump(mode="json"))
+    status = "failed"
+    try:
+        summary = _train(config, out, resume, progress, cluster, trackers)
+        log_artifacts(trackers, summary["plots"])
+        status = "finished"
+        return summary
+    except (KeyboardInterrupt, Interrupted):
+        status = "killed"
+        raise
+    finally:
+        close_trackers(trackers, status)
 
 
 class _NoLog:
@@ -268,10 +320,20 @@ class _NoLog:
         pass
 
 
+def thread_count(threads: int | None, world: int) -> int:
+    """CPU threads per process: train.threads, but never more than the cores (more only slows every op)."""
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        log.warning("warning: train.threads %d is more than the %d CPU cores here (it would run many times "
+                    "slower); using %d", threads, cores, cores)
+        threads = cores
+    return threads or max(1, cores // world)
+
+
 def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: Cluster,
            trackers: list[Tracker]) -> dict[str, Any]:
     tc = config.train
-    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // cluster.world))
+    torch.set_num_threads(thread_count(tc.threads, cluster.world))
     set_seed(tc.seed)
     device = cluster.device
     if device.type == "cpu":
@@ -341,13 +403,18 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
             checkpoint.save_model(out / "best", cluster.unwrap(model), tokenizer, model_state)
         cluster.barrier()
 
-    state = TrainState()
+    plan = {"global_batch": global_batch, "grad_accum": tc.grad_accum, "train_samples": len(train_set)}
+    state = TrainState(plan=plan)
     if last is not None:
         saved = checkpoint.load_trainer_state(last, optimizer, scheduler,
                                               lambda state_dict: cluster.load_optimizer_state(model, optimizer, state_dict),
                                               model=cluster.unwrap(model))
         state = TrainState(**saved)
+        _check_plan(state.plan, plan, last)
+        state.plan = plan
         log.info("resuming from %s (step %d of %d)", last, state.step, total_steps)
+    if main:
+        save_config(config, out / "config.yaml")  # after the resume checks: a refused resume keeps the run's own
     metrics_log = (MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if last else None, trackers=trackers)
                    if main else _NoLog())
 
@@ -404,6 +471,11 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
             if cluster.active:  # every process needs a full share: a short last batch is left out
                 batches = [b for b in batches if len(b) == global_batch]
             usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
+            if not usable:
+                raise LmtuneError(f"no full batch of {global_batch} in the training split; lower train.batch_size")
+            if state.batches_done_in_epoch >= usable:  # never spin on an epoch that has nothing left
+                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
+                continue
             # This process's share of the rest of the epoch (all of it, unless resumed mid-epoch), collated in order.
             stream = host_batches(train_set, collate, [cluster.shard(b, tc.batch_size)
                                                        for b in batches[state.batches_done_in_epoch:usable]],
@@ -537,6 +609,19 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     return summary
 
 
+def _check_plan(saved: dict[str, int], now: dict[str, int], checkpoint_dir: Path) -> None:
+    """A checkpoint continues only with the batches it was cut into: the same global batch (per-process batch
+    x processes: the number of processes may change), accumulation and training samples."""
+    names = {"global_batch": "global batch (train.batch_size x processes)", "grad_accum": "train.grad_accum",
+             "train_samples": "training samples (the data)"}
+    changed = [f"{names[key]} {saved[key]} -> {now[key]}" for key in names
+               if key in saved and saved[key] != now[key]]
+    if changed:
+        raise LmtuneError(f"cannot resume from {checkpoint_dir}: {'; '.join(changed)}. Resume with the settings the "
+                          "run was started with (per-process batch x processes unchanged), or start a new run "
+                          "(--overwrite, or another --output-dir)")
+
+
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Pinned host memory and a non-blocking copy on GPUs: the copy overlaps the previous step's work."""
     if device.type == "cuda":
@@ -546,8 +631,9 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def _divergence_message(step: int, loss: float, lr: float, last: Path | None) -> str:
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+    lower = lr / 10 if lr / 10 <= 1e-3 else 1e-4  # a sensible value, not a tenth of an absurd one
     return (f"training diverged at step {step}: the loss is {loss} (the learning rate {lr:g} is likely too high; "
-            f"try --train.lr {lr / 10:g}); {kept}; no final model was written")
+            f"try --train.lr {lower:g}); {kept}; no final model was written")
 
 
 def _evaluate_and_track(state: TrainState, metrics: dict[str, float], metric: str, mode: str,
@@ -607,9 +693,26 @@ def _beats_base(state: TrainState, metric: str, mode: str) -> bool | None:
     return _improved(state.best_metric, base, mode)
 
 
+def setting_warnings(config: RunConfig, samples: int, total_steps: int) -> list[str]:
+    """Settings that are legal but almost surely a mistake, said once before training."""
+    tc, warnings = config.train, []
+    if tc.warmup_steps >= total_steps > 1:
+        warnings.append(f"train.warmup_steps {tc.warmup_steps} is not below the run's {total_steps} steps: the "
+                        f"learning rate never reaches train.lr; try --train.warmup_steps {max(0, total_steps // 10)}")
+    if tc.batch_size > samples:
+        warnings.append(f"train.batch_size {tc.batch_size} is more than the {samples} training samples: every step "
+                        f"takes all of them (a batch of {samples})")
+    if tc.lr >= 0.1:
+        warnings.append(f"train.lr {tc.lr:g} is far above what AdamW trains with (1e-5 to 1e-3): the run will "
+                        "likely diverge")
+    elif tc.lr == 0:
+        warnings.append("train.lr 0: the weights will not change")
+    return warnings
+
+
 def plan_warnings(config: RunConfig, model, tokens: int, samples: int, total_steps: int) -> list[str]:
     """Before training: plans that usually end in a model worse than the base, with what to do instead."""
-    warnings = []
+    warnings = setting_warnings(config, samples, total_steps)
     if tokens and tokens < config.data.block_size:
         warnings.append(f"the corpus has only {tokens:,} training tokens, less than one block of "
                         f"{config.data.block_size}: add text (there is too little to learn from or to hold out)")

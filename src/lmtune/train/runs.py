@@ -13,11 +13,12 @@ from datetime import datetime
 from pathlib import Path
 
 from lmtune.errors import LmtuneError
+from lmtune.locks import LOCK_FILE, is_locked
 from lmtune.outputs import MARKER, RUN_ENTRIES, check_output_file, run_has_model, write_file_atomic
 from lmtune.tasks import OBJECTIVES, Objective
 from lmtune.train.plots import read_metrics
 
-DONE, STOPPED_EARLY, UNFINISHED, NO_MODEL = "done", "stopped early", "interrupted/running", "no model"
+DONE, STOPPED_EARLY, INTERRUPTED, RUNNING, NO_MODEL = "done", "stopped early", "interrupted", "running", "no model"
 MAX_DEPTH = 8  # how deep below the given folder runs are looked for
 STALE_SECONDS = 5  # metrics.jsonl written this long after summary.json: the run is going again
 PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -35,7 +36,7 @@ class RunInfo:
     base: float | None  # `metric` of the base model (step 0)
     best: float | None  # `metric` of the best evaluated tuned model
     best_step: int | None
-    state: str  # done | stopped early | interrupted/running | no model
+    state: str  # done | stopped early | interrupted | running (a live process holds its lock) | no model
     train_seconds: float | None
     modified: float  # newest modification time of config.yaml / metrics.jsonl / summary.json (epoch seconds)
 
@@ -156,7 +157,9 @@ def run_info(run_dir: str | Path) -> RunInfo:
                     best is None or (value < best if mode == "min" else value > best)):
                 best, best_step = value, _step(record)
         steps = max((s for r in records if (s := _step(r)) is not None), default=None)
-        seconds, state = None, UNFINISHED
+        seconds, state = None, INTERRUPTED
+    if is_locked(run_dir / LOCK_FILE):  # a live `lmtune train` writes it now (a resumed run too)
+        state = RUNNING
     objective, model = config.get("objective"), _section(config, "model").get("name")
     return RunInfo(path=str(run_dir), objective=objective if isinstance(objective, str) else None,
                    model=model if isinstance(model, str) else None,
