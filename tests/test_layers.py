@@ -111,3 +111,47 @@ def test_only_the_objectives_name_objectives():
                     found = [a for a in [*node.args, *(k.value for k in node.keywords)] if names_objective(a)]
             problems += [f"{relative}:{n.lineno} names the objective '{n.value}'" for n in found]
     assert not problems, "\n".join(problems)
+
+
+OBJECTIVE_LOOKUPS = {"get_objective", "serving_objective", "objective_of", "objective_for"}
+HARNESS = {"bench"}  # the bench drives each objective's contest by name, as the tests do
+
+
+def objective_modules() -> set[str]:
+    """tasks/ modules that define an objective (a module-level OBJECTIVE); base, common, heads, losses are shared."""
+    return {module_name(path) for path in (PACKAGE / "tasks").glob("*.py")
+            if any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "OBJECTIVE" for t in node.targets)
+                   for node in ast.parse(path.read_text()).body)}
+
+
+def test_objective_modules_are_reached_only_through_the_registry():
+    """Outside tasks/ an objective is asked (its members), never imported by module or compared by identity:
+    `objective is CAUSAL` or `loaded.objective == get_objective(...)` would put one objective's behaviour
+    into another layer, where a new objective could not reach it."""
+    modules = objective_modules()
+    assert {"lmtune.tasks.clm", "lmtune.tasks.mlm", "lmtune.tasks.classify", "lmtune.tasks.sft"} <= modules
+
+    def is_objective_value(node) -> bool:
+        if isinstance(node, ast.Call):
+            return (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) in OBJECTIVE_LOOKUPS
+        return isinstance(node, ast.Attribute) and node.attr == "objective"
+
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in {"tasks", *HARNESS}:
+            continue
+        for imported, line in imports_of(path):
+            if imported in modules:
+                problems.append(f"{relative}:{line} imports the objective module {imported}")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "lmtune.tasks":
+                problems += [f"{relative}:{node.lineno} imports the objective module lmtune.tasks.{a.name}"
+                             for a in node.names if f"lmtune.tasks.{a.name}" in modules]
+            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot, ast.Eq, ast.NotEq))
+                                                     for op in node.ops):
+                operands = [node.left, *node.comparators]
+                if any(is_objective_value(n) for n in operands) and not any(
+                        isinstance(n, ast.Constant) and n.value is None for n in operands):
+                    problems.append(f"{relative}:{node.lineno} compares objectives by identity")
+    assert not problems, "\n".join(problems)

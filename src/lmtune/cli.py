@@ -76,7 +76,7 @@ def prepare(
                                           "data.block_size": block_size,
                                           "data.train": None if recipe else inputs})
     if config.tokenizer.train is None:  # a trained tokenizer needs no model yet
-        from lmtune.models.load import check_block_size
+        from lmtune.models.resolve import check_block_size
 
         check_block_size(config.model.init_from or config.model.name, config.data.block_size)
     prepare_data(config, out)
@@ -496,9 +496,10 @@ def serve(
     """Serve models: web UI at /, REST at /v1/..., OpenAI-compatible /v1/completions and /v1/chat/completions."""
     import uvicorn
 
-    from lmtune.serve.app import Limits, create_app
+    from lmtune.serve.app import check_port_free, create_app
+    from lmtune.serve.schemas import Limits
 
-    _check_port_free(host, port)  # before loading models: a busy port fails in a second
+    check_port_free(host, port)  # before loading models: a busy port fails in a second
     app_ = create_app(models, api_key=api_key, ui=ui, device=device, dtype=dtype, engine=engine,
                       limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch,
                                     batch_size=batch_size))
@@ -514,26 +515,6 @@ def _model(name: str, device: str | None, dtype: str = "auto", engine: str = "au
     from lmtune.infer import load
 
     return load(name, device=device, dtype=dtype, engine=engine)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise LmtuneError(f"cannot serve on host '{host}': no such address") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except PermissionError:
-            raise LmtuneError(f"no permission to serve on port {port} (ports below 1024 need root); "
-                              "choose another with --port") from None
-        except OSError as err:
-            raise LmtuneError(f"cannot serve on {host}:{port}: {err.strerror} (is another server running? "
-                              "choose another with --port)") from None
 
 
 @app.command()

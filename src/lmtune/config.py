@@ -189,7 +189,8 @@ class ReportConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    objective: Literal["clm", "mlm", "classify", "sft"] = Field("clm", description="clm (causal LM), mlm (masked LM), classify, sft (multi-task prompt/completion)")
+    # The objectives are registered by lmtune.tasks (and plugins); a name it does not know is refused there.
+    objective: str = Field("clm", description="clm (causal LM), mlm (masked LM), classify, sft (multi-task prompt/completion)")
     output_dir: str = Field("runs/run", description="the run folder (new, empty, or an earlier run of lmtune's)")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to start from")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="the tokenizer (default: the model's own)")

@@ -11,6 +11,11 @@ from pathlib import Path
 import torch
 
 
+def default_device(device: str | None = None) -> torch.device:
+    """The device asked for, else the first GPU when there is one, else the CPU: the one default everywhere."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether bf16 matmuls are clearly faster than fp32 on this CPU, measured (~0.3 s, once per process):

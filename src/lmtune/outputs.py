@@ -120,11 +120,17 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     share_like_umask(tmp)
+    return swap_in(tmp, target)
+
+
+def swap_in(source: Path, target: Path) -> Path:
+    """Make the complete folder `source` the new `target` (a sibling in an lmtune folder): the old one is
+    renamed aside (`.old`) first and removed last, so a crash leaves one whole folder or the other."""
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
-    tmp.rename(target)
+    source.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return target
 

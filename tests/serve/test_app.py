@@ -39,7 +39,8 @@ def tiny_classifier(tmp_path_factory):
 def server(tiny_clm_run, tiny_classifier, tmp_path_factory):
     import uvicorn
 
-    from lmtune.serve.app import Limits, create_app
+    from lmtune.serve.app import create_app
+    from lmtune.serve.schemas import Limits
 
     mlm = _train_tiny_mlm(tmp_path_factory)
     app = create_app([tiny_clm_run, mlm, tiny_classifier], api_key=KEY,

@@ -17,7 +17,8 @@ MEANING_IS_NOT_IN_THE_SCHEMA = [positive_data_acceptance]
 @pytest.fixture(scope="module")
 def api_schema(tiny_models):
     from lmtune.infer import load
-    from lmtune.serve.app import Limits, create_app
+    from lmtune.serve.app import create_app
+    from lmtune.serve.schemas import Limits
 
     loaded = {name: load(path) for name, path in tiny_models.items()}
     # Small caps keep each request cheap; the caps are in the schema, so the fuzzer probes them too.

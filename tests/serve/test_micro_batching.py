@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from lmtune.serve.app import ClientGone, MicroBatcher, Served
+from lmtune.serve.scheduling import ClientGone, MicroBatcher, Served
 from tests.serve.test_robustness import Gone
 
 

@@ -185,7 +185,7 @@ class Gone:
 
 
 def test_the_line_is_first_come_first_served_and_a_leaver_gives_up_its_place():
-    from lmtune.serve.app import ClientGone, Served
+    from lmtune.serve.scheduling import ClientGone, Served
 
     async def main():
         model, order = Served("m", loaded=None), []
@@ -213,7 +213,7 @@ def test_the_line_is_first_come_first_served_and_a_leaver_gives_up_its_place():
 
 
 def test_a_running_request_stops_and_frees_the_model_only_when_its_thread_is_done():
-    from lmtune.serve.app import ClientGone, Served, run_stoppable
+    from lmtune.serve.scheduling import ClientGone, Served, run_stoppable
 
     async def main(cancel: bool):
         model, client, log = Served("m", loaded=None), Gone(), []

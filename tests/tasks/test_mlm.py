@@ -105,7 +105,7 @@ def test_masked_logits_through_lora_and_for_a_head_it_cannot_find():
     from lmtune.config import LoraConfig
     from lmtune.models.lora import apply_lora
     from lmtune.tasks import get_objective
-    from lmtune.tasks.mlm import masked_logits
+    from lmtune.tasks.heads import masked_logits
 
     ours, theirs, batch = _tiny_bert_pair()
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}

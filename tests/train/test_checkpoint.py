@@ -48,7 +48,8 @@ def test_state_round_trip_is_exact(tmp_path, parts):
             p.add_(1.0)
     fresh_opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     fresh_sched = torch.optim.lr_scheduler.LambdaLR(fresh_opt, lambda step: 1.0)
-    state = checkpoint.load_training_state(path, model, fresh_opt, fresh_sched, torch.device("cpu"))
+    checkpoint.load_weights(model, path)  # as the loop resumes: the weights, then the rest
+    state = checkpoint.load_trainer_state(path, fresh_opt, fresh_sched, model=model)
     assert state == {"step": 7, "epoch": 1}
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     assert torch.equal(torch.rand(3), expected_draw) and random.random() == expected_random
@@ -60,7 +61,7 @@ def test_a_damaged_checkpoint_is_named(tmp_path, parts):
     path = checkpoint.save(tmp_path, *parts, {"step": 1})
     (path / "trainer_state.pt").write_bytes(b"not a torch file")
     with pytest.raises(LmtuneError, match="trainer_state.pt: cannot read the checkpoint"):
-        checkpoint.load_training_state(path, parts[0], parts[2], parts[3], torch.device("cpu"))
+        checkpoint.load_trainer_state(path, parts[2], parts[3], model=parts[0])
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(LmtuneError, match="model.safetensors: corrupt or truncated"):

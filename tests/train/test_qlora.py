@@ -21,7 +21,7 @@ from tests.conftest import make_story
 def _cpu_qlora_unavailable() -> str | None:
     """None where bitsandbytes runs 4-bit layers on this CPU, else why not (the skip reason)."""
     from lmtune.errors import LmtuneError
-    from lmtune.models.load import check_bitsandbytes
+    from lmtune.models.qlora import check_bitsandbytes
 
     try:
         check_bitsandbytes("nf4", torch.device("cpu"))
@@ -112,7 +112,8 @@ def test_final_is_a_full_precision_model_that_computes_what_was_trained(qlora_ru
 
     from lmtune.config import load_config
     from lmtune.infer import load
-    from lmtune.models.load import is_quantized, load_model, load_tokenizer, merge_lora
+    from lmtune.models.load import load_model, load_tokenizer
+    from lmtune.models.qlora import is_quantized, merge_lora
     from lmtune.tasks import get_objective
     from lmtune.train.data import prepare_data
 
@@ -228,7 +229,7 @@ def test_a_bitsandbytes_without_cpu_support_asks_for_cuda(monkeypatch):
     """As an older bitsandbytes (CUDA only) reports itself: QLoRA needs a CUDA GPU."""
     bnb = pytest.importorskip("bitsandbytes")
     from lmtune.errors import LmtuneError
-    from lmtune.models.load import check_bitsandbytes
+    from lmtune.models.qlora import check_bitsandbytes
 
     monkeypatch.setattr(bnb, "supported_torch_devices", {"cuda"}, raising=False)
     with pytest.raises(LmtuneError, match="cannot run 4-bit layers on cpu .*QLoRA needs a CUDA GPU here"):

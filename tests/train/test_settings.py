@@ -11,7 +11,8 @@ import time
 import pytest
 
 from lmtune.config import build_config
-from lmtune.train.loop import _divergence_message, setting_warnings, thread_count
+from lmtune.train.advice import divergence_message, setting_warnings
+from lmtune.train.setup import thread_count
 
 
 def test_non_finite_numbers_are_refused(cli, corpus_dir):
@@ -47,7 +48,7 @@ def test_settings_that_are_almost_surely_mistakes_are_named():
 
 @pytest.mark.parametrize("lr,suggested", [(1e9, "0.0001"), (1e-2, "0.001"), (1e-3, "0.0001"), (3e-4, "3e-05")])
 def test_the_divergence_message_suggests_a_sensible_learning_rate(lr, suggested):
-    assert f"try --train.lr {suggested})" in _divergence_message(5, float("nan"), lr, None)
+    assert f"try --train.lr {suggested})" in divergence_message(5, float("nan"), lr, None)
 
 
 def test_sigterm_to_a_multiprocess_training_ends_in_one_line(tmp_path, corpus_dir):

@@ -14,7 +14,7 @@ from lmtune.data.ingest import read_documents
 from lmtune.infer import llama_cpp, load
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import GenerationSettings, generate, stream
-from lmtune.models.load import gguf_file
+from lmtune.models.resolve import gguf_file
 
 
 def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str, Any]:

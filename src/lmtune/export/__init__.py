@@ -19,7 +19,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import transformers
 import yaml
 
@@ -27,8 +26,11 @@ from lmtune.errors import LmtuneError
 from lmtune.export.card import model_card
 from lmtune.export.gguf import export_gguf, find_converter
 from lmtune.export.onnx import export_onnx
+from lmtune.hardware import default_device
 from lmtune.locks import folder_lock
-from lmtune.models.load import ALIASES, check_weight_files, load_model, merge_lora, resolve
+from lmtune.models.load import check_weight_files, load_model
+from lmtune.models.qlora import merge_lora
+from lmtune.models.resolve import ALIASES, resolve
 from lmtune.outputs import MARKER, TRAINER_STATE, check_output_dir, is_lmtune_dir, marker_kind, publish_dir
 from lmtune.tasks import Objective, objective_of, serving_objective
 
@@ -98,12 +100,10 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
     if out.exists() and marker_kind(out) == "export" and not overwrite:
         raise LmtuneError(f"{out} holds an earlier export; pass --overwrite to replace it")
     objective = _objective(source)
-    if format == "onnx" and objective.decoder:
-        raise LmtuneError(f"ONNX export is for encoders (fill-mask, classification); this is a {objective.name} "
-                          "model: use --format gguf (llama.cpp) or hf")
-    if format == "gguf" and not objective.decoder:
-        raise LmtuneError(f"GGUF export is for causal language models; this is a {objective.name} model: "
-                          "use --format onnx or hf")
+    if format not in objective.export_formats:
+        kind = {"onnx": "encoders (fill-mask, classification)", "gguf": "causal language models"}.get(format, format)
+        raise LmtuneError(f"{format.upper()} export is for {kind}; this is a {objective.name} model: use --format "
+                          f"{' or '.join(f for f in objective.export_formats if f != format)}")
     if format == "gguf":
         converter_path = find_converter(converter)  # before any work: a missing converter is a one-line error
     if source.adapter and not merge and format != "hf":
@@ -162,7 +162,7 @@ def _write_hf(source: ExportSource, objective: Objective, folder: Path, merge: b
     # A QLoRA run's adapter was trained on the 4-bit base: it is merged into that base, dequantized, as
     # final/ is (so the export computes what the run evaluated), not into the original weights.
     quantize = model.get("quantize")
-    device = "cuda" if quantize and torch.cuda.is_available() else "cpu"
+    device = default_device() if quantize else "cpu"
     base = load_model(objective, model.get("init_from") or model.get("name"), tokenizer, labels=_labels(source),
                       quantize=quantize, device=device)
     merged = merge_lora(PeftModel.from_pretrained(base, source.model_dir))

@@ -11,13 +11,13 @@ import torch
 import transformers
 
 from lmtune.errors import LmtuneError
-from lmtune.hardware import cpu_has_bf16
+from lmtune.hardware import cpu_has_bf16, default_device
 from lmtune.infer import llama_cpp
 from lmtune.models.int8 import quantize_int8
-from lmtune.models.load import gguf_file, load_pretrained, load_tokenizer, resolve, unknown_model_error
-from lmtune.tasks import Objective, get_objective, objective_of
-from lmtune.tasks.clm import OBJECTIVE as CAUSAL
-from lmtune.tasks.sft import task_prompt as format_task_prompt
+from lmtune.models.load import load_pretrained, load_tokenizer
+from lmtune.models.resolve import gguf_file, resolve, unknown_model_error
+from lmtune.tasks import Objective, get_objective, objective_for, objective_of
+from lmtune.tasks import task_prompt as format_task_prompt
 
 log = logging.getLogger("lmtune")
 
@@ -45,11 +45,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHTS = (*DTYPES, "int8")
 
 
-def weights_format(dtype: str, device: torch.device, objective: Objective = CAUSAL) -> str:
+def weights_format(dtype: str, device: torch.device, objective: Objective | None = None) -> str:
     """The weights' number format for inference (fp32, bf16, fp16 or int8). auto: on GPUs bf16 where they
-    have it, else fp16; on CPUs where bf16 matmuls measure clearly faster than fp32 (`cpu_has_bf16`), int8
-    weights with bf16 activations for causal LMs (decoding is memory-bound) and bf16 for encoders; fp32 on
-    other CPUs (int8's kernel is slow with fp32 activations). Measured on SmolLM2-135M (2 vCPUs, AMD EPYC
+    have it, else fp16; on CPUs where bf16 matmuls measure clearly faster than fp32 (`cpu_has_bf16`), the
+    objective's `cpu_weights`: int8 weights with bf16 activations for causal LMs (decoding is memory-bound;
+    the default without an objective) and bf16 for encoders; fp32 on other CPUs (int8's kernel is slow with fp32 activations). Measured on SmolLM2-135M (2 vCPUs, AMD EPYC
     with avx512_bf16), batch-1 decoding against fp32: bf16 1.4x, int8 3x; held-out perplexity +0.004% and
     +0.4% (docs/performance.md; `lmtune bench` re-measures both and their greedy agreement)."""
     if dtype != "auto":
@@ -61,7 +61,7 @@ def weights_format(dtype: str, device: torch.device, objective: Objective = CAUS
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and cpu_has_bf16():
-        return "int8" if objective is CAUSAL else "bf16"
+        return objective.cpu_weights if objective is not None else "int8"
     return "fp32"
 
 
@@ -93,7 +93,7 @@ def load(name: str, objective: str | None = None, device: str | None = None, dty
     chosen = get_objective(objective) if objective else objective_of(config)
     model = load_pretrained(source, chosen, name)
     tokenizer = load_tokenizer(None, source.path)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = default_device(device)
     weights = weights_format(dtype, target, chosen)
     if weights == "int8":  # fewer bytes per token: decoding reads every weight once
         quantize_int8(model)
@@ -107,10 +107,11 @@ def _load_llama_cpp(name: str, gguf: Path | None, objective: str | None) -> Load
     if gguf is None:
         raise LmtuneError(f"the llama.cpp engine runs GGUF files; '{name}' is not one (export it: lmtune export "
                           f"{name} --out DIR --format gguf)")
-    if objective is not None and get_objective(objective) is not CAUSAL:
+    generating = objective_for("generate")
+    if objective is not None and "generate" not in get_objective(objective).capabilities:
         raise LmtuneError("the llama.cpp engine generates text only")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return LoadedModel(name, llama_cpp.LlamaCppModel(gguf), tokenizer, CAUSAL, str(gguf), "gguf")
+    return LoadedModel(name, llama_cpp.LlamaCppModel(gguf), tokenizer, generating, str(gguf), "gguf")
 
 
 def task_prompt(model: str | LoadedModel, task: str, prompt: str) -> str:

@@ -5,7 +5,7 @@ import torch
 
 from lmtune.errors import LmtuneError
 from lmtune.infer import LoadedModel, as_loaded
-from lmtune.tasks.mlm import masked_logits
+from lmtune.tasks.heads import masked_logits
 
 GENERIC_MASK = "[MASK]"  # accepted for every model, whatever its own mask token (<mask> for RoBERTa)
 

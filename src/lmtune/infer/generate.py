@@ -19,7 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from lmtune.errors import LmtuneError
 from lmtune.hardware import release_cpu_workers
 from lmtune.infer import LoadedModel, as_loaded
-from lmtune.models.load import context_length_of
+from lmtune.models.resolve import context_length_of
 
 log = logging.getLogger("lmtune")
 MAX_SEED = 2**32 - 1  # torch.manual_seed takes 64 bits; 32 are plenty and portable

@@ -1,7 +1,9 @@
 """One module per training objective, each an `Objective` (tasks/base.py): what differs between
 objectives (data splits, collator, loss, metrics, the HF class, LoRA task type, how a saved model is
-recognised, what inference offers) lives there. Register a new one here."""
+recognised, what inference offers) lives there. Register a new one here (or, from outside, `register`)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from lmtune.config import RunConfig, keys_set
 from lmtune.errors import LmtuneError
@@ -10,8 +12,19 @@ from lmtune.tasks.base import Objective
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (clm.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE,
                                                          sft.OBJECTIVE)}
-# Inference: a saved model is the first of these that recognises its config (the causal LM is the fallback).
-INFERENCE_ORDER = (classify.OBJECTIVE, mlm.OBJECTIVE, clm.OBJECTIVE)
+# Inference: a model lmtune did not train is the first of these that recognises its config (the causal LM,
+# last, is the fallback). A model lmtune trained names its objective in its config (`CONFIG_KEY`).
+INFERENCE_ORDER: list[Objective] = [classify.OBJECTIVE, mlm.OBJECTIVE, clm.OBJECTIVE]
+CONFIG_KEY = "lmtune_objective"  # in a trained model's config.json
+
+
+def register(objective: Objective) -> Objective:
+    """Add an objective (a module of its own, or a plugin): recipes may then name it, and inference
+    recognises models it did not train before the causal-LM fallback."""
+    OBJECTIVES[objective.name] = objective
+    if objective not in INFERENCE_ORDER:
+        INFERENCE_ORDER.insert(len(INFERENCE_ORDER) - 1, objective)
+    return objective
 
 
 def objective_for_columns(columns: set[str]) -> Objective:
@@ -28,8 +41,27 @@ def get_objective(name: str) -> Objective:
 
 
 def objective_of(hf_config) -> Objective:
-    """The objective a saved model serves, from its config.json."""
+    """The objective a saved model serves, from its config.json: the one it was trained for (as served:
+    SFT models generate like causal LMs), else the first that recognises its architecture."""
+    trained_for = getattr(hf_config, CONFIG_KEY, None)
+    if trained_for in OBJECTIVES:
+        return serving_objective(trained_for)
     return next(o for o in INFERENCE_ORDER if o.recognizes(hf_config))
+
+
+def objective_for(capability: str) -> Objective:
+    """The objective whose models offer `capability` (e.g. what a GGUF file run by llama.cpp serves as)."""
+    return next(o for o in INFERENCE_ORDER if capability in o.capabilities)
+
+
+def task_prompt(model_dir, tokenizer, task: str, prompt: str) -> str:
+    """A multi-task model's prompt for `task`, formatted as in training: asked of the objective whose
+    metadata file the model folder holds."""
+    owner = next((o for o in OBJECTIVES.values() if o.metadata_file and (Path(model_dir) / o.metadata_file).exists()),
+                 None)
+    if owner is None:
+        raise LmtuneError(f"{model_dir} was not trained on tasks (no task metadata in the model folder)")
+    return owner.task_prompt(model_dir, tokenizer, task, prompt)
 
 
 def serving_objective(name: str) -> Objective:
@@ -61,5 +93,5 @@ def _is_default(config: RunConfig, key: str) -> bool:
     return getattr(parent, name) == type(parent).model_fields[name].get_default(call_default_factory=True)
 
 
-__all__ = ["OBJECTIVES", "Objective", "get_objective", "ignored_keys", "objective_of", "owner_of_key",
-           "serving_objective"]
+__all__ = ["CONFIG_KEY", "OBJECTIVES", "Objective", "get_objective", "ignored_keys", "objective_for", "objective_of",
+           "owner_of_key", "register", "serving_objective", "task_prompt"]

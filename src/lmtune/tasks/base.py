@@ -26,11 +26,17 @@ class Objective:
     auto_class: ClassVar[str]  # transformers class that loads a saved model of this objective
     lora_task_type: ClassVar[str | None] = None  # peft TaskType
     random_collate: ClassVar[bool] = False  # its collator draws from the global RNG (MLM masks): no workers
-    decoder: ClassVar[bool] = False  # a causal decoder (GPT presets) rather than an encoder (BERT presets)
+    preset_family: ClassVar[str] = "gpt2"  # the from-scratch presets (models/resolve.py PRESETS) it can train
+    native_gpt: ClassVar[bool] = False  # lmtune's own GPT (model.impl native, models/gpt.py) can train it
+    supports_qlora: ClassVar[bool] = False  # a 4-bit base under LoRA adapters (model.quantize) can train it
+    export_formats: ClassVar[tuple[str, ...]] = ("hf",)  # `lmtune export --format` choices for its models
+    # Inference weights on CPUs with fast bf16 (infer.weights_format): bf16, or int8 where decoding is
+    # bound by reading the weights once per token (causal LMs).
+    cpu_weights: ClassVar[str] = "bf16"
     used_as: ClassVar[str | None] = None  # the objective a saved model serves as (SFT models generate like CLM)
     capabilities: ClassVar[tuple[str, ...]] = ()  # what inference and the server offer for its models
     pipeline_tag: ClassVar[str] = "text-generation"  # the transformers pipeline (and Hub tag) for its models
-    metadata_file: ClassVar[str | None] = None  # written into final/ by `save_metadata`
+    metadata_file: ClassVar[str | None] = None  # written into final/ by `save_metadata` (e.g. SFT's tasks)
     default_model: ClassVar[str] = "smollm2-135m"  # for `lmtune train --data` (offline aliases)
     table_columns: ClassVar[frozenset[str]] = frozenset()  # a table with these columns is this objective's data
     # Recipe keys (dotted; a section name covers its keys) that only this objective reads: `lmtune keys`
@@ -83,6 +89,11 @@ class Objective:
     def init_model(self, model, missing_keys: list[str], head_init: str = "identity") -> None:
         """Fix up a freshly loaded pretrained model (e.g. an encoder saved without its MLM head)."""
 
+    def prepare_model(self, model, config: RunConfig):
+        """The model about to train, as the recipe's own keys for this objective want it (e.g. a classifier
+        with a frozen encoder); returns it."""
+        return model
+
     def lora_modules_to_save(self, model) -> list[str] | None:
         """Modules that train in full beside LoRA adapters (a new head, say)."""
         return None
@@ -92,4 +103,10 @@ class Objective:
         return False
 
     def save_metadata(self, final_dir, prepared) -> None:
-        """Anything inference needs beyond the HF folder (e.g. SFT task prefixes)."""
+        """Anything inference needs beyond the HF folder (e.g. SFT task prefixes), in `metadata_file`."""
+
+    def task_prompt(self, model_dir, tokenizer, task: str, prompt: str) -> str:
+        """A prompt for one of the tasks a saved model of this objective was trained on (`generate --task`)."""
+        from lmtune.errors import LmtuneError
+
+        raise LmtuneError(f"{model_dir} was not trained on tasks (a {self.name} model)")

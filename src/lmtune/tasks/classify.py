@@ -218,6 +218,8 @@ class Classification(Objective):
     lora_task_type = "SEQ_CLS"
     capabilities = ("classify",)
     pipeline_tag = "text-classification"
+    preset_family = "bert"
+    export_formats = ("hf", "onnx")
     default_model = "minilm-l6"
     own_keys = ("data.label_column", "data.keep_labels", "data.test_fraction", "train.class_weights", "model.freeze_encoder")
     table_columns = frozenset({"label"})
@@ -230,6 +232,12 @@ class Classification(Objective):
 
     def prepare_splits(self, config, tokenizer):
         return prepare_splits(config, tokenizer)
+
+    def prepare_model(self, model, config):
+        if config.model.freeze_encoder:  # a linear probe: only what sits on top of the encoder trains
+            for name, param in model.base_model.named_parameters():
+                param.requires_grad = "pooler" in name  # BERT-style encoders pool inside base_model
+        return model
 
     def batch_order(self, dataset, batch_size, generator):
         return batch_order(dataset, batch_size, generator)

@@ -39,7 +39,9 @@ class CausalLM(Objective):
     summary = "causal language modelling: next-token loss on packed blocks"
     auto_class = "AutoModelForCausalLM"
     lora_task_type = "CAUSAL_LM"
-    decoder = True
+    native_gpt = supports_qlora = True
+    export_formats = ("hf", "gguf")
+    cpu_weights = "int8"
     capabilities = ("generate", "completions", "chat")
 
     def make_collator(self, tokenizer, config):

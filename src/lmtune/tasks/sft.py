@@ -228,7 +228,7 @@ class MultiTaskSFT(Objective):
     summary = "multi-task prompt/completion fine-tuning: loss on completions only, per-task metrics"
     auto_class = "AutoModelForCausalLM"
     lora_task_type = "CAUSAL_LM"
-    decoder = True
+    native_gpt = supports_qlora = True
     used_as = "clm"  # a tuned SFT model generates like any causal LM
     metadata_file = METADATA_FILE
     table_columns = frozenset({"prompt", "completion"})
@@ -251,6 +251,9 @@ class MultiTaskSFT(Objective):
 
     def save_metadata(self, final_dir, prepared) -> None:
         (Path(final_dir) / METADATA_FILE).write_text(json.dumps(metadata(prepared), indent=2))
+
+    def task_prompt(self, model_dir, tokenizer, task, prompt):
+        return task_prompt(model_dir, tokenizer, task, prompt)
 
 
 OBJECTIVE = MultiTaskSFT()

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from lmtune.errors import LmtuneError
-from lmtune.models.load import check_weight_files, merge_lora
+from lmtune.models.load import check_weight_files
+from lmtune.models.qlora import merge_lora
 from lmtune.outputs import TRAINER_STATE, check_free_space, checkpoint_dirs, replace_dir
 
 log = logging.getLogger("lmtune")
@@ -190,13 +191,6 @@ def load_weights(model, folder: Path) -> None:
         model.tie_weights()
 
 
-def load_training_state(folder: Path, model, optimizer, scheduler, device=None) -> dict[str, Any]:
-    """Weights, optimizer, scheduler and RNG state of a checkpoint; returns the loop's position."""
-    if not is_sharded(folder):
-        load_weights(model, folder)
-    return load_trainer_state(folder, optimizer, scheduler, model=model)
-
-
 def load_trainer_state(folder: Path, optimizer, scheduler, load_optimizer=None, model=None) -> dict[str, Any]:
     """Everything but the weights of an HF-format checkpoint (`load_optimizer(state_dict)`: how a sharded
     optimizer takes a full state). A sharded (DCP) checkpoint's weights come with its optimizer state:
@@ -242,17 +236,6 @@ def save_model(folder: Path, model, tokenizer, model_state: dict | None = None) 
 
 def is_adapter(folder: Path) -> bool:
     return (Path(folder) / "adapter_config.json").exists()
-
-
-def promote(source: Path, target: Path) -> Path:
-    """Make the complete model folder `source` the new `target` (e.g. best/ -> final/)."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    source.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def save_final(run_dir: Path, model, tokenizer, name: str = "final", model_state: dict | None = None) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 from lmtune.config import RunConfig
 from lmtune.data.ingest import COMPRESSED, TABLE_SUFFIXES, list_folder, read_documents
 from lmtune.errors import LmtuneError
-from lmtune.models.load import PRESETS, context_length, resolve
+from lmtune.models.resolve import PRESETS, context_length, resolve
 from lmtune.paths import resolve_data_path
 from lmtune.tasks import get_objective, objective_for_columns
 

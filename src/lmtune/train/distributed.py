@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from lmtune.errors import LmtuneError
+from lmtune.hardware import default_device
 
 log = logging.getLogger("lmtune")
 
@@ -46,7 +47,7 @@ class Cluster:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cuda = torch.cuda.is_available()
         if world == 1:
-            return cls(device=torch.device("cuda" if cuda else "cpu"), strategy=strategy)
+            return cls(device=default_device(), strategy=strategy)
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         if cuda:

@@ -8,7 +8,7 @@ from typing import Any
 from lmtune.config import RunConfig
 from lmtune.data.prepare import is_prepared, load_prepared
 from lmtune.infer import LoadedModel, load
-from lmtune.models.load import context_length_of
+from lmtune.models.resolve import context_length_of
 from lmtune.train.data import prepare_data
 from lmtune.train.precision import autocast_for
 

@@ -1,4 +1,4 @@
-"""Which device and which number format a run uses, decided by what the hardware does fast."""
+"""Which number format a run computes in, decided by what the hardware does fast."""
 from __future__ import annotations
 
 import contextlib
@@ -6,10 +6,6 @@ import contextlib
 import torch
 
 from lmtune.hardware import cpu_has_bf16
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def autocast_for(precision: str, device: torch.device):

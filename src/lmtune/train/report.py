@@ -7,7 +7,7 @@ from rich.table import Table
 from lmtune.config import RunConfig
 from lmtune.infer.fill_mask import compare_table
 from lmtune.infer.generate import GenerationSettings, generate
-from lmtune.models.load import PRESETS
+from lmtune.models.resolve import PRESETS
 from lmtune.tasks import serving_objective
 
 
