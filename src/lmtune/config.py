@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lmtune.errors import LmtuneError
 from lmtune.paths import resolve_data_path
@@ -316,23 +323,49 @@ def build_config(data: dict[str, Any]) -> RunConfig:
         raise LmtuneError(_explain(err)) from None
 
 
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe YAML file as a dict; a missing or broken file is one line naming where."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmtuneError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        # Where the broken construct starts (an unclosed bracket) beats where the parser gave up.
+        mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise LmtuneError(f"{where}: not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise LmtuneError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def make_config(recipe: str | Path | dict | None = None, overrides: list[str] | dict | None = None,
+                **options: Any) -> RunConfig:
+    """The one way a run's config is made: a recipe (a YAML file, or a dict such as `lmtune train --data`'s
+    defaults), then the commands' named options (`model__name="x"` for --model: dotted keys spelled with
+    `__`; None leaves a key alone), then `--section.key value` overrides (a token list or a nested dict).
+    Each layer wins over the one before."""
+    data = read_recipe(recipe) if isinstance(recipe, (str, Path)) else dict(recipe or {})
+    for dotted, value in options.items():
+        if value is not None:
+            data = merge_dicts(data, _nested(dotted.replace("__", "."), value))
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides or {}
+    return build_config(merge_dicts(data, extra))
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    *parents, leaf = dotted.split(".")
+    node: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        node = {part: node}
+    return node
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise LmtuneError(f"recipe not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            # Where the broken construct starts (an unclosed bracket) beats where the parser gave up.
-            mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise LmtuneError(f"{where}: not valid YAML ({problem})") from None
-        if not isinstance(data, dict):
-            raise LmtuneError(f"{path} must hold a mapping of config keys")
-    return build_config(merge_dicts(data, overrides or {}))
+    """A recipe file with `overrides` (a nested dict), as the Python API takes them."""
+    return make_config(path, overrides)
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -84,8 +84,17 @@ def test_fast_cleaning_steps_equal_the_plain_regexes():
     they care about, each gives exactly what the plain regex version gives."""
     import random
 
-    from lmtune.data.clean import (BLANK_LINES, HYPHEN_BREAK, NON_SPACE_PAIR, SPACES, TOC_LINE, _tidy_lines,
-                                   dehyphenate, drop_toc_lines, normalize_whitespace)
+    from lmtune.data.clean import (
+        BLANK_LINES,
+        HYPHEN_BREAK,
+        NON_SPACE_PAIR,
+        SPACES,
+        TOC_LINE,
+        _tidy_lines,
+        dehyphenate,
+        drop_toc_lines,
+        normalize_whitespace,
+    )
 
     def plain_whitespace(text, slice_chars):
         out, start = [], 0

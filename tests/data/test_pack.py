@@ -1,6 +1,7 @@
 import pytest
 
-from lmtune.data.pack import Framing, pack as pack_arrays, pack_splits, split_documents
+from lmtune.data.pack import Framing, pack_splits, split_documents
+from lmtune.data.pack import pack as pack_arrays
 
 CLM = Framing(separator=[0], prefix=[], suffix=[])
 

@@ -10,14 +10,12 @@ import yaml
 
 from lmtune.config import build_config
 from lmtune.export import export_model
-from lmtune.export.gguf import BUNDLED, find_converter
 from lmtune.infer import load
 from lmtune.infer.classify import classify
 from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer.generate import generate
 from lmtune.train.loop import train
-from tests.conftest import make_story, snapshot
-from tests.tasks.test_sft import write_tasks
+from tests.conftest import converter_or_skip, make_story, snapshot, write_tasks
 
 
 def card_metadata(folder: Path) -> dict:
@@ -194,15 +192,6 @@ def test_onnx_refuses_a_causal_model_in_one_line(tiny_clm_run, tmp_path, cli):
 
 
 # ---- GGUF (llama.cpp's converter) --------------------------------------------------------------------------
-def converter_or_skip() -> Path:
-    from lmtune.errors import LmtuneError
-
-    try:
-        return find_converter()
-    except LmtuneError as err:
-        pytest.skip(f"llama.cpp's converter is not here ({BUNDLED} is empty; make setup fetches it): {err}")
-
-
 def test_gguf_export_of_a_llama_model_loads_and_generates_the_same(tmp_path):
     """A tiny model of SmolLM2's architecture and tokenizer (the demo's family), trained a few steps."""
     from lmtune.models.load import load_tokenizer

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from lmtune.errors import LmtuneError
-from lmtune.infer.fill_mask import fill_mask
 from lmtune.infer import load
+from lmtune.infer.fill_mask import fill_mask
 
 
 @pytest.fixture(scope="module")

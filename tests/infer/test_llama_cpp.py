@@ -5,7 +5,6 @@ import json
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 
 from lmtune.errors import LmtuneError
@@ -20,7 +19,7 @@ needs_llama_cpp = pytest.mark.skipif(not llama_cpp.available(),
 def exported_gguf(tiny_clm_run, tmp_path_factory) -> str:
     """The tiny tuned GPT exported to GGUF (f32), as a user would: lmtune export RUN --format gguf."""
     from lmtune.export import export_model
-    from tests.export.test_export import converter_or_skip
+    from tests.conftest import converter_or_skip
 
     converter_or_skip()
     out = export_model(str(Path(tiny_clm_run).parent), tmp_path_factory.mktemp("gguf") / "model", format="gguf",

@@ -4,7 +4,13 @@ import json
 import pytest
 
 from lmtune.errors import LmtuneError
-from lmtune.models.resolve import PRESETS, check_block_size, context_length, resolve, run_model_dir
+from lmtune.models.resolve import (
+    PRESETS,
+    check_block_size,
+    context_length,
+    resolve,
+    run_model_dir,
+)
 
 
 def test_presets_aliases_and_hub_ids():

@@ -1,20 +1,19 @@
-"""A real `lmtune serve` process on a loopback port, serving three tiny models."""
+"""Serving tests' shared pieces: three tiny trained models, a real `lmtune serve` process on a loopback port,
+raw clients that hang up, and a stand-in request whose client leaves."""
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +83,26 @@ def server_process(tiny_models):
     server = ServerProcess(tiny_models)
     yield server
     server.close()
+
+
+def send_raw(port: int, path: str, body: dict) -> socket.socket:
+    """Send a complete HTTP request and return the open socket, unread: closing it is a client that leaves."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+def raw_request_then_hang_up(port: int, path: str, body: dict) -> None:
+    send_raw(port, path, body).close()
+
+
+class Gone:
+    """A stand-in for a request: `is_disconnected()` turns true once `leave` is set."""
+
+    def __init__(self):
+        self.leave = threading.Event()
+
+    async def is_disconnected(self) -> bool:
+        return self.leave.is_set()

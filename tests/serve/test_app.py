@@ -1,23 +1,19 @@
 """A real server on a loopback port with tiny models, every route exercised over HTTP."""
 import json
-import socket
 import threading
 import time
 
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 KEY = "test-key"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory):
+def labelled_classifier(tmp_path_factory):
+    """An untrained classifier whose labels have names (rotten/fresh)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -36,13 +32,13 @@ def tiny_classifier(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_clm_run, tiny_classifier, tmp_path_factory):
+def server(tiny_models, labelled_classifier):
     import uvicorn
 
     from lmtune.serve.app import create_app
     from lmtune.serve.schemas import Limits
 
-    mlm = _train_tiny_mlm(tmp_path_factory)
+    tiny_clm_run, mlm, tiny_classifier = tiny_models["clm"], tiny_models["mlm"], labelled_classifier
     app = create_app([tiny_clm_run, mlm, tiny_classifier], api_key=KEY,
                      limits=Limits(max_input_chars=200, max_new_tokens=32, max_batch=4))
     port = free_port()
@@ -56,20 +52,6 @@ def server(tiny_clm_run, tiny_classifier, tmp_path_factory):
     yield {"url": f"http://127.0.0.1:{port}", "clm": tiny_clm_run, "mlm": mlm, "cls": tiny_classifier}
     srv.should_exit = True
     thread.join(timeout=10)
-
-
-def _train_tiny_mlm(factory):
-    from lmtune.config import build_config
-    from lmtune.train.loop import train
-    from tests.conftest import make_story
-
-    root = factory.mktemp("serve-mlm")
-    (root / "book.txt").write_text("\n\n".join(make_story(i) for i in range(6)))
-    config = build_config({
-        "objective": "mlm", "output_dir": str(root / "run"), "model": {"name": "bert-tiny"},
-        "data": {"train": str(root / "book.txt"), "block_size": 32},
-        "train": {"batch_size": 8, "max_steps": 3, "precision": "fp32"}, "report": {"compare_base": False}})
-    return train(config, progress=False)["final_model"]
 
 
 @pytest.fixture

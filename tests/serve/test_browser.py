@@ -6,21 +6,20 @@ import time
 
 import pytest
 
-from tests.serve.test_app import free_port
+from tests.conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where apt works)")
-def test_fill_mask_in_the_browser(tmp_path, tmp_path_factory):
+def test_fill_mask_in_the_browser(tiny_models, tmp_path):
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     import uvicorn
     from playwright.sync_api import expect, sync_playwright
 
     from lmtune.serve.app import create_app
-    from tests.serve.test_app import _train_tiny_mlm
 
-    mlm = _train_tiny_mlm(tmp_path_factory)
+    mlm = tiny_models["mlm"]
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app([mlm]), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.serve.test_robustness import raw_request_then_hang_up
+from tests.serve.conftest import raw_request_then_hang_up
 
 REQUESTS, CONCURRENCY, WARMUP = 500, 16, 60
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lmtune.serve.scheduling import ClientGone, MicroBatcher, Served
-from tests.serve.test_robustness import Gone
+from tests.serve.conftest import Gone
 
 
 def test_waiting_requests_share_one_call_and_get_their_own_answers():

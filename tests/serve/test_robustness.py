@@ -4,14 +4,12 @@ its stream with an error event, and SIGTERM stops the server within seconds with
 Most of it against a real `lmtune serve` process on a loopback port; /health shows who holds a model."""
 import asyncio
 import json
-import socket
-import threading
 import time
 
 import httpx
 import pytest
 
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import Gone, ServerProcess, send_raw
 
 LONG = {"prompt": "The king", "max_new_tokens": 480, "temperature": 0, "ignore_eos": True}  # seconds of work
 
@@ -55,19 +53,6 @@ def next_event(response: httpx.Response) -> str:
 def hang_up(response: httpx.Response) -> None:
     response.close()
     response.extensions["client"].close()
-
-
-def send_raw(port: int, path: str, body: dict) -> socket.socket:
-    """Send a complete HTTP request and return the open socket, unread: closing it is a client that leaves."""
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-    return sock
-
-
-def raw_request_then_hang_up(port: int, path: str, body: dict) -> None:
-    send_raw(port, path, body).close()
 
 
 def test_clients_that_leave_free_the_model(server):
@@ -172,16 +157,6 @@ def test_stream_errors_before_and_during_the_stream(tiny_models):
             assert client.get("/health").json()["load"]["m"] == {"busy": False, "running": 0, "waiting": 0}
     finally:
         del loaded.model.forward
-
-
-class Gone:
-    """A stand-in for a request: `is_disconnected()` turns true once `leave` is set."""
-
-    def __init__(self):
-        self.leave = threading.Event()
-
-    async def is_disconnected(self) -> bool:
-        return self.leave.is_set()
 
 
 def test_the_line_is_first_come_first_served_and_a_leaver_gives_up_its_place():

@@ -1,8 +1,6 @@
 """The web UI's Runs tab: the runs table and the comparison plot, for folders below the server's folder only."""
 import pytest
 
-from tests.train.test_runs import runs_dir  # noqa: F401 - the fixture
-
 
 def test_runs_tab_lists_and_compares(runs_dir, monkeypatch):  # noqa: F811
     gr = pytest.importorskip("gradio")

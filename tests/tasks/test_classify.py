@@ -66,7 +66,6 @@ def test_learns_separable_data_and_labels_round_trip(tmp_path):
     assert pipe("a wonderful moving triumph")[0]["label"] == "good"
 
     from lmtune.infer.classify import classify
-
     from lmtune.train.evaluate import evaluate_model
 
     scored = evaluate_model(summary["final_model"], str(write_reviews(tmp_path / "more.csv", n=20)),

@@ -1,4 +1,3 @@
-import csv
 import json
 
 import pytest
@@ -7,19 +6,7 @@ import torch
 from lmtune.config import SftConfig, build_config
 from lmtune.models.load import load_tokenizer
 from lmtune.tasks import sft
-
-
-def write_tasks(path):
-    """Two tasks in one file with a task column: echo a colour's opposite, and count words."""
-    opposites = {"black": "white", "hot": "cold", "up": "down", "left": "right", "day": "night", "big": "small"}
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["task", "prompt", "completion"])
-        for i in range(60):
-            a, b = list(opposites.items())[i % 6]
-            writer.writerow(["opposite", f"the opposite of {a} ({i})", b])
-            writer.writerow(["shout", f"say {a} loudly ({i})", a.upper()])
-    return path
+from tests.conftest import write_tasks
 
 
 def test_prompt_tokens_get_no_gradient():

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from lmtune.config import build_config
 from lmtune.errors import LmtuneError
 from lmtune.train.loop import train
 

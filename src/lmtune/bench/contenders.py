@@ -10,8 +10,13 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import (DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments,
-                          default_data_collator)
+from transformers import (
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
 
 from lmtune.bench.machine import train_flops_per_token
 from lmtune.config import build_config
@@ -19,7 +24,8 @@ from lmtune.data.ingest import read_documents
 from lmtune.infer import LoadedModel, load
 from lmtune.infer.classify import classify
 from lmtune.models.load import load_model, load_tokenizer
-from lmtune.tasks import classify as classification, clm, mlm
+from lmtune.tasks import classify as classification
+from lmtune.tasks import clm, mlm
 from lmtune.tasks.classify import read_labelled, stratified_split
 from lmtune.train.evaluate import evaluate_model
 from lmtune.train.loop import train

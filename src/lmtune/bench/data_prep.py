@@ -70,12 +70,12 @@ def measure_data_prep(mb: float = 20, tokenizer: Any = "smollm2-135m", block_siz
     or a tokenizer object. Rates are MB (10^6 bytes of UTF-8 text) per second of wall-clock time;
     `*_mb_per_core_s` are MB per CPU-second."""
     from lmtune.config import build_config
-    from lmtune.tasks.clm import OBJECTIVE as CAUSAL
     from lmtune.data.clean import clean_documents
     from lmtune.data.ingest import read_documents
     from lmtune.data.pack import Framing, pack_splits, tokenize, tokenizer_threads
     from lmtune.data.prepare import prepare_packed, specials_of
     from lmtune.models.load import load_tokenizer
+    from lmtune.tasks.clm import OBJECTIVE as CAUSAL
 
     name = tokenizer if isinstance(tokenizer, str) else type(tokenizer).__name__
     tok = load_tokenizer(tokenizer, tokenizer) if isinstance(tokenizer, str) else tokenizer

@@ -14,10 +14,10 @@ import torch
 from lmtune.bench.contenders import CAUSAL, HAMLET
 from lmtune.bench.machine import train_flops_per_token
 from lmtune.config import build_config
+from lmtune.hardware import cpu_has_bf16
 from lmtune.infer import load
 from lmtune.train.loop import train
 from lmtune.train.plots import read_metrics
-from lmtune.hardware import cpu_has_bf16
 
 CONFIGS = {  # name -> (model, sequence length, batch, steps)
     "demo (SmolLM2-135M)": ("smollm2-135m", 256, 8, 30),

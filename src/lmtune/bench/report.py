@@ -5,6 +5,7 @@ from lmtune.tasks.classify import OBJECTIVE as CLASSIFY
 from lmtune.tasks.clm import OBJECTIVE as CAUSAL
 from lmtune.tasks.mlm import OBJECTIVE as MASKED
 
+
 def with_ratio(sides: dict, **settings) -> dict:
     """lmtune's effective tokens/s over each other contender's: `ratio_vs_seed`, `ratio_vs_tuned`."""
     ours = sides["lmtune"]
@@ -39,7 +40,7 @@ def to_markdown(r: dict) -> str:
                   "|---" * (len(names) + 3) + "|"]
         errors = {n: sides[n]["error"] for n in names if "error" in sides[n]}
         if errors:
-            lines += [f"| error | " + " | ".join(sides[n].get("error", "") for n in names) + " | | |", ""]
+            lines += ["| error | " + " | ".join(sides[n].get("error", "") for n in names) + " | | |", ""]
             continue
         rows = [("effective tokens/s", "effective_tokens_per_s", 1), ("padding", "padding_fraction", 2),
                 ("steps in the time", "steps", 0), (f"{metric} after equal time", metric, 4),

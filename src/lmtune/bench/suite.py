@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmtune.bench.device import bench_device, device_markdown
-from lmtune.bench.data_prep import measure_data_prep
-from lmtune.bench.inference import bench_fill_mask, bench_generation
 from lmtune.bench.contenders import CAUSAL, CLASSIFY, MASKED
+from lmtune.bench.data_prep import measure_data_prep
+from lmtune.bench.device import bench_device, device_markdown
+from lmtune.bench.inference import bench_fill_mask, bench_generation
 from lmtune.bench.machine import cpu_name, peak_matmul
 from lmtune.bench.report import to_markdown, with_ratio
 from lmtune.bench.serving import bench_serving

@@ -17,7 +17,13 @@ from lmtune.data.pack import Framing, pack_splits, tokenize
 from lmtune.data.tokenizer import train_tokenizer
 from lmtune.errors import LmtuneError
 from lmtune.locks import own_folder
-from lmtune.outputs import check_free_space, check_output_dir, disk_errors, is_lmtune_dir, remove_own
+from lmtune.outputs import (
+    check_free_space,
+    check_output_dir,
+    disk_errors,
+    is_lmtune_dir,
+    remove_own,
+)
 
 
 @dataclass

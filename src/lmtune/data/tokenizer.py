@@ -7,7 +7,15 @@ from lmtune.config import TokenizerTrainConfig
 
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerTrainConfig):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if config.kind == "bpe":

@@ -31,7 +31,14 @@ from lmtune.locks import folder_lock
 from lmtune.models.load import check_weight_files, load_model
 from lmtune.models.qlora import merge_lora
 from lmtune.models.resolve import ALIASES, resolve
-from lmtune.outputs import MARKER, TRAINER_STATE, check_output_dir, is_lmtune_dir, marker_kind, publish_dir
+from lmtune.outputs import (
+    MARKER,
+    TRAINER_STATE,
+    check_output_dir,
+    is_lmtune_dir,
+    marker_kind,
+    publish_dir,
+)
 from lmtune.tasks import Objective, objective_of, serving_objective
 
 log = logging.getLogger("lmtune")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from lmtune.models.resolve import ALIASES, ALIAS_HUB_IDS, PRESETS
+from lmtune.models.resolve import ALIAS_HUB_IDS, ALIASES, PRESETS
 from lmtune.tasks import Objective
 
 if TYPE_CHECKING:

@@ -35,7 +35,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TopPLogitsWarper,
+)
 
 from lmtune.errors import LmtuneError
 from lmtune.hardware import release_cpu_workers

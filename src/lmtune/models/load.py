@@ -16,7 +16,13 @@ from transformers import AutoTokenizer, BertConfig, GPT2Config, GPT2TokenizerFas
 from lmtune.errors import LmtuneError
 from lmtune.models.gpt import GPT, GPTConfig
 from lmtune.models.qlora import prepare_quantized, quantized_load_kwargs
-from lmtune.models.resolve import GPT2_BPE, PRESETS, ModelSource, resolve, unknown_model_error
+from lmtune.models.resolve import (
+    GPT2_BPE,
+    PRESETS,
+    ModelSource,
+    resolve,
+    unknown_model_error,
+)
 from lmtune.paths import package_dir
 from lmtune.tasks import Objective, get_objective
 

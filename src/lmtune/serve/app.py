@@ -24,8 +24,8 @@ from lmtune.infer.fill_mask import fill_mask
 from lmtune.serve.errors import install_error_handlers
 from lmtune.serve.openai import openai_router
 from lmtune.serve.routes import rest_router
-from lmtune.serve.schemas import EVENT_BODIES, Limits, request_bodies
 from lmtune.serve.scheduling import ClientGone, MicroBatcher, Served
+from lmtune.serve.schemas import EVENT_BODIES, Limits, request_bodies
 from lmtune.serve.ui import build_ui
 
 # Requests of these capabilities that arrive while their model is busy are answered by one call.

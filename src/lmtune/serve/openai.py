@@ -9,9 +9,16 @@ from fastapi import APIRouter, Depends, Request
 
 from lmtune.serve.errors import ApiError
 from lmtune.serve.routes import KEYED, Models, server_limits
-from lmtune.serve.schemas import (ChatChunk, ChatResponse, CompletionChunk, CompletionResponse, Limits,
-                                  generation_settings, streamed)
 from lmtune.serve.scheduling import pick
+from lmtune.serve.schemas import (
+    ChatChunk,
+    ChatResponse,
+    CompletionChunk,
+    CompletionResponse,
+    Limits,
+    generation_settings,
+    streamed,
+)
 from lmtune.serve.streams import completions_of, stream_events
 
 

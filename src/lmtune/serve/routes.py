@@ -9,9 +9,19 @@ from fastapi import APIRouter, Depends, Request
 
 from lmtune.infer.fill_mask import check_masks
 from lmtune.serve.errors import ApiError
-from lmtune.serve.schemas import (ERRORS, ClassifyResponse, FillMaskResponse, GenerateChunk, GenerateResponse, Health,
-                                  Limits, ModelList, generation_settings, streamed)
 from lmtune.serve.scheduling import Served, pick
+from lmtune.serve.schemas import (
+    ERRORS,
+    ClassifyResponse,
+    FillMaskResponse,
+    GenerateChunk,
+    GenerateResponse,
+    Health,
+    Limits,
+    ModelList,
+    generation_settings,
+    streamed,
+)
 from lmtune.serve.streams import completions_of, stream_events
 
 

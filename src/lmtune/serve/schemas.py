@@ -7,8 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.infer.generate import (GenerationSettings, NewTokens, SamplingSettings, Seed, Sequences, Temperature,
-                                   TopP)
+from lmtune.infer.generate import (
+    GenerationSettings,
+    NewTokens,
+    SamplingSettings,
+    Seed,
+    Sequences,
+    Temperature,
+    TopP,
+)
 
 
 @dataclass

@@ -120,7 +120,10 @@ class Cluster:
         for final/, best/ and last/, which are plain Hugging Face folders."""
         if not self.sharded:
             return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -130,7 +133,10 @@ class Cluster:
         if not self.sharded:
             optimizer.load_state_dict(state_dict)
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
         model = self.unwrap(model)  # names without torch.compile's prefix
         set_optimizer_state_dict(model, optimizer, optim_state_dict=_keyed_by_name(model, optimizer, state_dict),

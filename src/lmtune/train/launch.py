@@ -1,15 +1,51 @@
-"""`lmtune train --nproc N`: torchrun itself (torch.distributed.run), with its failure report cut to one
-line. When a training process dies, torchrun stops the others within seconds; this names the process
+"""`lmtune train --nproc N`: torchrun itself (torch.distributed.run), supervised, with its failure report cut
+to one line. When a training process dies, torchrun stops the others within seconds; this names the process
 that failed first and how, instead of torchrun's traceback."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import sys
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun
+
+
+def launch_torchrun(nproc: int, args: list[str], oversubscribe: bool = False) -> None:
+    """`lmtune train ... --nproc N` = `torchrun --standalone --nproc-per-node N -m lmtune.cli train ...`, waited
+    for here (this process exits with its status). More processes than GPUs (or, without GPUs, CPU cores) only
+    wait on each other: refused unless `oversubscribe`."""
+    import torch
+
+    devices, kind = (torch.cuda.device_count(), "GPUs") if torch.cuda.is_available() else (os.cpu_count() or 1,
+                                                                                           "CPU cores")
+    if nproc > devices and not oversubscribe:
+        from lmtune.errors import LmtuneError
+
+        raise LmtuneError(f"--nproc {nproc} starts more training processes than this machine has {kind} "
+                          f"({devices}); use --nproc {devices} or fewer (--oversubscribe to insist)")
+    args = [arg for arg in args if arg != "--oversubscribe"]
+    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N: each worker is one process
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    sys.stderr.write(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m lmtune.cli "
+                     f"{' '.join(args)}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "lmtune.train.launch", "--standalone",
+                             f"--nproc-per-node={nproc}", "-m", "lmtune.cli", *args])
+    # Ctrl-C reaches the workers too (same terminal): they finish the step, save and exit; wait for that.
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    while True:
+        try:
+            sys.exit(proc.wait())
+        except KeyboardInterrupt:
+            continue
 
 
 def describe_failure(err: ChildFailedError, world: int | None = None) -> str:

@@ -74,3 +74,16 @@ def resume_conflicts(out: Path, config: RunConfig) -> list[str]:
         changed += [f"{name} {old_flat.get(name)!r} -> {new_flat.get(name)!r}"
                     for name in dict.fromkeys([*old_flat, *new_flat]) if old_flat.get(name) != new_flat.get(name)]
     return changed
+
+
+def check_recipe_targets_its_run(recipe: Path, output_dir: str) -> None:
+    """A run's saved config.yaml copied with its folder still names the original folder: replacing or
+    resuming through it would silently act on that other run. Ask which one is meant."""
+    from lmtune.outputs import marker_kind
+
+    folder = recipe.resolve().parent
+    target = Path(output_dir).expanduser().resolve()
+    if recipe.name == "config.yaml" and marker_kind(folder) == "run" and target != folder:
+        raise LmtuneError(f"{recipe} is the saved recipe of the run in {folder}, but its output_dir names another "
+                          f"folder ({output_dir}); pass --output-dir {folder} to act on this run, or --output-dir "
+                          f"{output_dir} to act on that one")

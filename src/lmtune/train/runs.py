@@ -14,7 +14,13 @@ from pathlib import Path
 
 from lmtune.errors import LmtuneError
 from lmtune.locks import LOCK_FILE, is_locked
-from lmtune.outputs import MARKER, RUN_ENTRIES, check_output_file, run_has_model, write_file_atomic
+from lmtune.outputs import (
+    MARKER,
+    RUN_ENTRIES,
+    check_output_file,
+    run_has_model,
+    write_file_atomic,
+)
 from lmtune.tasks import OBJECTIVES, Objective
 from lmtune.train.plots import read_metrics
 
@@ -312,3 +318,18 @@ def run_table(runs: list[RunInfo]) -> tuple[list[str], list[list[str]]]:
              ("" if shared else f"{run.metric} ") + f"{format_value(run.base)} → {format_value(run.best)}",
              run.state, format_seconds(run.train_seconds)] for run in runs]
     return columns, rows
+
+
+def print_runs(runs: list[RunInfo]) -> None:
+    """`lmtune runs`: the table in the terminal; a run whose best tuned model is no better than the base in red."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns, rows = run_table(runs)
+    table = Table(*columns, box=None, pad_edge=False)
+    table.columns[0].overflow = table.columns[2].overflow = "fold"  # paths in full, over two lines if need be
+    for column in table.columns[3:]:
+        column.no_wrap = True
+    for run, row in zip(runs, rows):
+        table.add_row(*row, style="red" if run.beats_base is False else None)
+    Console().print(table)
