@@ -3,6 +3,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails loudly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test workers share the cores: one compute thread each (their subprocesses inherit it), so two of them
+    # never fight over both cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json  # noqa: E402
 import random  # noqa: E402

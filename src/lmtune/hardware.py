@@ -11,6 +11,23 @@ from pathlib import Path
 import torch
 
 
+def cpu_cores() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the whole machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads(processes: int = 1) -> int:
+    """Compute threads for each of `processes` processes sharing this machine: OMP_NUM_THREADS when set (a
+    scheduler's or a test runner's word for this process), else an equal share of the cores."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, cpu_cores() // processes)
+
+
 def default_device(device: str | None = None) -> torch.device:
     """The device asked for, else the first GPU when there is one, else the CPU: the one default everywhere."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

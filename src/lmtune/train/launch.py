@@ -4,7 +4,6 @@ that failed first and how, instead of torchrun's traceback."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,9 @@ def launch_torchrun(nproc: int, args: list[str], oversubscribe: bool = False) ->
     wait on each other: refused unless `oversubscribe`."""
     import torch
 
-    devices, kind = (torch.cuda.device_count(), "GPUs") if torch.cuda.is_available() else (os.cpu_count() or 1,
-                                                                                           "CPU cores")
+    from lmtune.hardware import cpu_cores
+
+    devices, kind = (torch.cuda.device_count(), "GPUs") if torch.cuda.is_available() else (cpu_cores(), "CPU cores")
     if nproc > devices and not oversubscribe:
         from lmtune.errors import LmtuneError
 

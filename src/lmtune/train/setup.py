@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ import torch
 from lmtune.config import RunConfig, save_config
 from lmtune.data.prepare import Prepared
 from lmtune.errors import LmtuneError
-from lmtune.hardware import default_device, keep_freed_memory
+from lmtune.hardware import cpu_cores, default_device, default_threads, keep_freed_memory
 from lmtune.models.load import load_model
 from lmtune.models.lora import apply_lora
 from lmtune.tasks import CONFIG_KEY, Objective, get_objective
@@ -193,13 +192,14 @@ def set_seed(seed: int) -> None:
 
 
 def thread_count(threads: int | None, world: int) -> int:
-    """CPU threads per process: train.threads, but never more than the cores (more only slows every op)."""
-    cores = os.cpu_count() or 1
+    """CPU threads per process: train.threads, but never more than the cores (more only slows every op); by
+    default each process's share of the cores (or OMP_NUM_THREADS)."""
+    cores = cpu_cores()
     if threads is not None and threads > cores:
         log.warning("warning: train.threads %d is more than the %d CPU cores here (it would run many times "
                     "slower); using %d", threads, cores, cores)
         threads = cores
-    return threads or max(1, cores // world)
+    return threads or default_threads(world)
 
 
 def build_model(config: RunConfig, prepared: Prepared):
