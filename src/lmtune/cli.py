@@ -95,6 +95,9 @@ def train(
                                                   "minilm-l6 for mlm/classify)")] = None,
     objective: Annotated[Optional[str], typer.Option(help="with --data: clm | mlm | classify | sft "
                                                       "(default: from the data)")] = None,
+    minutes: Annotated[Optional[float], typer.Option(min=0.1, help="with --data: the time budget in minutes "
+                                                     "(default 10); training stops earlier when validation stops "
+                                                     "improving")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in output_dir (only lmtune's own files)")] = False,
     output_dir: Annotated[Optional[str], typer.Option(help="run folder (default: the recipe's)")] = None,
@@ -119,6 +122,8 @@ def train(
 
         launch_torchrun(nproc, sys.argv[1:], oversubscribe)
     recipe, extra = _recipe_and_overrides(([recipe] if recipe else []) + ctx.args)
+    if minutes is not None and recipe is not None:
+        extra += ["--train.max_minutes", str(minutes)]
     if recipe is None and not data:
         raise LmtuneError("give a recipe (lmtune train configs/hamlet-smollm2.yaml) or data "
                           "(lmtune train --data book.pdf)")
@@ -126,11 +131,12 @@ def train(
         from lmtune.hardware import default_device
         from lmtune.train.defaults import describe, recipe_for_data
 
-        base = recipe_for_data(data, model=model, objective=objective, output_dir=output_dir,
-                               device=default_device().type)
+        base, why = recipe_for_data(data, model=model, objective=objective, output_dir=output_dir,
+                                    device=default_device().type, minutes=minutes)
         config = make_config(base, extra)
         _console().print(f"[bold]recipe[/bold] (saved as {config.output_dir}/config.yaml; "
-                         "change any key with --section.key value):\n" + describe(config))
+                         "change any key with --section.key value):\n" + describe(config) + "[dim]why:[/dim]\n"
+                         + "\n".join(f"  - {line}" for line in why), soft_wrap=True, markup=True)
     else:
         config = make_config(recipe, extra, output_dir=output_dir, objective=objective, model__name=model,
                              data__train=data[0] if data and len(data) == 1 else data)

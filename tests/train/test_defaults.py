@@ -22,19 +22,34 @@ def test_settings_follow_the_corpus_size(tmp_path):
     small.write_text("word " * 2_000)  # ~2.5k tokens
     large.write_text("word " * 400_000)  # ~500k tokens
     assert estimate_tokens([str(small)]) == pytest.approx(2_500, rel=0.01)
-    few = recipe_for_data([str(small)], model="gpt-tiny")
-    many = recipe_for_data([str(large)], model="gpt-tiny")
+    few, why = recipe_for_data([str(small)], model="gpt-tiny")
+    many, _ = recipe_for_data([str(large)], model="gpt-tiny", minutes=30)
     assert few["data"]["block_size"] == 128 and many["data"]["block_size"] == 256
-    assert few["train"]["epochs"] == 3 and many["train"]["epochs"] == 1
+    # a time budget, not a fixed number of epochs; the learning rate measured
+    assert few["train"]["epochs"] == "auto" and few["train"]["max_minutes"] == 10 and many["train"]["max_minutes"] == 30
+    assert few["train"]["lr"] == "auto" and any("probe" in line for line in why)
     assert few["objective"] == "clm" and "lora" not in few["model"]
-    assert recipe_for_data([str(small)], objective="classify")["model"]["name"] == "minilm-l6"
+    assert recipe_for_data([str(small)], objective="classify")[0]["model"]["name"] == "minilm-l6"
+
+
+def test_lora_where_a_full_fine_tune_would_overfit(tmp_path, monkeypatch):
+    """135M parameters against ~2.5k tokens: the recipe picks LoRA (and says why), the very plan the check
+    before training would otherwise warn about."""
+    small = tmp_path / "small.txt"
+    small.write_text("word " * 2_000)
+    monkeypatch.setattr("lmtune.train.defaults.model_parameters", lambda name: 135_000_000)
+    recipe, why = recipe_for_data([str(small)], model="some-folder")
+    assert recipe["model"]["lora"] == {"r": 16, "alpha": 32}
+    assert any("full fine-tune would overfit" in line for line in why)
+    monkeypatch.setattr("lmtune.train.defaults.model_parameters", lambda name: 1_000_000)
+    assert "lora" not in recipe_for_data([str(small)], model="some-folder")[0]["model"]
 
 
 def test_train_with_data_only(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "book.txt").write_text(make_story(5, 200))
     result = cli("train", "--data", "book.txt", "--model", "gpt-tiny", "--tokenizer.name", "gpt2-bpe",
-                 "--train.max_steps", "3")
+                 "--train.max_steps", "3", "--train.lr", "1e-3", "--eval.reference", "null")
     assert result.returncode == 0, result.stderr
     assert "recipe" in result.stderr and "block_size: 128" in result.stderr
     run = tmp_path / "runs" / "book-gpt-tiny"
@@ -45,3 +60,27 @@ def test_train_with_data_only(cli, tmp_path, monkeypatch):
     assert missing.returncode == 1 and "file not found" in missing.error_lines[0]
     neither = cli("train")
     assert neither.returncode == 1 and "lmtune train --data" in neither.error_lines[0]
+
+
+def test_the_recipe_free_path_never_warns_against_its_own_choices(cli, tmp_path, monkeypatch):
+    """A model large for its text: left alone, a full fine-tune and many epochs would draw lmtune's own
+    warnings; the recipe picks what they would advise (LoRA, a measured rate, the best model kept) and says
+    why, and training prints no warning."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmtune.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer("gpt2-bpe", "gpt-tiny")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=320, n_layer=1, n_head=2,
+                               n_positions=256)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("\n\n".join(make_story(i, 40) for i in range(6)))  # ~3k tokens
+    result = cli("train", "--data", "notes.txt", "--model", tmp_path / "model", "--minutes", "0.3",
+                 "--train.precision", "fp32", "--eval.reference_tokens", "256")
+    assert result.returncode == 0, result.stderr
+    assert "model.lora (r 16)" in result.stderr and "full fine-tune would overfit" in result.stderr
+    assert [line for line in result.stderr.splitlines() if "warning" in line.lower()] == []
+    assert (tmp_path / "runs" / "notes-model" / "lr_probe.json").exists()

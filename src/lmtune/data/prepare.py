@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from lmtune.config import RunConfig, data_inputs
 from lmtune.data.clean import clean_documents
+from lmtune.data.general import replay_blocks
 from lmtune.data.ingest import Document, read_documents
 from lmtune.data.pack import Framing, pack_splits, tokenize
 from lmtune.data.tokenizer import train_tokenizer
@@ -90,6 +91,11 @@ def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Fr
     else:
         splits, info = pack_splits(ids, data.block_size, framing, data.stride, data.val_fraction, data.seed,
                                    data.packing)
+    if data.replay:
+        count = round(data.replay * len(splits["train"]))
+        replayed = replay_blocks(data.replay_source, tokenizer, framing, data.block_size, count, data.seed)
+        splits["train"] = list(splits["train"]) + replayed  # the loop shuffles every epoch
+        info["replayed general blocks"] = len(replayed)
     stats = {"documents": len(docs), "characters": sum(len(d.text) for d in docs),
              "tokens": sum(len(x) for x in ids), "block_size": data.block_size,
              "train blocks": len(splits["train"]), "validation blocks": len(splits["validation"]),

@@ -39,7 +39,7 @@ from lmtune.outputs import (
     marker_kind,
     publish_dir,
 )
-from lmtune.tasks import Objective, objective_of, serving_objective
+from lmtune.tasks import Objective, classical, objective_of, serving_objective
 
 log = logging.getLogger("lmtune")
 FORMATS = ("hf", "onnx", "gguf")
@@ -116,13 +116,16 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
     if source.adapter and not merge and format != "hf":
         raise LmtuneError("an adapter alone cannot be converted; export the merged model (leave out --no-merge)")
     check_weight_files(source.model_dir)  # a truncated or corrupt weights file: one line, before any work
+    if classical.is_classical(source.model_dir) and format != "hf":
+        raise LmtuneError(f"{source.model_dir} is a classical (scikit-learn) model: it exports as its folder, "
+                          "--format hf")
 
     def write(folder: Path) -> None:
         model_files = folder if format == "hf" else Path(tempfile.mkdtemp(prefix=".hf-", dir=folder.parent))
         try:
             _write_hf(source, objective, model_files, merge)
             _check_loads(model_files, objective, source)
-            extra: dict = {}
+            extra: dict = {"classical": classical.is_classical(model_files)}
             if format == "onnx":
                 extra = export_onnx(model_files, objective, folder)
             elif format == "gguf":
@@ -181,6 +184,9 @@ def _check_loads(folder: Path, objective: Objective, source: ExportSource) -> No
     """What is about to be published loads as the model it claims to be (an adapter: its weights read)."""
     check_weight_files(folder)
     if source.adapter and not (folder / "config.json").exists():
+        return
+    if classical.is_classical(folder):
+        classical.ClassicalClassifier(folder)  # its pipeline loads
         return
     try:
         getattr(transformers, objective.auto_class).from_pretrained(folder)

@@ -30,6 +30,15 @@ session = onnxruntime.InferenceSession("path/to/this/folder/model.onnx")
 enc = tokenizer([{example!r}], return_tensors="np")
 logits = session.run(None, {{"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}})[0]
 ```''',
+    "sklearn": '''```python
+import skops.io
+
+path = "path/to/this/folder/model.skops"
+pipeline = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))  # after checking that list
+print(pipeline.predict_proba([{example!r}]))  # columns: the label ids of config.json
+```
+
+or with lmtune: `lmtune {verb} path/to/this/folder {example!r}` / `lmtune serve path/to/this/folder`.''',
     "gguf": '''```bash
 llama-cli -m {gguf_file} -p {example!r} -n 64
 ```
@@ -83,11 +92,14 @@ def model_card(source: "ExportSource", objective: Objective, format: str, extra:
     if format == "onnx":
         lines += [f"Format: ONNX (`model.onnx`), checked against PyTorch with ONNX Runtime: largest logit "
                   f"difference {extra.get('onnx_max_abs_difference', float('nan')):.2g}.", ""]
+    if extra.get("classical"):
+        lines += ["This is the run's **classical baseline** (TF-IDF + logistic regression, scikit-learn), kept "
+                  "because it beat the fine-tuned model on validation; saved with skops (no pickled code).", ""]
     if format == "gguf":
         lines += [f"Format: GGUF (`{extra.get('gguf_file')}`, {extra.get('gguf_type')}), written by llama.cpp's "
                   "`convert_hf_to_gguf.py`, for llama.cpp, llama-cpp-python, Ollama and LM Studio.", ""]
     lines += _results(summary) + _data(summary) + ["## How to use", "",
-                                                   _USAGE[format].format(tag=tag, example=_EXAMPLE[tag], verb=_VERB[tag],
+                                                   _USAGE["sklearn" if extra.get("classical") else format].format(tag=tag, example=_EXAMPLE[tag], verb=_VERB[tag],
                                                                          gguf_file=extra.get("gguf_file", "model.gguf")), ""]
     lines += ["## Intended use and limits", "",
               "This model was adapted to one user's own text: it speaks that domain, and it knows no more of "

@@ -15,8 +15,8 @@ from lmtune.hardware import cpu_has_bf16, default_device
 from lmtune.infer import llama_cpp
 from lmtune.models.int8 import quantize_int8
 from lmtune.models.load import load_pretrained, load_tokenizer
-from lmtune.models.resolve import gguf_file, resolve, unknown_model_error
-from lmtune.tasks import Objective, get_objective, objective_for, objective_of
+from lmtune.models.resolve import GPT2_BPE, gguf_file, resolve, unknown_model_error
+from lmtune.tasks import Objective, classical, get_objective, objective_for, objective_of
 from lmtune.tasks import task_prompt as format_task_prompt
 
 log = logging.getLogger("lmtune")
@@ -84,6 +84,10 @@ def load(name: str, objective: str | None = None, device: str | None = None, dty
     source = resolve(name)
     if source.kind == "preset":
         raise LmtuneError(f"'{name}' is an untrained preset; train it first (lmtune train)")
+    if source.kind == "folder" and classical.is_classical(source.path):  # a TF-IDF model a run kept (baseline/)
+        # (its tokenizer only counts tokens when a labelled file is prepared for `lmtune eval`)
+        return LoadedModel(name, classical.ClassicalClassifier(source.path), load_tokenizer(GPT2_BPE, GPT2_BPE),
+                           objective_for("classify"), source.path, "sklearn")
     try:
         config = transformers.AutoConfig.from_pretrained(source.path)
     except (OSError, ValueError) as err:

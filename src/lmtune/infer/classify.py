@@ -18,6 +18,8 @@ def classify(model: str | LoadedModel, texts: str | list[str], batch_size: int =
     loaded = as_loaded(model, "classify")
     texts = [texts] if isinstance(texts, str) else list(texts)
     labels = loaded.labels
+    if getattr(loaded.model, "engine", "torch") == "sklearn":  # a classical model (tasks/classical.py)
+        return [_result(labels, row) for row in loaded.model.probabilities(texts).tolist()]
     device = next(loaded.model.parameters()).device
     # Sorted by length so each batch pads little; results are put back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -30,9 +32,13 @@ def classify(model: str | LoadedModel, texts: str | list[str], batch_size: int =
                                max_length=max_length).to(device)
         probs = loaded.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float().softmax(-1)
         for i, row in zip(idx, probs.tolist()):
-            best = max(range(len(row)), key=row.__getitem__)
-            results[i] = {"label": labels[best], "score": row[best], "scores": dict(zip(labels, row))}
+            results[i] = _result(labels, row)
     return results
+
+
+def _result(labels: list[str], row: list[float]) -> dict:
+    best = max(range(len(row)), key=row.__getitem__)
+    return {"label": labels[best], "score": row[best], "scores": dict(zip(labels, row))}
 
 
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}

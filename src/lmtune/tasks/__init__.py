@@ -70,6 +70,12 @@ def serving_objective(name: str) -> Objective:
     return get_objective(objective.used_as) if objective.used_as else objective
 
 
+def selection_metric(config: RunConfig) -> str:
+    """The validation metric that picks a run's best model: train.select_by, else the objective's own."""
+    chosen = config.train.select_by
+    return get_objective(config.objective).selection_metric if chosen == "auto" else chosen
+
+
 def owner_of_key(key: str) -> Objective | None:
     """The objective that alone reads recipe key `key` (or its section), if one does."""
     return next((o for o in OBJECTIVES.values() for own in o.own_keys if key == own or key.startswith(own + ".")), None)
@@ -94,4 +100,4 @@ def _is_default(config: RunConfig, key: str) -> bool:
 
 
 __all__ = ["CONFIG_KEY", "OBJECTIVES", "Objective", "get_objective", "ignored_keys", "objective_for", "objective_of",
-           "owner_of_key", "register", "serving_objective", "task_prompt"]
+           "owner_of_key", "register", "selection_metric", "serving_objective", "task_prompt"]

@@ -6,6 +6,8 @@ Adding an objective = one module in `tasks/` with an `Objective` subclass + one 
 (`tasks/__init__.py`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -16,6 +18,15 @@ from lmtune.data.prepare import prepare_packed
 from lmtune.tasks.common import default_loss
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Baseline:
+    """A simple model scored on the run's validation split; `save(folder)` writes it as a model lmtune can use
+    (where it can be), in case it beats the fine-tuned one."""
+
+    metrics: dict[str, float]
+    save: Callable[[Path], None] | None = None
 
 
 class Objective:
@@ -38,6 +49,8 @@ class Objective:
     pipeline_tag: ClassVar[str] = "text-generation"  # the transformers pipeline (and Hub tag) for its models
     metadata_file: ClassVar[str | None] = None  # written into final/ by `save_metadata` (e.g. SFT's tasks)
     default_model: ClassVar[str] = "smollm2-135m"  # for `lmtune train --data` (offline aliases)
+    selection_metric: ClassVar[str] = "val_loss"  # train.select_by auto: what picks the best model
+    reference_metric: ClassVar[bool] = True  # models text: scored on general text too (eval.reference, forgetting)
     table_columns: ClassVar[frozenset[str]] = frozenset()  # a table with these columns is this objective's data
     # Recipe keys (dotted; a section name covers its keys) that only this objective reads: `lmtune keys`
     # groups them under it, and a recipe that sets one for another objective gets a warning.
@@ -63,6 +76,10 @@ class Objective:
         """`lmtune train --data`: train settings this objective needs beyond the corpus-size defaults."""
         return {}
 
+    def default_lr(self, parameters: int | None) -> float:
+        """The usual full fine-tuning learning rate for a model of this size (the learning-rate probe's centre)."""
+        return 5e-5
+
     # ---- training --------------------------------------------------------------------------------
     def make_collator(self, tokenizer, config: RunConfig) -> Callable[[list[dict]], Batch]:
         raise NotImplementedError
@@ -81,7 +98,7 @@ class Objective:
         """Whether lower ("min") or higher ("max") is better for `metric`."""
         return "min" if any(word in metric for word in ("loss", "perplexity")) else "max"
 
-    def baselines(self, train_set, val_set, labels: list[str]) -> dict[str, dict[str, float]]:
+    def baselines(self, train_set, val_set, labels: list[str]) -> dict[str, Baseline]:
         """Simple models scored on the same validation split, shown next to the tuned one."""
         return {}
 

@@ -232,6 +232,7 @@ class MultiTaskSFT(Objective):
     used_as = "clm"  # a tuned SFT model generates like any causal LM
     metadata_file = METADATA_FILE
     table_columns = frozenset({"prompt", "completion"})
+    reference_metric = False  # its texts are labelled rows or prompts, not language to keep
     own_keys = ("data.prompt_column", "data.completion_column", "tasks", "sft")
 
     def prepare_splits(self, config, tokenizer):

@@ -31,8 +31,10 @@ def setting_warnings(config: RunConfig, samples: int, total_steps: int) -> list[
     return warnings
 
 
-def plan_warnings(config: RunConfig, model, tokens: int, samples: int, total_steps: int) -> list[str]:
-    """Before training: plans that usually end in a model worse than the base, with what to do instead."""
+def plan_warnings(config: RunConfig, model, tokens: int, samples: int, total_steps: int,
+                  validated: bool = True) -> list[str]:
+    """Before training: plans that usually end in a model worse than the base, with what to do instead.
+    `validated`: a validation split picks the best model (so many epochs cannot hand back an overfit one)."""
     warnings = setting_warnings(config, samples, total_steps)
     if tokens and tokens < config.data.block_size:
         warnings.append(f"the corpus has only {tokens:,} training tokens, less than one block of "
@@ -42,8 +44,8 @@ def plan_warnings(config: RunConfig, model, tokens: int, samples: int, total_ste
     if tokens and trainable > 10_000 * tokens and config.model.lora is None:
         warnings.append(f"a full fine-tune of {trainable / 1e6:.0f}M parameters on only {tokens:,} training tokens "
                         "tends to overfit at once; consider LoRA (--model.lora.r 8) or more text")
-    if tokens and tokens < 50_000 and epochs > 3:
-        warnings.append(f"{epochs:.0f} epochs over only {tokens:,} training tokens will likely overfit; try "
-                        f"--train.epochs 2 and a lower --train.lr {config.train.lr / 3:.1e} (the best model is "
-                        "kept either way)")
+    if tokens and tokens < 50_000 and epochs > 3 and not (validated and config.train.keep == "best"):
+        warnings.append(f"{epochs:.0f} epochs over only {tokens:,} training tokens will likely overfit, and without a "
+                        "validation split picking the best model the last one is what you get; try --train.epochs 2 "
+                        "or add text (or data.validation files)")
     return warnings

@@ -1,23 +1,23 @@
 """`lmtune train --data FILE`: a recipe chosen from the corpus and the machine, no YAML needed.
 
-The choices, and why (each can be overridden with `--section.key value`; the resolved recipe is printed
-and saved as the run's config.yaml, so the run is reproducible):
+The choices, and why (each can be overridden with `--section.key value`; the resolved recipe is printed with
+its reasons and saved as the run's config.yaml, so the run is reproducible):
 - objective: `classify` for tables with a label column, `sft` for tables with prompt and completion
   columns, else `clm`; model: SmolLM2-135M for causal objectives, MiniLM-L6 for encoders (both offline).
+- a time budget (`--minutes`, default 10) instead of a fixed number of epochs: as many steps as fit (at most
+  30 epochs), the schedule decaying over them, evaluated twice an epoch, the best model kept, early stopping
+  after 4 evaluations without improvement (train/budget.py).
+- the learning rate measured: a probe of 3 rates around the objective's usual one (5e-5 for full
+  fine-tuning, 2e-4 for LoRA, 1e-4 for a small encoder's classifier), scored on validation (train/probe.py).
+- LoRA (r 16) where a full fine-tune would overfit or not fit: above LORA_ABOVE parameters (~16 bytes each
+  for weights, gradients and AdamW state), or above LORA_ABOVE_TOKENS parameters per token of text (the
+  point where lmtune's own plan check warns that a full fine-tune overfits at once; the recipe switches at
+  half that many tokens, since the count here is an estimate).
 - block size: 256 tokens (128 for corpora under 20k tokens, so a validation split exists), never beyond
-  the model's context; batch 8 (no accumulation) on a CPU, 16 on a GPU.
-- epochs: 3 under 20k tokens, 2 under 200k, else 1 (the best evaluated model is kept, and early stopping
-  ends a run that stops improving); learning rate 5e-5 for full fine-tuning, 2e-4 with LoRA.
-- classification: 4 epochs under 5,000 rows (else 2), batch 16, learning rate 1e-4 for small encoders
-  (under 50M parameters, like MiniLM) and 3e-5 for larger ones. Measured on 1,000 Rotten Tomatoes
-  snippets (3 classes, 100 held out; MiniLM-L6, 2 CPU cores): lr 2e-5 / 2 epochs / batch 8 reached 0.58
-  accuracy (it predicted the majority class), below TF-IDF + logistic regression (0.72); lr 1e-4 /
-  4 epochs / batch 16 reached 0.78 (macro-F1 0.82 against 0.66). Every classification report prints
-  both baselines, so a user sees whether fine-tuning paid.
-- LoRA (r 16) for models above LORA_ABOVE parameters: a full fine-tune of those needs ~16 bytes per
-  parameter of memory (weights, gradients, AdamW state) and overfits small corpora at once.
+  the model's context; batch 8 (no accumulation) on a CPU, 16 on a GPU; classification batch 16.
 The corpus size is estimated from file sizes (about 4 bytes of text per token; PDF and EPUB files hold
-roughly a fifth of their size as text; compressed files expand about 3x) without reading the files."""
+roughly a fifth of their size as text; compressed files expand about 3x) without reading the files.
+Measurements behind these choices: docs/learning.md."""
 from __future__ import annotations
 
 import json
@@ -32,6 +32,7 @@ from lmtune.paths import resolve_data_path
 from lmtune.tasks import get_objective, objective_for_columns
 
 LORA_ABOVE = 500_000_000  # parameters
+LORA_ABOVE_TOKENS = 10_000  # parameters per token of text beyond which a full fine-tune overfits at once
 BYTES_PER_TOKEN = 4.0
 
 
@@ -81,9 +82,15 @@ def model_parameters(name: str) -> int | None:
         return None
 
 
+DEFAULT_MINUTES = 10  # `--minutes`: enough for a book-sized corpus on 2 CPU cores (docs/learning.md)
+
+
 def recipe_for_data(data: list[str], model: str | None = None, objective: str | None = None,
-                    output_dir: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """The recipe (as a plain dict, before overrides) that `lmtune train --data` uses."""
+                    output_dir: str | None = None, device: str = "cpu", minutes: float | None = None
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """The recipe (as a plain dict, before overrides) that `lmtune train --data` uses, and why, in a few lines.
+    Measured rather than guessed where a measurement is cheap: the learning rate (a short probe), the steps
+    (as many as the time budget fits; early stopping ends the run when validation stops improving)."""
     for ref in data:
         if not resolve_data_path(ref).exists():
             raise LmtuneError(f"file not found: {ref}")
@@ -92,16 +99,21 @@ def recipe_for_data(data: list[str], model: str | None = None, objective: str | 
     tokens = estimate_tokens(data)
     limit = context_length(model) or 512
     block = min(limit, 128 if tokens < 20_000 else 256)
-    epochs = 3 if tokens < 20_000 else 2 if tokens < 200_000 else 1
     params = model_parameters(model)
-    lora = params is not None and params > LORA_ABOVE
-    lr = 2e-4 if lora else 5e-5
-    batch = 16 if device == "cuda" else 8
     rows = sum(_table(resolve_data_path(ref))[1] for ref in data)
-    train = {"epochs": epochs, "lr": lr, "batch_size": batch, "warmup_steps": 0, "schedule": "cosine",
-             **chosen.default_train_settings(rows, params)}
+    minutes = minutes or DEFAULT_MINUTES
+    why = [f"train.max_minutes {minutes:g}: the time budget (--minutes); as many epochs as fit (at most 30), "
+           "evaluated twice an epoch, the best model kept, stopped early when validation stops improving",
+           "train.lr auto: a short probe of 3 learning rates on the validation split picks it (lr_probe.json)"]
+    lora = params is not None and (params > LORA_ABOVE or params > LORA_ABOVE_TOKENS * max(tokens, 1) / 2)
     if lora:
-        train["lr"] = 2e-4
+        why.append(f"model.lora (r 16): {params / 1e6:.0f}M parameters " + (
+            "need ~16 bytes each to fine-tune in full" if params > LORA_ABOVE else
+            f"against ~{tokens:,} tokens of text: a full fine-tune would overfit at once") + "; LoRA trains ~1% of them")
+    blocks = max(1, int(0.9 * tokens / block))  # what the training split will hold, about
+    train = {"epochs": "auto", "max_minutes": minutes, "lr": "auto",
+             "batch_size": min(16 if device == "cuda" else 8, blocks),
+             "warmup_steps": 0, "schedule": "cosine", **chosen.default_train_settings(rows, params)}
     stem = Path(str(data[0]).split(":")[-1]).name.split(".")[0] or "data"
     recipe: dict[str, Any] = {
         "objective": chosen.name,
@@ -110,7 +122,7 @@ def recipe_for_data(data: list[str], model: str | None = None, objective: str | 
         "data": {"train": data if len(data) > 1 else data[0], "block_size": block},
         "train": train,
     }
-    return recipe
+    return recipe, why
 
 
 def describe(config: RunConfig) -> str:

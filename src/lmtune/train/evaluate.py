@@ -5,6 +5,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmtune.config import RunConfig
 from lmtune.data.prepare import is_prepared, load_prepared
 from lmtune.infer import LoadedModel, load
@@ -36,6 +38,7 @@ def evaluate_model(model: str, data: str, block_size: int = 512, text_column: st
             prepared = prepare_data(run_config, Path(tmp) / "data", tokenizer=loaded.tokenizer, quiet=True)
             train_split = prepared.dataset["train"]
             dataset = type(train_split).from_dict(train_split.to_dict())  # in memory: the folder goes away
-    autocast, _ = autocast_for(precision, next(loaded.model.parameters()).device)
+    device = next(loaded.model.parameters()).device if hasattr(loaded.model, "parameters") else torch.device("cpu")
+    autocast, _ = autocast_for(precision, device)
     return objective.evaluate(loaded.model, dataset, loaded.tokenizer, run_config, autocast, batch_size=batch_size,
                               max_batches=max_batches)

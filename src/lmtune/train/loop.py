@@ -19,21 +19,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lmtune.config import RunConfig
+from lmtune.config import RunConfig, save_config
 from lmtune.errors import Interrupted, LmtuneError
 from lmtune.locks import own_folder
 from lmtune.outputs import run_has_model
-from lmtune.tasks import ignored_keys
+from lmtune.tasks import ignored_keys, selection_metric
 from lmtune.train import checkpoint
 from lmtune.train.advice import divergence_message, plan_warnings
-from lmtune.train.batches import epoch_batches, host_batches, to_device
+from lmtune.train.batches import host_batches, to_device
+from lmtune.train.budget import describe_plan, steps_within
 from lmtune.train.distributed import Cluster
 from lmtune.train.metrics_log import MetricsLog, NoLog
 from lmtune.train.plots import plot_run
+from lmtune.train.probe import probe_learning_rate, probe_steps, step_seconds
 from lmtune.train.profile import StepPhases
+from lmtune.train.reference import reference_metrics, reference_split, tuned_reference_metrics
 from lmtune.train.run_dir import claim_run_dir, prepare_run_dir
-from lmtune.train.selection import beats_base, eval_interval, track_evaluation
-from lmtune.train.setup import Run, setup_run
+from lmtune.train.selection import beats_base, eval_interval, keep_better_baseline, track_evaluation
+from lmtune.train.setup import Run, make_optimizer, make_scheduler, probe_centre, setup_run
 from lmtune.train.signals import StopSignals
 from lmtune.train.tracking import Tracker, close_trackers, log_artifacts, open_trackers
 
@@ -93,24 +96,32 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     state = run.state
     metrics_log = (MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if run.resumed_from else None,
                               trackers=trackers) if main else NoLog())
-    _announce(run)
+    budget_started = time.perf_counter()  # train.max_minutes counts from here
     # e.g. classification: the majority class and TF-IDF + logistic regression on the same split
     baselines = run.objective.baselines(run.train_set, run.val_set, run.prepared.stats.get("labels") or []) if main else {}
     if state.step == 0:
-        for name, metrics in baselines.items():
-            metrics_log.write({"step": 0, "event": "baseline", "model": name, **metrics})
+        for name, baseline in baselines.items():
+            metrics_log.write({"step": 0, "event": "baseline", "model": name, **baseline.metrics})
         state.base_metrics = run.evaluate()
         state.last_metrics = dict(state.base_metrics)
         metrics_log.write({"step": 0, "event": "eval", "model": "base", **state.base_metrics})
-    metric, mode = tc.early_stopping_metric, run.objective.metric_mode(tc.early_stopping_metric)
-    every = eval_interval(tc.eval_every, run.total_steps)
+        reference = reference_split(run)
+        if reference is not None:
+            state.base_reference = reference_metrics(run, run.cluster.unwrap(run.model), run.prepared.tokenizer,
+                                                     reference)
+            metrics_log.write({"step": 0, "event": "reference", "model": "base", **state.base_reference})
+        _measured_choices(run, time.perf_counter() - budget_started, budget_started, metrics_log)
+    _announce(run)
+    metric = selection_metric(config)
+    mode = run.objective.metric_mode(metric)
+    every = eval_interval(tc.eval_every, run.total_steps, run.steps_per_epoch)
     patience = (4 if len(run.val_set) else None) if tc.early_stopping_patience == "auto" else tc.early_stopping_patience
 
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     run.model.train()
     started = last_save = time.perf_counter()
-    deadline = started + tc.max_minutes * 60 if tc.max_minutes else math.inf
+    deadline = budget_started + tc.max_minutes * 60 if tc.max_minutes else math.inf
     window, tokens_seen = _Window(), 0  # tokens_seen: non-padding tokens trained on, all processes together
     phases = StepPhases(tc.profile, run.cluster.device)
     with StopSignals() as stop:
@@ -166,6 +177,12 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
         run.save_checkpoint()
         final_dir = run.save_final()
     summary = _summary(run, final_dir, train_seconds, tokens_seen, baselines, mode, phases)
+    if main:
+        summary["baseline_model"] = keep_better_baseline(run.out, baselines, summary["final"], metric, mode)
+    if main and state.base_reference:  # the model the user gets, on the general text the base was scored on
+        tuned = tuned_reference_metrics(run, final_dir, reference_split(run))
+        metrics_log.write({"step": state.step, "event": "reference", "model": "final", **tuned})
+        summary["reference"] = {"base": state.base_reference, "final": tuned}
     if main:
         summary["plots"] = [str(p) for p in plot_run(out)]
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -223,18 +240,6 @@ def train_step(run: Run, micro: list[dict], phases: StepPhases, flags: list[bool
                        own if not math.isfinite(own) else float("nan"), [bool(flag) for flag in agreed])
 
 
-def _epoch_order(run: Run, epoch: int) -> list[list[int]]:
-    """The global batches the epoch trains on (a whole number of accumulation groups)."""
-    tc = run.config.train
-    batches = epoch_batches(run.objective, run.train_set, run.global_batch, tc.seed, epoch)
-    if run.cluster.active:  # every process needs a full share: a short last batch is left out
-        batches = [b for b in batches if len(b) == run.global_batch]
-    usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
-    if not usable:
-        raise LmtuneError(f"no full batch of {run.global_batch} in the training split; lower train.batch_size")
-    return batches[:usable]
-
-
 def _steps(run: Run) -> Iterator[tuple[list[dict], int]]:
     """Each step's micro-batches (collated, this process's share) and its epoch's length in micro-batches, from
     where the run stands to its end: epoch after epoch, a resumed one from its saved position. The loop
@@ -246,7 +251,7 @@ def _steps(run: Run) -> Iterator[tuple[list[dict], int]]:
                  "that resume stays exact)", run.objective.name)
         workers = 0
     while state.step < run.total_steps and not state.stopped_early:
-        usable = _epoch_order(run, state.epoch)
+        usable = run.epoch_order(state.epoch)
         if state.batches_done_in_epoch >= len(usable):  # never spin on an epoch that has nothing left
             state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
             continue
@@ -278,6 +283,47 @@ class _Window:
         return record
 
 
+def _measured_choices(run: Run, eval_seconds: float, budget_started: float, metrics_log) -> None:
+    """A fresh run's settings measured here rather than guessed: the learning rate (train.lr auto: probed,
+    recorded in config.yaml and lr_probe.json) and the steps that fit the time budget (train.epochs auto with
+    train.max_minutes); the optimizer and schedule are made again with them."""
+    tc, cluster = run.config.train, run.cluster
+    if tc.lr != "auto" and not (tc.epochs == "auto" and tc.max_minutes and not tc.max_steps):
+        return
+    step_cost = None
+    if tc.lr == "auto":
+        centre = probe_centre(run.config, run.parameters["total"])
+        if len(run.val_set) == 0:
+            log.warning("warning: train.lr auto: no validation split to probe learning rates on; using %g", centre)
+            tc.lr = centre
+        else:
+            found = probe_learning_rate(run, centre, probe_steps(run.steps_per_epoch, run.total_steps), train_step)
+            tc.lr, step_cost = found["chosen"], found["step_seconds"]
+            _record_probe(run, found, metrics_log)
+    if tc.epochs == "auto" and tc.max_minutes and not tc.max_steps:
+        step_cost = step_cost or step_seconds(run, train_step)
+        # The processes plan alike: each takes the slowest step and evaluation any of them measured.
+        step_cost, eval_seconds = cluster.agree([step_cost, eval_seconds], op="max")
+        left = tc.max_minutes * 60 - (time.perf_counter() - budget_started) - eval_seconds  # the last evaluation
+        run.total_steps = run.state.planned_steps = steps_within(left, step_cost, eval_seconds, run.steps_per_epoch,
+                                                                 tc.eval_every)
+        log.info(describe_plan(run.total_steps, run.steps_per_epoch, left / 60))
+    run.optimizer = make_optimizer(run.model, run.config, cluster.device)
+    run.scheduler = make_scheduler(run.optimizer, run.config, run.total_steps)
+    if cluster.main:
+        save_config(run.config, run.out / "config.yaml")  # the chosen rate: rerunning it skips the probe
+
+
+def _record_probe(run: Run, found: dict[str, Any], metrics_log) -> None:
+    rows = ", ".join(f"{row['lr']:g} -> {row['val_loss']:.4f}" for row in found["table"])
+    log.info("learning rate %g chosen by the probe (%d steps each; validation loss: %s)", found["chosen"],
+             found["steps"], rows)
+    if run.cluster.main:
+        (run.out / "lr_probe.json").write_text(json.dumps(found, indent=2))
+        metrics_log.write({"step": 0, "event": "lr_probe", "lr": found["chosen"],
+                           **{f"probe/{row['lr']:g}/val_loss": row["val_loss"] for row in found["table"]}})
+
+
 def _announce(run: Run) -> None:
     """What is about to happen, and the plan's likely problems, before the first step."""
     cluster, tc, device = run.cluster, run.config.train, run.cluster.device
@@ -291,7 +337,7 @@ def _announce(run: Run) -> None:
                     "0): held-out metrics cannot be tracked, and final/ is the last model", run.config.data.val_fraction)
     if cluster.main:
         for warning in plan_warnings(run.config, run.model, run.prepared.stats.get("train tokens") or 0,
-                                     len(run.train_set), run.total_steps):
+                                     len(run.train_set), run.total_steps, validated=len(run.val_set) > 0):
             log.warning("warning: %s", warning)
 
 
@@ -300,12 +346,14 @@ def _summary(run: Run, final_dir: Path, train_seconds: float, tokens_seen: int, 
     tc, state = run.config.train, run.state
     kept_best = tc.keep == "best" and state.best_step is not None
     return {"run": str(run.out), "final_model": str(final_dir), "steps": state.step, "precision": run.precision,
+            "planned_steps": state.planned_steps,
             "train_seconds": train_seconds, "train_tokens": tokens_seen, "keep": tc.keep,
             "processes": run.cluster.world, "global_batch": run.global_batch * tc.grad_accum,
-            "parameters": run.parameters, "baselines": baselines, "base": state.base_metrics,
+            "parameters": run.parameters, "baselines": {name: b.metrics for name, b in baselines.items()},
+            "base": state.base_metrics,
             "final": state.best_metrics if kept_best else state.last_metrics,
             "best": state.best_metrics, "best_step": state.best_step, "last": state.last_metrics,
-            "selection_metric": tc.early_stopping_metric, "selection_mode": mode,
-            "beats_base": beats_base(state, tc.early_stopping_metric, mode), "plots": [],
+            "selection_metric": selection_metric(run.config), "selection_mode": mode, "lr": tc.lr,
+            "beats_base": beats_base(state, selection_metric(run.config), mode), "plots": [],
             "stopped_early": state.stopped_early, "step_phases": phases.shares(),
             "data": {k: v for k, v in run.prepared.stats.items() if not isinstance(v, dict)}}

@@ -32,23 +32,34 @@ def print_report(config: RunConfig, summary: dict) -> None:
         table.add_column("tuned", justify="right")
         if best:
             table.caption = f"tuned = best = last evaluated model (step {summary['steps']})"
-    baselines = summary.get("baselines") or {}
-    for name in baselines:  # what fine-tuning must beat, on the same held-out rows
-        table.add_column(f"{name} (baseline)", justify="right", style="dim")
     for key in final:
         if isinstance(final[key], (int, float)):
             cells = [_fmt(best.get(key, "-")), _fmt(last.get(key, "-"))] if show_both else [_fmt(final[key])]
-            table.add_row(key, _fmt(base.get(key, "-")), *cells,
-                          *[_fmt(metrics.get(key, "-")) for metrics in baselines.values()])
+            table.add_row(key, _fmt(base.get(key, "-")), *cells)
+    reference = summary.get("reference") or {}
+    for key, value in (reference.get("final") or {}).items():  # general text: what was traded for the domain
+        if "loss" in key or "perplexity" in key or "accuracy" in key:
+            tuned = _fmt(value) + (" (final/)" if show_both else "")
+            table.add_row(f"{key} [dim](general text)[/dim]", _fmt(reference["base"].get(key, "-")), tuned,
+                          *(["-"] if show_both else []))
     if final:
         console.print(table)
     else:
         console.print("[yellow]no held-out metrics: the corpus was too small for a validation split "
                       "(add text, or give data.validation files)[/yellow]")
-    if summary.get("beats_base") is False:
-        console.print(f"[bold red]warning: no tuned model beat the base model on {summary['selection_metric']}"
-                      "[/bold red]: the base model is better on held-out text. Likely fixes: fewer epochs "
-                      "(--train.epochs 1), a lower learning rate (--train.lr), LoRA (--model.lora.r 8), or more text.")
+    baselines = summary.get("baselines") or {}
+    if baselines:  # what fine-tuning must beat, on the same held-out rows
+        compared = Table(title="baselines on the same validation rows", box=None)
+        keys = [k for k in final if k in next(iter(baselines.values()))]
+        compared.add_column("model")
+        for key in keys:
+            compared.add_column(key, justify="right")
+        compared.add_row("[bold]fine-tuned (final/)[/bold]", *[_fmt(final[k]) for k in keys])
+        for name, metrics in baselines.items():
+            compared.add_row(f"{name} (baseline)", *[_fmt(metrics.get(k, "-")) for k in keys])
+        console.print(compared)
+    for line in next_steps(config, summary):
+        console.print(line, soft_wrap=True)  # one line each: the commands in them copy whole
     if "val_confusion_matrix" in final:
         confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
         confusion.add_column("")
@@ -61,9 +72,9 @@ def print_report(config: RunConfig, summary: dict) -> None:
     if parameters and parameters["trainable"] < parameters["total"]:
         console.print(f"trainable parameters: {parameters['trainable']:,} of {parameters['total']:,} "
                       f"({parameters['trainable'] / parameters['total']:.2%})")
-    console.print(f"model: [bold]{summary['final_model']}[/bold]")
+    console.print(f"model: [bold]{summary['final_model']}[/bold]", soft_wrap=True)
     for plot in summary.get("plots", []):
-        console.print(f"plot:  {plot}")
+        console.print(f"plot:  {plot}", soft_wrap=True)
     report = config.report
     if not report.compare_base:
         return
@@ -72,6 +83,41 @@ def print_report(config: RunConfig, summary: dict) -> None:
         _compare_generations(console, config, summary)
     if report.fill_mask and "fill-mask" in capabilities:
         _compare_fill_mask(console, config, summary)
+
+
+def next_steps(config: RunConfig, summary: dict) -> list[str]:
+    """What to do when the result is weak, in a line or two each: no better than the base, worse than a
+    baseline, still improving when it ended, too little text, much general language lost."""
+    lines, metric = [], summary.get("selection_metric", "val_loss")
+    if summary.get("beats_base") is False:
+        lines.append(f"[bold red]no tuned model beat the base model on {metric}[/bold red]: the base model is better "
+                     "on held-out text. Likely fixes: a lower learning rate (--train.lr), LoRA (--model.lora.r 8), or "
+                     "more text.")
+    kept = summary.get("baseline_model")
+    if kept:
+        lines.append(f"[bold yellow]the {kept['name']} baseline beats the fine-tuned model on {metric} "
+                     f"({_fmt(kept.get(metric))} vs {_fmt((summary.get('final') or {}).get(metric))})[/bold yellow]: "
+                     f"it is saved as a model in {kept['path']}: lmtune classify {kept['path']} \"some text\" (or "
+                     f"serve, export it). Long texts truncated to data.block_size often cause this: try "
+                     f"--data.block_size {min(512, 2 * config.data.block_size)}.")
+    stopped_by_time = summary.get("steps", 0) and not summary.get("stopped_early")
+    if summary.get("best_step") and summary.get("best_step") == summary.get("steps") and stopped_by_time:
+        more = (f"--minutes {2 * config.train.max_minutes:g}" if config.train.max_minutes
+                else "more epochs (--train.epochs)")
+        lines.append(f"[yellow]still improving when the run ended[/yellow] (its best model was its last): give it "
+                     f"more time, {more}.")
+    tokens = (summary.get("data") or {}).get("train tokens")
+    if isinstance(tokens, int) and 0 < tokens < 20_000:
+        lines.append(f"[yellow]only {tokens:,} tokens of training text[/yellow]: more text of the same kind helps more "
+                     "than more training.")
+    reference = summary.get("reference") or {}
+    before, after = (reference.get("base") or {}).get("ref_perplexity"), (reference.get("final") or {}).get(
+        "ref_perplexity")
+    if before and after and after > 1.2 * before:
+        lines.append(f"[yellow]general-text perplexity rose {after / before - 1:.0%}[/yellow] ({before:.1f} -> "
+                     f"{after:.1f}): the price of the domain. To keep more of it, mix general text in "
+                     "(--data.replay 0.1) or train LoRA adapters (--model.lora.r 16).")
+    return lines
 
 
 def _compare_generations(console, config: RunConfig, summary: dict) -> None:

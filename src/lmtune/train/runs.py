@@ -37,7 +37,7 @@ class RunInfo:
     model: str | None
     data: str | None  # the training data, short: file or folder names
     steps: int | None
-    metric: str  # the selection metric (train.early_stopping_metric), e.g. val_loss
+    metric: str  # the selection metric (train.select_by), e.g. val_loss
     mode: str  # "min" or "max": which way is better for `metric`
     base: float | None  # `metric` of the base model (step 0)
     best: float | None  # `metric` of the best evaluated tuned model
@@ -121,8 +121,12 @@ def selection_metric(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     metric = _read_json(run_dir / "summary.json").get("selection_metric")
     if not isinstance(metric, str):
-        metric = _section(_read_config(run_dir / "config.yaml"), "train").get("early_stopping_metric")
-    return metric if isinstance(metric, str) and metric else "val_loss"
+        config = _read_config(run_dir / "config.yaml")
+        train = _section(config, "train")
+        metric = train.get("select_by", train.get("early_stopping_metric"))  # the key's name before select_by
+        if metric == "auto" and config.get("objective") in OBJECTIVES:
+            metric = OBJECTIVES[config["objective"]].selection_metric
+    return metric if isinstance(metric, str) and metric and metric != "auto" else "val_loss"
 
 
 def run_info(run_dir: str | Path) -> RunInfo:

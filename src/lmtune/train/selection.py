@@ -7,7 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
-from lmtune.outputs import swap_in
+from lmtune.outputs import replace_dir, swap_in
 from lmtune.train import checkpoint
 from lmtune.train.state import TrainState
 
@@ -39,11 +39,14 @@ def track_evaluation(state: TrainState, metrics: dict[str, float], metric: str, 
             state.stopped_early = True
 
 
-def eval_interval(setting: int | str, total_steps: int) -> int:
-    """'auto': about 15 evaluations per run (at least every step of a very short one)."""
-    if setting == "auto":
-        return max(1, math.ceil(total_steps / 15))
-    return int(setting)
+def eval_interval(setting: int | str, total_steps: int, steps_per_epoch: int | None = None) -> int:
+    """'auto': twice an epoch, so the best point of a small corpus (a few steps an epoch) is not missed, but
+    between 15 and 40 evaluations a run (at least every step of a very short one)."""
+    if setting != "auto":
+        return int(setting)
+    fewest, most = math.ceil(total_steps / 40), math.ceil(total_steps / 15)
+    twice_an_epoch = math.ceil((steps_per_epoch or total_steps) / 2)
+    return max(1, min(max(twice_an_epoch, fewest), most))
 
 
 def save_final_model(out: Path, model, tokenizer, state: TrainState, keep: str, model_state=None) -> Path:
@@ -73,3 +76,20 @@ def beats_base(state: TrainState, metric: str, mode: str) -> bool | None:
     if base is None or state.best_metric is None:
         return None
     return improved(state.best_metric, base, mode)
+
+
+def keep_better_baseline(out: Path, baselines: dict, final: dict, metric: str, mode: str) -> dict | None:
+    """A baseline that can be saved as a model and beats the fine-tuned one on the selection metric (a tuned
+    TF-IDF classifier on long documents, say) is written to `baseline/`, so the better model is at hand; what
+    it is, where, and its score. None when the fine-tuned model is at least as good."""
+    ours = final.get(metric)
+    candidates = [(name, b) for name, b in baselines.items() if b.save is not None and b.metrics.get(metric) is not None]
+    if ours is None or not candidates:
+        return None
+    name, best = min(candidates, key=lambda c: -c[1].metrics[metric] if mode == "max" else c[1].metrics[metric])
+    if not improved(best.metrics[metric], ours, mode):
+        return None
+    folder = replace_dir(out / "baseline", best.save)
+    log.info("the %s baseline beats the fine-tuned model on %s (%.4f vs %.4f): saved as a model in %s", name, metric,
+             best.metrics[metric], ours, folder)
+    return {"name": name, "path": str(folder), metric: best.metrics[metric]}

@@ -22,6 +22,7 @@ from lmtune.models.load import load_model
 from lmtune.models.lora import apply_lora
 from lmtune.tasks import CONFIG_KEY, Objective, get_objective
 from lmtune.train import checkpoint
+from lmtune.train.batches import epoch_batches
 from lmtune.train.data import prepare_data
 from lmtune.train.distributed import Cluster
 from lmtune.train.precision import autocast_for
@@ -64,6 +65,22 @@ class Run:
     @property
     def global_batch(self) -> int:
         return self.config.train.batch_size * self.cluster.world
+
+    def epoch_order(self, epoch: int) -> list[list[int]]:
+        """The global batches `epoch` trains on (a whole number of accumulation groups): a fixed function of
+        (seed, epoch), so a resume continues with exactly the batches the interrupted run would have seen."""
+        tc = self.config.train
+        batches = epoch_batches(self.objective, self.train_set, self.global_batch, tc.seed, epoch)
+        if self.cluster.active:  # every process needs a full share: a short last batch is left out
+            batches = [b for b in batches if len(b) == self.global_batch]
+        usable = len(batches) - len(batches) % tc.grad_accum or len(batches)
+        if not usable:
+            raise LmtuneError(f"no full batch of {self.global_batch} in the training split; lower train.batch_size")
+        return batches[:usable]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.config, len(self.train_set), self.cluster)
 
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics of the model as it is now. Every process evaluates the whole split with the same
@@ -158,12 +175,30 @@ def setup_run(config: RunConfig, out: Path, resume: bool, cluster: Cluster) -> R
         state = TrainState(**saved)
         check_plan(state.plan, plan, last)
         state.plan = plan
+        if state.planned_steps and not tc.max_steps:  # planned by a time budget: the schedule decays over them
+            total_steps = state.planned_steps
+            rebuilt = make_scheduler(optimizer, config, total_steps)
+            rebuilt.load_state_dict(scheduler.state_dict())
+            scheduler = rebuilt
+        if tc.lr == "auto":  # chosen by the run's probe, recorded in its config.yaml
+            tc.lr = recorded_lr(out) or tc.lr
         log.info("resuming from %s (step %d of %d)", last, state.step, total_steps)
     if cluster.main:
         save_config(config, out / "config.yaml")  # after the resume checks: a refused resume keeps the run's own
     return Run(config, out, cluster, objective, prepared, model, optimizer, scheduler, scaler, autocast, precision,
                objective.make_collator(prepared.tokenizer, config), objective.make_loss(config, train_set),
                total_steps, state, last, parameters)
+
+
+def recorded_lr(out: Path) -> float | None:
+    """The learning rate a run's config.yaml records (the probe's choice), if it is a number."""
+    import yaml
+
+    try:
+        lr = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("train", {}).get("lr")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return float(lr) if isinstance(lr, (int, float)) else None
 
 
 def _latest_checkpoint(out: Path, cluster: Cluster) -> Path | None:
@@ -175,15 +210,25 @@ def _latest_checkpoint(out: Path, cluster: Cluster) -> Path | None:
     return last
 
 
-def planned_steps(config: RunConfig, samples: int, cluster: Cluster) -> int:
-    """Optimizer steps of the run: train.max_steps, else train.epochs over the training split."""
+def steps_per_epoch(config: RunConfig, samples: int, cluster: Cluster) -> int:
     tc = config.train
     global_batch = tc.batch_size * cluster.world
     batches_per_epoch = samples // global_batch if cluster.active else math.ceil(samples / global_batch)
     if batches_per_epoch == 0:
         raise LmtuneError(f"{samples} training samples do not fill one global batch of {global_batch} "
                           f"({cluster.world} processes x train.batch_size {tc.batch_size}); lower train.batch_size")
-    return tc.max_steps or max(1, math.ceil(tc.epochs * max(1, batches_per_epoch // tc.grad_accum)))
+    return max(1, batches_per_epoch // tc.grad_accum)
+
+
+AUTO_EPOCHS, AUTO_MAX_EPOCHS = 3, 30  # train.epochs auto: without a time budget; the most a budget plans
+
+
+def planned_steps(config: RunConfig, samples: int, cluster: Cluster) -> int:
+    """Optimizer steps of the run: train.max_steps, else train.epochs over the training split (epochs auto: 3,
+    or with a time budget at most 30, until the loop has measured what fits: `train/budget.py`)."""
+    tc = config.train
+    epochs = tc.epochs if tc.epochs != "auto" else AUTO_MAX_EPOCHS if tc.max_minutes else AUTO_EPOCHS
+    return tc.max_steps or max(1, math.ceil(epochs * steps_per_epoch(config, samples, cluster)))
 
 
 def set_seed(seed: int) -> None:
@@ -228,7 +273,8 @@ def build_model(config: RunConfig, prepared: Prepared):
     return objective.prepare_model(model, config)
 
 
-def make_optimizer(model, config: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model, config: RunConfig, device: torch.device, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW at `lr` (default: train.lr; `auto` until the probe has chosen: its starting point)."""
     # No weight decay on biases and norm weights (1-D tensors), as in GPT-2/BERT training.
     decay, no_decay = [], []
     for p in model.parameters():
@@ -237,7 +283,14 @@ def make_optimizer(model, config: RunConfig, device: torch.device) -> torch.opti
     groups = [{"params": decay, "weight_decay": config.train.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel is several times faster than the default foreach one on CPU too.
-    return torch.optim.AdamW(groups, lr=config.train.lr, fused=device.type in ("cpu", "cuda"))
+    lr = lr if lr is not None else config.train.lr
+    lr = lr if lr != "auto" else probe_centre(config, sum(p.numel() for p in model.parameters()))
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
+def probe_centre(config: RunConfig, parameters: int | None) -> float:
+    """The rate the learning-rate probe centres on: the objective's usual one, 2e-4 for LoRA adapters."""
+    return 2e-4 if config.model.lora is not None else get_objective(config.objective).default_lr(parameters)
 
 
 def make_scheduler(optimizer, config: RunConfig, total_steps: int):

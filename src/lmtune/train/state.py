@@ -13,14 +13,16 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     batches_done_in_epoch: int = 0  # micro-batches of `epoch` already consumed
-    best_metric: float | None = None  # of train.early_stopping_metric, over the tuned model's evaluations
+    best_metric: float | None = None  # of the selection metric (train.select_by), over the tuned model's evaluations
     best_step: int | None = None  # its step; the model of that step is in best/
     best_metrics: dict[str, float] = field(default_factory=dict)
     evaluated_step: int = 0  # step of the latest evaluation
     evals_without_improvement: int = 0
     base_metrics: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
+    base_reference: dict[str, float] = field(default_factory=dict)  # the base model on general text (eval.reference)
     stopped_early: bool = False
+    planned_steps: int | None = None  # the steps a time budget planned (train.epochs auto): a resume keeps them
     plan: dict[str, int] = field(default_factory=dict)  # how the data was cut into steps (a resume must agree)
 
 

@@ -60,7 +60,12 @@ class TensorBoardTracker(Tracker):
         # The HParams tab (flat keys, with the selection metric as its column) and the recipe as text.
         flat = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
                 for key, value in flatten(params).items()}
-        metric = flat.get("train.early_stopping_metric", "val_loss")
+        metric = flat.get("train.select_by", "auto")
+        if metric == "auto":
+            from lmtune.tasks import OBJECTIVES
+
+            objective = OBJECTIVES.get(params.get("objective"))
+            metric = objective.selection_metric if objective else "val_loss"
         for summary in hparams(flat, {metric: 0.0}):
             self.writer._get_file_writer().add_summary(summary)
         self.writer.add_text("recipe", "\n".join("    " + line for line in json.dumps(params, indent=2).splitlines()))
