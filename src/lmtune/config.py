@@ -44,7 +44,8 @@ class TokenizerConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    train: str | list[str] | None = Field(None, description="file(s), folder(s), or a prepared dataset folder")
+    train: str | list[str] | None = Field(None, description="file(s), folder(s), a saved or prepared dataset folder, "
+                                          "or hf:NAME[:CONFIG][@SPLIT] (a Hub dataset, or local files datasets loads)")
     validation: str | list[str] | None = Field(None, description="optional own split; else val_fraction of train")
     text_column: str = Field("text", description="text column of CSV/JSONL/dataset inputs")
     label_column: str = Field("label", description="classify: the label column")
@@ -58,6 +59,12 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out for validation: by document with 10 or more, else the tail of each")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="classify: also hold out a test split")
     seed: int = Field(42, ge=0, description="seed of the data order, dropout and masking")
+    streaming: bool = Field(False, description="hf:NAME data: read the dataset as it downloads, without the local "
+                            "Arrow copy datasets.load_dataset makes first")
+    num_proc: int = Field(1, ge=1, description="prepare: processes that tokenize (1: the tokenizer's own threads in "
+                          "one process; more pays on many cores, see docs/performance.md)")
+    buffer_mb: float = Field(16, gt=0, le=4096, description="prepare: MB of text tokenized per batch (per process); "
+                             "its memory follows this and the largest file, not the corpus size")
 
     @model_validator(mode="after")
     def _stride_below_block(self):

@@ -9,7 +9,7 @@ from collections import Counter
 import torch
 
 from lmtune.config import RunConfig
-from lmtune.data.prepare import read_clean
+from lmtune.data.prepare import read_clean, write_columns
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
@@ -228,8 +228,8 @@ class Classification(Objective):
         small_encoder = parameters is not None and parameters < 50_000_000
         return {"epochs": 4 if rows < 5_000 else 2, "batch_size": 16, "lr": 1e-4 if small_encoder else 3e-5}
 
-    def prepare_splits(self, config, tokenizer):
-        return prepare_splits(config, tokenizer)
+    def write_splits(self, config, tokenizer, out_dir):
+        return write_columns(out_dir, *prepare_splits(config, tokenizer))  # rows: a small table, in memory
 
     def batch_order(self, dataset, batch_size, generator):
         return batch_order(dataset, batch_size, generator)
