@@ -24,8 +24,9 @@ def parquet_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))  # not ~/.cache
     folder = tmp_path / "stories-ds"
     (folder / "data").mkdir(parents=True)
-    pq.write_table(pa.table({"text": TEXTS[:12], "n": list(range(12))}), folder / "data" / "train-00000-of-00001.parquet")
-    pq.write_table(pa.table({"text": TEXTS[12:], "n": [12, 13]}), folder / "data" / "test-00000-of-00001.parquet")
+    for split, rows in (("train", range(12)), ("test", range(12, 14))):
+        pq.write_table(pa.table({"text": [TEXTS[i] for i in rows], "n": list(rows)}),
+                       folder / "data" / f"{split}-00000-of-00001.parquet")
     return folder
 
 

@@ -76,7 +76,8 @@ class SplitWriter:
         state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": generate_random_fingerprint(),
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
                  "_output_all_columns": False, "_split": None}
-        (self.folder / datasets_config.DATASET_STATE_JSON_FILENAME).write_text(json.dumps(state, indent=2, sort_keys=True))
+        state_file = self.folder / datasets_config.DATASET_STATE_JSON_FILENAME
+        state_file.write_text(json.dumps(state, indent=2, sort_keys=True))
         return self.rows
 
 

@@ -60,7 +60,8 @@ def hub_rows(ref: str, text_column: str | None, streaming: bool = False) -> Iter
     try:
         dataset = load_dataset(name, config, split=split, streaming=streaming)
     except Exception as err:  # DatasetNotFoundError, ConnectionError, ValueError (splits, configs), ...
-        raise LmtuneError(f"{ref}: cannot load the dataset ({type(err).__name__}: {_first_line(err)}){offline}") from None
+        raise LmtuneError(f"{ref}: cannot load the dataset ({type(err).__name__}: {_first_line(err)}){offline}"
+                          ) from None
     _check_column(dataset, text_column, ref)
     rows = iter(dataset)
     while True:  # a streamed dataset reads (and can fail) as it goes

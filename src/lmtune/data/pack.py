@@ -180,7 +180,8 @@ class Packer:
         stream = np.concatenate(self.pending)
         # Every block whose end lies before the stream's current end is final; the rest waits.
         count = -(-(len(stream) - self.content) // self.step)
-        blocks = [self._framed(stream[start : start + self.content]) for start in range(0, count * self.step, self.step)]
+        blocks = [self._framed(stream[start : start + self.content])
+                  for start in range(0, count * self.step, self.step)]
         self.pending, self.pending_tokens = [stream[count * self.step :]], len(stream) - count * self.step
         return blocks
 
