@@ -34,11 +34,11 @@ def test_measure_data_prep_takes_a_tokenizer_object():
 def test_the_scale_corpus_is_reproducible_and_every_file_differs(tmp_path):
     from lmtune.bench.data_scale import write_corpus
 
-    first, again, other = (write_corpus(tmp_path / name, 0.3, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    first, again, _ = (write_corpus(tmp_path / name, 0.3, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
     assert first == again and first[1] >= 300_000 and first[0] > 3
-    files = sorted((tmp_path / "a").iterdir())
-    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted((tmp_path / "b").iterdir())]
-    assert files[0].read_bytes() != sorted((tmp_path / "c").iterdir())[0].read_bytes()
+    files, same, other = (sorted((tmp_path / name).iterdir()) for name in "abc")
+    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in same]
+    assert files[0].read_bytes() != other[0].read_bytes()
     assert len({f.read_bytes() for f in files}) == len(files)  # nothing for dedup to drop
 
 

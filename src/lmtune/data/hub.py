@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmtune.errors import LmtuneError
-from lmtune.paths import HUB_PREFIX as PREFIX, split_hub_ref
+from lmtune.paths import HUB_PREFIX, split_hub_ref
 
 
 def is_hub_ref(ref) -> bool:
-    return isinstance(ref, str) and ref.startswith(PREFIX)
+    return isinstance(ref, str) and ref.startswith(HUB_PREFIX)
 
 
 def is_saved_dataset(path: Path) -> bool:
