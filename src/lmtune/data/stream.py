@@ -56,6 +56,8 @@ class TokenStore:
             while True:
                 if at == len(buffer) and left:
                     buffer, at = np.frombuffer(self.file.read(4 * chunk_tokens), dtype=IDS), 0
+                    if not len(buffer):  # never, unless something else truncated the file
+                        raise LmtuneError(f"{self.path} ended early (was it changed while prepare ran?)")
                 take = min(left, len(buffer) - at)
                 piece, at, left = buffer[at : at + take], at + take, left - take
                 yield index, piece, left == 0
