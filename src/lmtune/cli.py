@@ -437,6 +437,9 @@ def bench(
                                                        "data device")] = None,
     device: Annotated[Optional[str], typer.Option(help="also measure training tokens/s and MFU on this device "
                                                   "(cuda: the demo recipe and GPT-2 124M at seq 1024)")] = None,
+    scale: Annotated[bool, typer.Option("--scale", help="data section: also prepare 10, 100 and 1,000 MB of "
+                                        "generated text, each in a fresh process: seconds, MB/s, peak RSS "
+                                        "(~10 minutes on 2 cores, 2 GB of temporary disk)")] = False,
 ):
     """Measure lmtune against the seed recipes side by side (ratios) and print a Markdown table."""
     from lmtune.bench.suite import SECTIONS, run
@@ -448,7 +451,7 @@ def bench(
         from lmtune.outputs import check_output_dir
 
         check_output_dir(out, kind="bench")
-    run(quick=quick, out_dir=out, sections=only, device=device)
+    run(quick=quick, out_dir=out, sections=only, device=device, scale=scale)
 
 
 def main() -> None:

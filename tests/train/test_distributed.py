@@ -89,6 +89,52 @@ def test_two_processes_match_one_and_resume_in_one(reference, tmp_path, strategy
         assert resumed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
 
 
+def test_two_nodes_meeting_by_c10d_rendezvous_match_one_process_and_resume_in_one(reference, tmp_path):
+    """Multi-node as docs/distributed.md runs it, on this machine: two torchrun agents, each a "node" of one
+    process (--nnodes 2 --nproc-per-node 1), meet through a c10d rendezvous on loopback and train over gloo.
+    The per-step losses are the one-process run's with the same global batch, and the checkpoint the two
+    nodes wrote resumes in one process."""
+    recipe, expected = reference
+    run, port = tmp_path / "two-nodes", free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    agents = []
+    for node in (0, 1):  # node 0 hosts the rendezvous store, as the first machine of a cluster would
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+                   "--rdzv-conf", f"is_host={node == 0}", "--local-addr", "127.0.0.1", "-m", "lmtune.cli", "train",
+                   str(recipe), "--output-dir", str(run), "--train.batch_size", "4", "--train.max_steps", "4",
+                   "--train.threads", "1"]
+        with open(tmp_path / f"node{node}.log", "w") as log:  # a file, not a pipe: neither agent blocks on it
+            agents.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+    try:
+        codes = [agent.wait(timeout=600) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    output = "".join((tmp_path / f"node{node}.log").read_text() for node in (0, 1))
+    assert codes == [0, 0], output[-4000:]
+    assert "2 x cpu (ddp)" in output and "global batch: 8 = 4 per device x 2 device(s)" in output
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
+    distributed = losses(run)
+    assert sorted(distributed) == [1, 2, 3, 4]
+    for step in distributed:
+        assert distributed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+    lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "8",
+                 "--train.threads", "1", "--resume")
+    resumed = losses(run)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def check_sharded_checkpoint(folder, final, tmp_path):
     """An FSDP checkpoint: each process wrote its own DCP shard (weights and optimizer state), nothing was
     gathered (no safetensors, no optimizer state in trainer_state.pt), and the shards put together are

@@ -123,3 +123,42 @@ def test_dataloader_workers_give_the_same_run(tiny_clm_config, tmp_path):
     assert train(config, resume=True, progress=False)["steps"] == 30
     resumed = [r["train_loss"] for r in read_metrics(run) if r["event"] == "train"]
     assert len(resumed) == 30 and resumed == pytest.approx(runs[0], rel=1e-5)
+
+
+def test_resume_mid_epoch_from_a_streamed_dataset_of_several_shards(tiny_clm_config, tmp_path, monkeypatch):
+    """Training on a streamed prepared dataset (the training split in several Arrow shards, memory-mapped
+    when read): a run stopped mid-epoch and resumed gives the per-step losses of the run straight through,
+    and those are the losses of the same blocks held in memory in one table (how prepare left them before)."""
+    import shutil
+
+    from datasets import Dataset, DatasetDict
+
+    from lmtune.data import arrow
+    from lmtune.train.data import prepare_data
+
+    monkeypatch.setattr(arrow, "SHARD_BYTES", 1_000)
+    monkeypatch.setattr(arrow, "BATCH_ROWS", 10)
+    prepared = prepare_data(tiny_clm_config(), tmp_path / "streamed", quiet=True)
+    train_split = prepared.dataset["train"]
+    assert len(train_split.cache_files) > 2  # shards, memory-mapped
+    steps_per_epoch = len(train_split) // 8
+    assert steps_per_epoch >= 6
+    in_memory = tmp_path / "in-memory-data"  # the same folder, its splits rewritten as one in-memory table each
+    DatasetDict({name: Dataset.from_dict(split.to_dict()) for name, split in prepared.dataset.items()}
+                ).save_to_disk(str(in_memory))
+    shutil.copytree(tmp_path / "streamed" / "tokenizer", in_memory / "tokenizer")
+    for name in ("stats.json", "prepare.json", ".lmtune"):
+        shutil.copy(tmp_path / "streamed" / name, in_memory / name)
+
+    def run(name, data, max_steps, resume=False):
+        config = tiny_clm_config(max_steps=max_steps, schedule="constant", eval_every=100, log_every=1)
+        config.data.train, config.output_dir = str(data), str(tmp_path / name)
+        train(config, resume=resume, progress=False)
+        return [r["train_loss"] for r in read_metrics(tmp_path / name) if r["event"] == "train"]
+
+    total = steps_per_epoch + 2  # into the second epoch
+    straight = run("straight", tmp_path / "streamed", total)
+    assert len(run("stopped", tmp_path / "streamed", steps_per_epoch // 2)) == steps_per_epoch // 2
+    resumed = run("stopped", tmp_path / "streamed", total, resume=True)
+    assert len(resumed) == total and resumed == pytest.approx(straight, rel=1e-6)
+    assert run("in-memory", in_memory, total) == pytest.approx(straight, rel=1e-6)

@@ -83,8 +83,10 @@ def test_general_text_is_scored_for_the_base_and_the_tuned_model(tmp_path, corpu
 
 
 def test_replay_mixes_general_text_into_training(tmp_path, corpus_dir):
+    from datasets import load_from_disk
+
     from lmtune.data.pack import Framing
-    from lmtune.data.prepare import prepare_packed
+    from lmtune.data.stream import prepare_packed
     from lmtune.models.load import load_tokenizer
 
     general = tmp_path / "general.txt"
@@ -93,11 +95,13 @@ def test_replay_mixes_general_text_into_training(tmp_path, corpus_dir):
     plain = build_config({"data": {"train": str(corpus_dir), "block_size": 32}})
     mixed = build_config({"data": {"train": str(corpus_dir), "block_size": 32, "replay": 0.5,
                                    "replay_source": str(general)}})
-    columns, _, _ = prepare_packed(plain, tokenizer, Framing.eos)
-    with_replay, _, stats = prepare_packed(mixed, tokenizer, Framing.eos)
-    own = len(columns["train"]["input_ids"])
+    prepare_packed(plain, tokenizer, Framing.eos, tmp_path / "plain")
+    _, stats = prepare_packed(mixed, tokenizer, Framing.eos, tmp_path / "mixed")
+    columns, with_replay = load_from_disk(str(tmp_path / "plain")), load_from_disk(str(tmp_path / "mixed"))
+    own = len(columns["train"])
     assert stats["replayed general blocks"] == round(0.5 * own)
-    assert len(with_replay["train"]["input_ids"]) == own + round(0.5 * own)
-    assert [list(b) for b in with_replay["validation"]["input_ids"]] == [list(b) for b in columns["validation"]["input_ids"]]
+    assert len(with_replay["train"]) == own + round(0.5 * own)
+    assert with_replay["validation"]["input_ids"] == columns["validation"]["input_ids"]  # validation stays the user's
     committee = tokenizer(" committee", add_special_tokens=False)["input_ids"][0]
-    assert sum(committee in list(block) for block in with_replay["train"]["input_ids"][own:]) >= round(0.5 * own) - 1
+    replayed = with_replay["train"]["input_ids"][own:]
+    assert sum(committee in block for block in replayed) >= len(replayed) - 1

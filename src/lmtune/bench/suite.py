@@ -10,6 +10,7 @@ from rich.console import Console
 
 from lmtune.bench.contenders import CAUSAL, CLASSIFY, MASKED
 from lmtune.bench.data_prep import measure_data_prep
+from lmtune.bench.data_scale import SIZES_MB, measure_scaling
 from lmtune.bench.device import bench_device, device_markdown
 from lmtune.bench.inference import bench_fill_mask, bench_generation
 from lmtune.bench.machine import cpu_name, peak_matmul
@@ -30,8 +31,9 @@ SECTIONS = ("peak", CAUSAL.name, MASKED.name, CLASSIFY.name, "generate", "fill-m
 
 
 def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | None = None,
-        device: str | None = None) -> dict[str, Any]:
-    """`device`: also measure training throughput and MFU there (the `device` section)."""
+        device: str | None = None, scale: bool = False) -> dict[str, Any]:
+    """`device`: also measure training throughput and MFU there (the `device` section). `scale`: the data
+    section also prepares 10, 100 and 1,000 MB of text, each in a fresh process (time, MB/s, peak RSS)."""
     console = Console(stderr=True)
     p = QUICK if quick else FULL
     sections = sections or [s for s in SECTIONS if s != "device" or device]
@@ -72,6 +74,10 @@ def run(quick: bool = True, out_dir: Path | None = None, sections: list[str] | N
     if "data" in sections:
         console.print("data prep ...")
         result["data_prep"] = measure_data_prep(p["prep_mb"])
+        if scale:
+            console.print(f"data prep at scale: {', '.join(f'{mb:,} MB' for mb in SIZES_MB)} of text, a fresh "
+                          "lmtune prepare each (minutes) ...")
+            result["data_scale"] = measure_scaling(SIZES_MB)
     if "device" in sections:
         console.print(f"training throughput on {device or 'cpu'} ...")
         result["device"] = bench_device(device or "cpu", quick=quick)

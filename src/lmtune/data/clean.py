@@ -2,6 +2,7 @@
 and counts what each removed, so the user can see what happened to their text."""
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections import Counter
@@ -144,6 +145,14 @@ def normalize_whitespace(text: str, slice_chars: int = 1_000_000) -> str:
     return "".join(out).strip()
 
 
+def specials_of(tokenizer) -> dict[str, str]:
+    """The tokenizer's special tokens that `delimiters` may map markers to ("eos", "bos", "sep")."""
+    if tokenizer is None:  # a tokenizer trained on the cleaned text comes later: no special tokens
+        return {}
+    return {k: v for k, v in {"eos": tokenizer.eos_token, "bos": tokenizer.bos_token,
+                              "sep": tokenizer.sep_token}.items() if v}
+
+
 def apply_delimiters(text: str, delimiters: dict[str, str], specials: dict[str, str]) -> list[str]:
     """Replace markers; markers mapped to "doc" split the text into several documents."""
     splitters = [marker for marker, target in delimiters.items() if target == "doc"]
@@ -156,21 +165,27 @@ def apply_delimiters(text: str, delimiters: dict[str, str], specials: dict[str, 
     return parts
 
 
-def clean_documents(
-    docs: list[Document], config: CleanConfig, specials: dict[str, str] | None = None
-) -> tuple[list[Document], dict[str, int]]:
-    """Run the enabled cleaning steps. `specials` maps "eos"/"bos" to the tokenizer's own tokens."""
-    specials = specials or {}
-    try:
-        patterns = [re.compile(p, re.DOTALL) for p in config.regex_remove]
-    except re.error as err:
-        raise LmtuneError(f"clean.regex_remove: invalid pattern ({err})") from None
-    counts: Counter[str] = Counter()
-    chars_in = sum(len(d.text) for d in docs)
-    out: list[Document] = []
-    bar = tqdm(total=chars_in, unit="B", unit_scale=True, desc="clean", disable=chars_in < PROGRESS_CHARS,
-               leave=False)
-    for doc in docs:
+class Cleaner:
+    """The enabled cleaning steps, one document at a time, counting what each removed; exact duplicates
+    are recognised by a 16-byte hash of their text (memory grows by ~100 bytes a document, not by its
+    text), so a corpus of any size streams through."""
+
+    def __init__(self, config: CleanConfig, specials: dict[str, str] | None = None):
+        self.config, self.specials = config, specials or {}
+        try:
+            self.patterns = [re.compile(p, re.DOTALL) for p in config.regex_remove]
+        except re.error as err:
+            raise LmtuneError(f"clean.regex_remove: invalid pattern ({err})") from None
+        self.counts: Counter[str] = Counter()
+        self.seen: set[bytes] = set()
+        self.duplicates = 0
+        self.docs_in = self.docs_out = self.chars_in = self.chars_out = 0
+
+    def __call__(self, doc: Document) -> list[Document]:
+        """The documents `doc` becomes (none, one, or several when a delimiter splits it)."""
+        config, counts = self.config, self.counts
+        self.docs_in += 1
+        self.chars_in += len(doc.text)
         text = doc.text
         if config.pdf_headers and doc.pages and len(doc.pages) > 1:
             pages, removed = strip_pdf_page_furniture(doc.pages)
@@ -179,7 +194,7 @@ def clean_documents(
         if config.drop_toc:
             text, n = drop_toc_lines(text)
             counts["table-of-contents lines dropped"] += n
-        text = remove_patterns(text, patterns, counts)
+        text = remove_patterns(text, self.patterns, counts)
         if config.dehyphenate:
             text, n = dehyphenate(text)
             counts["de-hyphenated words"] += n
@@ -191,27 +206,50 @@ def clean_documents(
             before = len(text)
             text = normalize_whitespace(text)
             counts["whitespace characters removed"] += before - len(text)
-        pieces = apply_delimiters(text, config.delimiters, specials) if config.delimiters else [text]
+        pieces = apply_delimiters(text, config.delimiters, self.specials) if config.delimiters else [text]
+        out = []
         for piece in pieces:
             if config.normalize_whitespace and len(pieces) > 1:
                 piece = piece.strip()
             if len(piece) < config.min_chars:
                 counts["empty/short documents dropped"] += 1
-                continue
-            out.append(replace(doc, text=piece, pages=None))
-        bar.update(len(doc.text))
-    bar.close()
-    if config.dedup:
-        seen: set[str] = set()
-        unique = []
-        for doc in out:
-            if doc.text in seen:
-                counts["duplicate documents dropped"] += 1
-            else:
-                seen.add(doc.text)
-                unique.append(doc)
-        out = unique
-    report = {"documents in": len(docs), "documents out": len(out), "characters in": chars_in,
-              "characters out": sum(len(d.text) for d in out)}
-    report.update({k: v for k, v in counts.items()})
-    return out, report
+            elif not self._duplicate(piece):
+                out.append(replace(doc, text=piece, pages=None))
+                self.docs_out += 1
+                self.chars_out += len(piece)
+        return out
+
+    def _duplicate(self, text: str) -> bool:
+        if not self.config.dedup:
+            return False
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in self.seen:
+            self.duplicates += 1
+            return True
+        self.seen.add(digest)
+        return False
+
+    def report(self) -> dict[str, int]:
+        """What went in, what came out, and each step's count (duplicates last: they were counted last
+        when cleaning held the whole corpus)."""
+        report = {"documents in": self.docs_in, "documents out": self.docs_out, "characters in": self.chars_in,
+                  "characters out": self.chars_out, **self.counts}
+        if self.duplicates:
+            report["duplicate documents dropped"] = self.duplicates
+        return report
+
+
+def clean_documents(
+    docs: list[Document], config: CleanConfig, specials: dict[str, str] | None = None
+) -> tuple[list[Document], dict[str, int]]:
+    """Run the enabled cleaning steps over a list of documents. `specials` maps "eos"/"bos" to the
+    tokenizer's own tokens."""
+    cleaner = Cleaner(config, specials)
+    chars_in = sum(len(d.text) for d in docs)
+    out: list[Document] = []
+    with tqdm(total=chars_in, unit="B", unit_scale=True, desc="clean", disable=chars_in < PROGRESS_CHARS,
+              leave=False) as bar:
+        for doc in docs:
+            out += cleaner(doc)
+            bar.update(len(doc.text))
+    return out, cleaner.report()

@@ -19,6 +19,7 @@ import stat
 import sys
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from pypdf import PdfReader
 
+from lmtune.data.hub import hub_rows, is_hub_ref, is_saved_dataset, saved_dataset_rows
 from lmtune.errors import LmtuneError
 from lmtune.outputs import MARKER
 from lmtune.paths import resolve_data_path
@@ -352,30 +354,6 @@ def read_lines(path: str | Path) -> list[str]:
     return decode_text(_read_bytes(path), str(path)).splitlines()
 
 
-def read_hf_dataset(path: Path, text_column: str | None, split: str = "train") -> list[Document]:
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        ds = load_from_disk(str(path))
-    except Exception as err:  # half-written or foreign folders: FileNotFoundError, ArrowInvalid, JSON errors
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise LmtuneError(f"{path}: cannot read the saved dataset ({type(err).__name__}: {first})") from None
-    if isinstance(ds, DatasetDict):
-        if split not in ds:
-            split = next(iter(ds))
-        ds = ds[split]
-    if text_column is not None and text_column not in ds.column_names:
-        raise LmtuneError(f"{path}: no column '{text_column}' (columns: {', '.join(ds.column_names)})")
-    return [
-        Document(text="" if text_column is None else str(row[text_column] or ""), source=str(path), fields=row)
-        for row in ds
-    ]
-
-
-def is_hf_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
-
-
 def read_file(path: Path, text_column: str | None = "text") -> list[Document]:
     kind, _ = _suffixes(path)
     if kind in FOREIGN_SUFFIXES:
@@ -499,37 +477,82 @@ def _check_not_output(path: Path) -> None:
         raise LmtuneError(f"{path} is an lmtune {kind} folder, not data{hint}; give the files to read")
 
 
-def read_documents(paths: str | Path | list, text_column: str | None = "text") -> list[Document]:
-    """Read every source; a folder contributes its supported files in sorted order."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    docs: list[Document] = []
+def _rows_as_documents(rows, text_column: str | None, source: str, progress) -> Iterator[Document]:
+    for row in rows:
+        text = "" if text_column is None else str(row[text_column] or "")
+        if progress is not None:
+            progress(len(text))
+        yield Document(text=text, source=source, fields=row)
+
+
+def input_bytes(paths: str | Path | list) -> int | None:
+    """The size of the files `paths` name (folders walked as when they are read), for a progress bar;
+    None when a source has no size known beforehand (a dataset)."""
+    total = 0
+    for ref in [paths] if isinstance(paths, (str, Path)) else paths:
+        if is_hub_ref(ref):
+            return None
+        p = resolve_data_path(ref)
+        if is_saved_dataset(p):
+            return None
+        files = list_folder(p).files if p.is_dir() else [p]
+        total += sum(f.stat().st_size for f in files if f.is_file())
+    return total
+
+
+def iter_documents(paths: str | Path | list, text_column: str | None = "text", streaming: bool = False,
+                   progress: Callable[[int], None] | None = None) -> Iterator[Document]:
+    """Every source's documents in order, one file at a time: a folder contributes its supported files in
+    sorted order, a saved dataset folder or `hf:NAME` (data/hub.py; `streaming` for the Hub) its rows.
+    `progress(n)` hears the bytes of each file read (of each row's text, for datasets). Memory holds one
+    file's documents, never the corpus."""
+    paths = [paths] if isinstance(paths, (str, Path)) else paths
     empty: list[Path] = []  # files in folders with no text: noted, not fatal (unless nothing has text)
-    for p in map(resolve_data_path, paths):
-        if not p.exists():
-            raise LmtuneError(f"file not found: {p}")
-        if p.is_dir():
-            _check_not_output(p)
-        if is_hf_dataset(p):
-            docs += read_hf_dataset(p, text_column)
-        elif p.is_dir():
-            listing = list_folder(p)
-            listing.warn()
-            if not listing.files:
-                raise LmtuneError(f"{p}: no readable files ({READABLE})")
-            for f in listing.files:
-                found = read_file(f, text_column)
-                if not any(d.text.strip() for d in found):
-                    empty.append(f)
-                docs += found
-        else:
-            docs += read_file(p, text_column)
+    has_text = False
+    for doc in _documents(paths, text_column, streaming, progress, empty):
+        has_text = has_text or bool(doc.text.strip())
+        yield doc
     if text_column is None:
-        return docs
-    if not any(d.text.strip() for d in docs):
+        return
+    if not has_text:
         raise LmtuneError(f"no text found in {', '.join(map(str, paths))}"
                           + (f" ({len(empty)} files, all empty)" if len(empty) > 1 else ""))
     if empty:
         log.warning("warning: %d file(s) without text skipped: %s%s", len(empty),
                     ", ".join(map(str, empty[:3])), ", ..." if len(empty) > 3 else "")
-    return docs
+
+
+def _documents(paths: list, text_column: str | None, streaming: bool, progress, empty: list[Path]
+               ) -> Iterator[Document]:
+    for ref in paths:
+        if is_hub_ref(ref):
+            yield from _rows_as_documents(hub_rows(ref, text_column, streaming), text_column, ref, progress)
+            continue
+        p = resolve_data_path(ref)
+        if not p.exists():
+            raise LmtuneError(f"file not found: {p}")
+        if p.is_dir():
+            _check_not_output(p)
+        if is_saved_dataset(p):
+            yield from _rows_as_documents(saved_dataset_rows(p, text_column), text_column, str(p), progress)
+            continue
+        files = [p]
+        if p.is_dir():
+            listing = list_folder(p)
+            listing.warn()
+            if not listing.files:
+                raise LmtuneError(f"{p}: no readable files ({READABLE})")
+            files = listing.files
+        for f in files:
+            found = read_file(f, text_column)
+            if p.is_dir() and not any(d.text.strip() for d in found):
+                empty.append(f)
+            if progress is not None:
+                progress(f.stat().st_size)
+            yield from found
+
+
+def read_documents(paths: str | Path | list, text_column: str | None = "text", streaming: bool = False
+                   ) -> list[Document]:
+    """Every source's documents, as a list (iter_documents reads them one file at a time)."""
+    return list(iter_documents(paths, text_column, streaming))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -139,88 +140,166 @@ def _ids(values) -> np.ndarray:
     return np.asarray(values, dtype=IDS)
 
 
-def pack(token_lists: Sequence, block_size: int, framing: Framing, stride: int = 0) -> list[np.ndarray]:
-    """Concatenate documents (each followed by the separator) and cut into blocks; keep the remainder.
-    Blocks are int32 arrays (views of one stream when there is no prefix/suffix to add)."""
-    content = block_size - len(framing.prefix) - len(framing.suffix)
-    if content < 2:
-        raise ValueError(f"block_size {block_size} leaves no room for text")
-    if not 0 <= stride < content:
-        raise ValueError(f"stride must be in [0, {content})")
-    separator = _ids(framing.separator)
-    stream = np.concatenate([part for ids in token_lists for part in (_ids(ids), separator)] or [_ids([])])
-    step = content - stride
-    blocks = []
-    for start in range(0, len(stream), step):
-        blocks.append(_framed(framing, stream[start : start + content]))
-        if start + content >= len(stream):
-            break
-    return blocks
-
-
 def _framed(framing: Framing, ids: np.ndarray) -> np.ndarray:
     if not framing.prefix and not framing.suffix:
         return ids
     return np.concatenate([_ids(framing.prefix), ids, _ids(framing.suffix)])
 
 
-def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]] | None:
-    """Seeded document-level split, or None when there are too few documents to split that way."""
+class Packer:
+    """The blocks of one split, from documents given one at a time (a long one in pieces): documents joined
+    by the separator and cut into `block_size` blocks (framed), consecutive blocks sharing `stride` tokens,
+    the last short block kept. `packing=False`: one block per non-empty document, truncated. It holds at most
+    a block's worth of tokens beyond what one `add` brings, whatever the corpus size."""
+
+    def __init__(self, block_size: int, framing: Framing, stride: int = 0, packing: bool = True):
+        self.framing, self.packing = framing, packing
+        self.content = block_size - len(framing.prefix) - len(framing.suffix)
+        if self.content < 2:
+            raise ValueError(f"block_size {block_size} leaves no room for text")
+        if not 0 <= stride < self.content:
+            raise ValueError(f"stride must be in [0, {self.content})")
+        self.step = self.content - stride
+        self.separator = _ids(framing.separator)
+        self.pending: list[np.ndarray] = []  # tokens of the stream not yet in a finished block
+        self.pending_tokens = 0
+        self.document_tokens = 0  # of the document under way (packing=False keeps its first `content`)
+        self.tokens = 0  # document tokens added, separators not counted
+        self.blocks = 0
+
+    def add(self, ids: np.ndarray, ends_document: bool = True) -> list[np.ndarray]:
+        """Add a document's ids (or a piece of it, `ends_document=False`); the blocks it completes."""
+        ids = _ids(ids)
+        self.tokens += len(ids)
+        if not self.packing:
+            return self._add_unpacked(ids, ends_document)
+        self.pending += [ids, self.separator] if ends_document else [ids]
+        self.pending_tokens += len(ids) + (len(self.separator) if ends_document else 0)
+        if self.pending_tokens <= self.content:  # a block that may be the last one: wait for more
+            return []
+        stream = np.concatenate(self.pending)
+        # Every block whose end lies before the stream's current end is final; the rest waits.
+        count = -(-(len(stream) - self.content) // self.step)
+        blocks = [self._framed(stream[start : start + self.content])
+                  for start in range(0, count * self.step, self.step)]
+        self.pending, self.pending_tokens = [stream[count * self.step :]], len(stream) - count * self.step
+        return blocks
+
+    def _add_unpacked(self, ids: np.ndarray, ends_document: bool) -> list[np.ndarray]:
+        room = self.content - min(self.document_tokens, self.content)
+        if room:
+            self.pending.append(ids[:room])
+        self.document_tokens += len(ids)
+        if not ends_document:
+            return []
+        length, kept = self.document_tokens, self.pending
+        self.pending, self.document_tokens = [], 0
+        return [self._framed(np.concatenate(kept))] if length else []
+
+    def finish(self) -> list[np.ndarray]:
+        """The blocks still held: the end of the stream, the last one short."""
+        if not self.packing or not self.pending_tokens:
+            return []
+        stream, blocks = np.concatenate(self.pending), []
+        for start in range(0, len(stream), self.step):
+            blocks.append(self._framed(stream[start : start + self.content]))
+            if start + self.content >= len(stream):
+                break
+        self.pending, self.pending_tokens = [], 0
+        return blocks
+
+    def _framed(self, ids: np.ndarray) -> np.ndarray:
+        self.blocks += 1
+        return _framed(self.framing, ids)
+
+
+def pack(token_lists: Sequence, block_size: int, framing: Framing, stride: int = 0) -> list[np.ndarray]:
+    """Concatenate documents (each followed by the separator) and cut into blocks; keep the remainder.
+    Blocks are int32 arrays."""
+    packer = Packer(block_size, framing, stride)
+    blocks = [block for ids in token_lists for block in packer.add(ids)]
+    return blocks + packer.finish()
+
+
+def held_out(n_docs: int, val_fraction: float, seed: int) -> np.ndarray | None:
+    """Which documents the seeded document-level split holds out (a bool each), or None when there are too
+    few documents to split that way. The draw is `random.Random(seed).shuffle` of the indices, kept in an
+    int64 array (8 bytes a document, where a list of ints takes ~36)."""
     if n_docs < MIN_DOCS_FOR_DOC_SPLIT or val_fraction == 0:
         return None
-    order = list(range(n_docs))
+    order = array("q", range(n_docs))
     random.Random(seed).shuffle(order)
-    n_val = max(1, round(n_docs * val_fraction))
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    mask = np.zeros(n_docs, dtype=bool)
+    mask[np.frombuffer(order, dtype=np.int64)[: max(1, round(n_docs * val_fraction))]] = True
+    return mask
 
 
-def split_stream(token_lists: Sequence, val_fraction: float) -> tuple[list, list]:
-    """Position split for few documents: the last `val_fraction` of every document is held out."""
-    train, val = [], []
-    for ids in token_lists:
-        cut = len(ids) - int(len(ids) * val_fraction)
-        train.append(ids[:cut])
-        if cut < len(ids):
-            val.append(ids[cut:])
-    return train, val
+def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]] | None:
+    """Seeded document-level split (train, validation indices), or None when there are too few documents."""
+    mask = held_out(n_docs, val_fraction, seed)
+    if mask is None:
+        return None
+    return np.flatnonzero(~mask).tolist(), np.flatnonzero(mask).tolist()
 
 
-def pack_splits(token_lists: Sequence, block_size: int, framing: Framing, stride: int,
-                val_fraction: float, seed: int, packing: bool = True) -> tuple[dict[str, list[np.ndarray]], dict]:
-    """Blocks for train and validation (int32 arrays), how the split was made, and a "warning" when the
-    corpus is too small for one block or for a validation split."""
-    by_doc = split_documents(len(token_lists), val_fraction, seed)
-    if by_doc is not None:
-        train_ids = [token_lists[i] for i in by_doc[0]]
-        val_ids = [token_lists[i] for i in by_doc[1]]
-        how = "by document"
-    elif val_fraction > 0:
-        train_ids, val_ids = split_stream(token_lists, val_fraction)
-        how = "by position (tail of each document)"
-    else:
-        train_ids, val_ids, how = token_lists, [], "none"
-    content = block_size - len(framing.prefix) - len(framing.suffix)
+class Splitter:
+    """Where each document goes once their number is known: by document with 10 or more (seeded), else
+    the last `val_fraction` of every document is held out (by position), so validation text never
+    appears in training."""
 
-    def to_blocks(lists: Sequence) -> list[np.ndarray]:
-        if packing:
-            return pack(lists, block_size, framing, stride)
-        return [_framed(framing, _ids(ids[:content])) for ids in lists if len(ids)]
+    def __init__(self, n_docs: int, val_fraction: float, seed: int):
+        self.val_fraction = val_fraction
+        self.held_out = held_out(n_docs, val_fraction, seed)
+        self.how = ("by document" if self.held_out is not None else
+                    "by position (tail of each document)" if val_fraction > 0 else "none")
 
-    splits = {"train": to_blocks(train_ids), "validation": to_blocks(val_ids)}
+    def cut(self, index: int, length: int) -> int | None:
+        """Document `index`'s first `cut` tokens train and the rest validate; None: all of it validates."""
+        if self.held_out is not None:
+            return None if self.held_out[index] else length
+        return length - int(length * self.val_fraction)
+
+
+def split_info(how: str, train: Packer, validation: Packer, val_fraction: float, block_size: int,
+               truncated: int) -> dict:
+    """How the split was made (`truncated`: documents longer than a block, counted when not packing), and
+    a "warning" when the corpus is too small for one block or for a validation split (not an error: a
+    short text can still be learnt, but the caller must know)."""
     info: dict = {"split": how}
-    if not packing:
-        info["truncated samples"] = sum(len(ids) > content for ids in token_lists)
-    # A tiny corpus is not an error (a short text can still be learnt), but the caller must know.
+    if not train.packing:
+        info["truncated samples"] = truncated
     warnings = []
-    tokens, val_tokens = sum(map(len, train_ids)), sum(map(len, val_ids))
-    if packing and tokens < content:
+    tokens, val_tokens, content = train.tokens, validation.tokens, train.content
+    if train.packing and tokens < content:
         warnings.append(f"the training text ({tokens} tokens) is shorter than one block ({block_size}): "
                         "there is one short training block; lower data.block_size or add text")
-    if val_fraction > 0 and not splits["validation"]:
+    if val_fraction > 0 and not validation.blocks:
         warnings.append(f"no validation split: the corpus ({tokens} tokens) is too small to hold out "
                         f"data.val_fraction {val_fraction:g} of it; held-out metrics cannot be tracked")
     elif val_fraction > 0 and val_tokens < min(content, 256):
         warnings.append(f"the validation split holds only {val_tokens} tokens: its metrics will be noisy")
     if warnings:
         info["warning"] = "; ".join(warnings)
-    return splits, info
+    return info
+
+
+def pack_splits(token_lists: Sequence, block_size: int, framing: Framing, stride: int,
+                val_fraction: float, seed: int, packing: bool = True) -> tuple[dict[str, list[np.ndarray]], dict]:
+    """Blocks for train and validation (int32 arrays) of documents held in memory, and how the split was
+    made (`split_info`). Streaming prepare does the same a document at a time (data/stream.py)."""
+    splitter = Splitter(len(token_lists), val_fraction, seed)
+    train, validation = (Packer(block_size, framing, stride, packing) for _ in range(2))
+    splits: dict[str, list[np.ndarray]] = {"train": [], "validation": []}
+    for index, ids in enumerate(token_lists):
+        ids = _ids(ids)
+        cut = splitter.cut(index, len(ids))
+        if cut is None:
+            splits["validation"] += validation.add(ids)
+            continue
+        splits["train"] += train.add(ids[:cut])
+        if cut < len(ids):
+            splits["validation"] += validation.add(ids[cut:])
+    splits["train"] += train.finish()
+    splits["validation"] += validation.finish()
+    truncated = sum(len(ids) > train.content for ids in token_lists)
+    return splits, split_info(splitter.how, train, validation, val_fraction, block_size, truncated)

@@ -1,7 +1,9 @@
-"""`lmtune prepare`: read -> clean -> (train a tokenizer) -> tokenize -> pack/split -> Arrow on disk.
+"""`lmtune prepare`: read -> clean -> (train a tokenizer) -> tokenize -> pack/split -> Arrow on disk, streamed for
+packed text (data/stream.py) so memory does not grow with the corpus.
 
 The prepared folder is self-contained: `dataset_dict.json` + Arrow files (memory-mapped by `datasets`),
-`tokenizer/`, `stats.json`, and `prepare.json` (what made it; a matching one is reused as a cache)."""
+`tokenizer/`, `stats.json`, and `prepare.json` (what made it, written last; a matching one is reused as a
+cache)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,20 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmtune.config import RunConfig, data_inputs
-from lmtune.data.clean import clean_documents
-from lmtune.data.general import replay_blocks
-from lmtune.data.ingest import Document, read_documents
-from lmtune.data.pack import Framing, pack_splits, tokenize
-from lmtune.data.tokenizer import train_tokenizer
+from lmtune.data.clean import clean_documents, specials_of
+from lmtune.data.ingest import Document, input_bytes, read_documents
+from lmtune.data.stream import TOKEN_STORE
 from lmtune.errors import LmtuneError
 from lmtune.locks import own_folder
-from lmtune.outputs import (
-    check_free_space,
-    check_output_dir,
-    disk_errors,
-    is_lmtune_dir,
-    remove_own,
-)
+from lmtune.outputs import check_free_space, check_output_dir, disk_errors, is_lmtune_dir, remove_own
 
 
 @dataclass
@@ -49,80 +43,60 @@ def load_prepared(path: Path) -> Prepared:
 
 
 def _fingerprint(config: RunConfig) -> str:
-    recipe = {"objective": config.objective, "data": config.data.model_dump(mode="json"),
+    # How prepare runs (processes, batch memory, streaming a Hub dataset) does not change what it makes.
+    data = config.data.model_dump(mode="json", exclude={"num_proc", "buffer_mb", "streaming"})
+    recipe = {"objective": config.objective, "data": data,
               "tokenizer": config.tokenizer.model_dump(mode="json"), "model": config.model.name,
               "tasks": [t.model_dump(mode="json") for t in config.tasks],
               "sft": config.sft.model_dump(mode="json"), "version": 1}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def specials_of(tokenizer) -> dict[str, str]:
-    return {k: v for k, v in {"eos": tokenizer.eos_token, "bos": tokenizer.bos_token,
-                              "sep": tokenizer.sep_token}.items() if v}
+def _needed_bytes(config: RunConfig) -> int:
+    """About the disk a prepare of this data needs, where the input's size is known: its token ids on
+    disk while packing, then the Arrow blocks (4 bytes a token; a token is ~4 bytes of text)."""
+    size = input_bytes(config.data.train) if config.data.train else None
+    return 2 * size if size else 0
 
 
 def read_clean(paths, config: RunConfig, tokenizer, text_column: str | None = None) -> tuple[list[Document], dict]:
     docs = read_documents(paths, text_column or config.data.text_column)
-    return clean_documents(docs, config.data.clean, specials_of(tokenizer) if tokenizer is not None else {})
+    return clean_documents(docs, config.data.clean, specials_of(tokenizer))
 
 
-def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Framing]
-                   ) -> tuple[dict[str, dict[str, list]], Any, dict]:
-    """Language-model splits: documents read, cleaned, tokenized and packed into blocks framed by
-    `framing_for(tokenizer)` (EOS between documents for decoders, [CLS]/[SEP] for encoders)."""
+def write_columns(out_dir: Path, columns: dict[str, dict[str, list]], tokenizer, stats: dict) -> tuple[Any, dict]:
+    """Splits built in memory (classification and SFT rows: small tables) written as Arrow, the way
+    `write_splits` writes them. Empty splits are left out (Arrow cannot infer a type from no rows);
+    readers use .get()."""
+    from datasets import Dataset, DatasetDict
 
-    data = config.data
-    if data.train is None:
-        raise LmtuneError("no training data: set data.train (a file, folder or prepared dataset)")
-    docs, report = read_clean(data.train, config, tokenizer)
-    val_docs, val_report = (read_clean(data.validation, config, tokenizer) if data.validation else (None, None))
-    if not docs:
-        raise LmtuneError("nothing left to train on after cleaning (check data.clean settings)")
-    if config.tokenizer.train is not None:
-        tokenizer = train_tokenizer((d.text for d in docs), config.tokenizer.train)
-    framing = framing_for(tokenizer)
-    ids = tokenize(tokenizer, [d.text for d in docs])
-    if val_docs is not None:
-        splits, info = pack_splits(ids, data.block_size, framing, data.stride, 0.0, data.seed, data.packing)
-        val_ids = tokenize(tokenizer, [d.text for d in val_docs])
-        splits["validation"] = pack_splits(val_ids, data.block_size, framing, 0, 0.0, data.seed,
-                                           data.packing)[0]["train"]
-        info["split"] = f"own validation files ({len(val_docs)} documents)"
-    else:
-        splits, info = pack_splits(ids, data.block_size, framing, data.stride, data.val_fraction, data.seed,
-                                   data.packing)
-    if data.replay:
-        count = round(data.replay * len(splits["train"]))
-        replayed = replay_blocks(data.replay_source, tokenizer, framing, data.block_size, count, data.seed)
-        splits["train"] = list(splits["train"]) + replayed  # the loop shuffles every epoch
-        info["replayed general blocks"] = len(replayed)
-    stats = {"documents": len(docs), "characters": sum(len(d.text) for d in docs),
-             "tokens": sum(len(x) for x in ids), "block_size": data.block_size,
-             "train blocks": len(splits["train"]), "validation blocks": len(splits["validation"]),
-             "train tokens": sum(map(len, splits["train"])),
-             "validation tokens": sum(map(len, splits["validation"])), **info, "cleaning": report}
-    if val_report:
-        stats["cleaning (validation)"] = val_report
-    return {k: {"input_ids": v} for k, v in splits.items()}, tokenizer, stats
+    if not columns["train"][next(iter(columns["train"]))]:
+        raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
+    dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items() if cols[next(iter(cols))]})
+    needed = sum(split.data.nbytes for split in dataset.values())
+    check_free_space(out_dir, needed)
+    with disk_errors(out_dir, needed):
+        dataset.save_to_disk(str(out_dir))
+    return tokenizer, stats
 
 
-PREPARED_ENTRIES = ("prepare.json", "stats.json", "dataset_dict.json", "train", "validation", "test", "tokenizer")
+PREPARED_ENTRIES = ("prepare.json", "stats.json", "dataset_dict.json", "train", "validation", "test", "tokenizer",
+                    TOKEN_STORE)
 
-
-SplitFn = Callable[[RunConfig, Any], tuple[dict[str, dict[str, list]], Any, dict]]
+# The objective's writer: (config, tokenizer or None, output folder) -> (tokenizer, stats), the splits on disk.
+SplitFn = Callable[[RunConfig, Any, Path], tuple[Any, dict]]
 
 
 def prepare(config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: Callable[[], Any],
             quiet: bool = False) -> Prepared:
-    """Prepare `config.data` into `out_dir` with the objective's `split_fn(config, tokenizer)`, or reuse an
-    identical earlier result. `tokenizer_fn()` gives the tokenizer, only when one is needed.
+    """Prepare `config.data` into `out_dir` with the objective's `split_fn(config, tokenizer, out_dir)`, which
+    writes the splits (streamed, for packed text), or reuse an identical earlier result. `tokenizer_fn()`
+    gives the tokenizer, only when one is needed.
 
     `out_dir` must be new, empty, or an earlier prepared folder of lmtune's (checked before any reading);
     only lmtune's own entries in it are replaced, and `prepare.json` is written last, so an interrupted
     prepare is never mistaken for a finished one; a failed write (a full disk) removes what it began. One
     writer at a time: a second prepare into the same folder is refused while the first runs."""
-    from datasets import Dataset, DatasetDict
-
     if config.data.train and not isinstance(config.data.train, list) and is_prepared(Path(config.data.train)):
         return load_prepared(Path(config.data.train))
     out_dir = Path(out_dir)
@@ -134,18 +108,12 @@ def prepare(config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: C
     check_output_dir(out_dir, data_inputs(config), kind="prepared")
     with own_folder(out_dir, "prepared", "prepare"):
         tokenizer = tokenizer_fn() if config.tokenizer.train is None else None
-        columns, tokenizer, stats = split_fn(config, tokenizer)
-        if not columns["train"][next(iter(columns["train"]))]:
-            raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
-        # Empty splits are left out (Arrow cannot infer a type from no rows); readers use .get().
-        dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()
-                               if cols[next(iter(cols))]})
         remove_own(out_dir, PREPARED_ENTRIES)
         try:
-            needed = sum(split.data.nbytes for split in dataset.values())
+            needed = _needed_bytes(config)
             check_free_space(out_dir, needed)
             with disk_errors(out_dir, needed):
-                dataset.save_to_disk(str(out_dir))
+                tokenizer, stats = split_fn(config, tokenizer, out_dir)
                 tokenizer.save_pretrained(out_dir / "tokenizer")
                 (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
                 (out_dir / "prepare.json").write_text(json.dumps({"fingerprint": fingerprint}))

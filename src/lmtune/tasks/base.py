@@ -14,7 +14,7 @@ import torch
 
 from lmtune.config import RunConfig
 from lmtune.data.pack import Framing
-from lmtune.data.prepare import prepare_packed
+from lmtune.data.stream import prepare_packed
 from lmtune.tasks.common import default_loss
 
 Batch = dict[str, torch.Tensor]
@@ -57,10 +57,11 @@ class Objective:
     own_keys: ClassVar[tuple[str, ...]] = ()
 
     # ---- data ------------------------------------------------------------------------------------
-    def prepare_splits(self, config: RunConfig, tokenizer) -> tuple[dict[str, dict[str, list]], Any, dict]:
-        """Tokenized columns per split, the tokenizer (maybe trained here) and stats. Default: packing."""
+    def write_splits(self, config: RunConfig, tokenizer, out_dir: Path) -> tuple[Any, dict]:
+        """Write the tokenized splits into `out_dir` (Arrow, as `datasets.load_from_disk` reads them); return
+        the tokenizer (maybe trained here) and stats. Default: packed text, streamed (data/stream.py)."""
 
-        return prepare_packed(config, tokenizer, self.framing)
+        return prepare_packed(config, tokenizer, self.framing, out_dir)
 
     def framing(self, tokenizer):
         """Token ids around packed blocks: EOS between documents (encoders override)."""

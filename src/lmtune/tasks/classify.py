@@ -10,7 +10,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from lmtune.config import RunConfig
-from lmtune.data.prepare import read_clean
+from lmtune.data.prepare import read_clean, write_columns
 from lmtune.errors import LmtuneError
 from lmtune.tasks import classical
 from lmtune.tasks.base import Baseline, Objective
@@ -246,8 +246,8 @@ class Classification(Objective):
         # like MiniLM) learns a fresh head faster at 1e-4 than at the usual 2e-5.
         return 1e-4 if parameters is not None and parameters < 50_000_000 else 3e-5
 
-    def prepare_splits(self, config, tokenizer):
-        return prepare_splits(config, tokenizer)
+    def write_splits(self, config, tokenizer, out_dir):
+        return write_columns(out_dir, *prepare_splits(config, tokenizer))  # rows: a small table, in memory
 
     def prepare_model(self, model, config):
         if config.model.freeze_encoder:  # a linear probe: only what sits on top of the encoder trains

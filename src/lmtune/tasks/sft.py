@@ -15,6 +15,7 @@ import torch
 
 from lmtune.config import RunConfig, SftConfig, TaskConfig
 from lmtune.data.ingest import read_documents
+from lmtune.data.prepare import write_columns
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import Objective
 from lmtune.tasks.common import eval_batches, pad_batch, pad_id
@@ -235,8 +236,8 @@ class MultiTaskSFT(Objective):
     reference_metric = False  # its texts are labelled rows or prompts, not language to keep
     own_keys = ("data.prompt_column", "data.completion_column", "tasks", "sft")
 
-    def prepare_splits(self, config, tokenizer):
-        return prepare_splits(config, tokenizer)
+    def write_splits(self, config, tokenizer, out_dir):
+        return write_columns(out_dir, *prepare_splits(config, tokenizer))  # rows: a small table, in memory
 
     def batch_order(self, dataset, batch_size, generator):
         return batch_order(dataset, batch_size, generator)

@@ -15,4 +15,4 @@ def prepare_data(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool =
     def tokenizer_fn():
         return tokenizer or load_tokenizer(config.tokenizer.name, config.model.init_from or config.model.name)
 
-    return prepare(config, out_dir, get_objective(config.objective).prepare_splits, tokenizer_fn, quiet=quiet)
+    return prepare(config, out_dir, get_objective(config.objective).write_splits, tokenizer_fn, quiet=quiet)
