@@ -29,7 +29,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/lmtune train configs/hamlet-smollm2.yaml
 
+# ruff first (lint and format check: seconds), then the suite on two workers (pyproject's addopts).
 test: $(STAMP) browser
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The web-UI test drives Debian's chromium (never a browser download); without it that test is skipped.

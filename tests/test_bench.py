@@ -1,4 +1,5 @@
 """The bench's pieces run and report what they claim (no timing assertions: those live in the bench)."""
+
 import torch
 
 from lmtune.bench.machine import peak_matmul, train_flops_per_token
@@ -18,8 +19,13 @@ def test_peak_and_flops_are_positive():
 def test_data_prep_in_the_markdown():
     from lmtune.bench.data_prep import measure_data_prep
 
-    result = {"mode": "quick", "cpu": "x", "threads": 2, "torch": torch.__version__,
-              "data_prep": measure_data_prep(0.2, tokenizer="gpt2-bpe")}
+    result = {
+        "mode": "quick",
+        "cpu": "x",
+        "threads": 2,
+        "torch": torch.__version__,
+        "data_prep": measure_data_prep(0.2, tokenizer="gpt2-bpe"),
+    }
     table = to_markdown(result)
     assert "| **end to end** |" in table and "of the tokenizer's own speed" in table
 
@@ -53,8 +59,10 @@ def test_the_tuned_trainer_contenders_run():
 
 
 def test_markdown_has_a_column_per_contender():
-    sides = {name: {"effective_tokens_per_s": speed, "steps": 3, "val_loss": 4.0}
-             for name, speed in (("seed", 10.0), ("tuned", 50.0), ("lmtune", 100.0))}
+    sides = {
+        name: {"effective_tokens_per_s": speed, "steps": 3, "val_loss": 4.0}
+        for name, speed in (("seed", 10.0), ("tuned", 50.0), ("lmtune", 100.0))
+    }
     from lmtune.bench.report import with_ratio
 
     result = {"mode": "quick", "cpu": "x", "threads": 2, "torch": torch.__version__, "clm": with_ratio(sides)}

@@ -1,9 +1,20 @@
 """The data-preparation bench: its result's shape, on a tiny corpus (no timing is asserted)."""
+
 from lmtune.bench.data_prep import measure_data_prep
 
-RATES = ("clean_mb_s", "tokenize_mb_s", "pack_mb_s", "end_to_end_mb_s", "tokenizer_bound_mb_s",
-         "clean_mb_per_core_s", "tokenize_mb_per_core_s", "end_to_end_mb_per_core_s",
-         "tokenizer_bound_mb_per_core_s", "tokenize_vs_bound", "end_to_end_vs_bound")
+RATES = (
+    "clean_mb_s",
+    "tokenize_mb_s",
+    "pack_mb_s",
+    "end_to_end_mb_s",
+    "tokenizer_bound_mb_s",
+    "clean_mb_per_core_s",
+    "tokenize_mb_per_core_s",
+    "end_to_end_mb_per_core_s",
+    "tokenizer_bound_mb_per_core_s",
+    "tokenize_vs_bound",
+    "end_to_end_vs_bound",
+)
 
 
 def test_measure_data_prep_reports_every_stage():

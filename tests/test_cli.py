@@ -1,4 +1,5 @@
 """The command line: bad input gets one line on stderr and a non-zero exit, never a traceback."""
+
 import os
 import subprocess
 import sys
@@ -11,8 +12,14 @@ ROOT = Path(__file__).parents[1]
 
 def lmtune(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "lmtune.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 def assert_one_line_error(result, fragment):
@@ -29,11 +36,14 @@ def test_help_lists_the_workflow():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("content,fragment", [
-    (None, "file not found"),
-    (b"", "no text found"),
-    (b"\x00\x01binary\x00" * 100, "binary"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (None, "file not found"),
+        (b"", "no text found"),
+        (b"\x00\x01binary\x00" * 100, "binary"),
+    ],
+)
 def test_prepare_bad_input(tmp_path, content, fragment):
     path = tmp_path / "input.txt"
     if content is not None:
@@ -60,8 +70,10 @@ def test_prepare_then_train_then_generate(tmp_path, corpus_dir):
     assert result.returncode == 0, result.stderr
     assert (out / "stats.json").exists() and (out / "dataset_dict.json").exists()
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"objective: clm\noutput_dir: {tmp_path / 'run'}\nmodel: {{name: gpt-tiny}}\n"
-                      f"data: {{train: {out}}}\ntrain: {{max_steps: 3, precision: fp32}}\n")
+    recipe.write_text(
+        f"objective: clm\noutput_dir: {tmp_path / 'run'}\nmodel: {{name: gpt-tiny}}\n"
+        f"data: {{train: {out}}}\ntrain: {{max_steps: 3, precision: fp32}}\n"
+    )
     result = lmtune("train", recipe)
     assert result.returncode == 0, result.stderr
     assert "val_perplexity" in result.stdout

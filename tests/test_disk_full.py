@@ -1,5 +1,6 @@
 """A full disk, for real: a small tmpfs filled with data (where the test runner may mount one). Training
 names the disk in one line and keeps its last checkpoint; prepare leaves nothing that passes for data."""
+
 import contextlib
 import errno
 import json
@@ -19,8 +20,9 @@ def small_disk(tmp_path, megabytes: int):
     """A tmpfs of `megabytes` mounted below tmp_path, unmounted afterwards."""
     mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if made.returncode != 0:
         pytest.skip(f"cannot mount a small filesystem here ({made.stderr.strip()[:80]})")
     try:
@@ -51,12 +53,26 @@ def test_a_real_full_disk_write_becomes_one_line(tmp_path):
 
 def recipe(tmp_path, corpus_dir, steps):
     path = tmp_path / "recipe.yaml"
-    path.write_text(json.dumps({
-        "objective": "clm", "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(corpus_dir), "block_size": 32},
-        "train": {"batch_size": 8, "lr": 3e-3, "max_steps": steps, "eval_every": 0, "save_every": 3,
-                  "precision": "fp32", "threads": 1}, "report": {"compare_base": False}}))
+    path.write_text(
+        json.dumps(
+            {
+                "objective": "clm",
+                "model": {"name": "gpt-tiny", "dropout": 0.0},
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(corpus_dir), "block_size": 32},
+                "train": {
+                    "batch_size": 8,
+                    "lr": 3e-3,
+                    "max_steps": steps,
+                    "eval_every": 0,
+                    "save_every": 3,
+                    "precision": "fp32",
+                    "threads": 1,
+                },
+                "report": {"compare_base": False},
+            }
+        )
+    )
     return path
 
 

@@ -1,5 +1,6 @@
 """Hardware helpers: releasing a thread's OpenMP workers really lets them go, and computing afterwards
 still works (the workers come back)."""
+
 import os
 import threading
 import time
@@ -14,8 +15,10 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-@pytest.mark.skipif(_libgomp() is None or not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2,
-                    reason="needs PyTorch on GNU OpenMP, Linux and 2+ CPU threads")
+@pytest.mark.skipif(
+    _libgomp() is None or not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2,
+    reason="needs PyTorch on GNU OpenMP, Linux and 2+ CPU threads",
+)
 def test_a_thread_that_computed_lets_its_openmp_workers_go():
     a = torch.randn(512, 512)
     result: dict = {}

@@ -1,7 +1,8 @@
 """Layers import one way only: each module uses only the layers before it (and its own), with no circle.
 
-config/errors/paths/outputs/locks/libraries/hardware -> data -> tasks (the objectives) -> models -> infer -> train -> export
--> serve -> bench -> cli. Checked on every import statement, at module top or inside functions."""
+config/errors/paths/outputs/locks/libraries/hardware -> data -> tasks (the objectives) -> models -> infer -> train
+-> export -> serve -> bench -> cli. Checked on every import statement, at module top or inside functions."""
+
 import ast
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def test_no_import_circle_between_modules():
 
     def visit(node, stack, done):
         if node in stack:
-            raise AssertionError("import circle: " + " -> ".join([*stack[stack.index(node):], node]))
+            raise AssertionError("import circle: " + " -> ".join([*stack[stack.index(node) :], node]))
         if node in done:
             return
         stack.append(node)
@@ -100,11 +101,19 @@ def test_only_the_objectives_name_objectives():
                 if any(getattr(n, "attr", None) == "capabilities" for n in node.comparators):
                     continue  # `"classify" in loaded.capabilities`: the verb, not the objective
                 found = [n for n in [node.left, *node.comparators] if names_objective(n)]
-                found += [e for n in node.comparators if isinstance(n, (ast.Tuple, ast.List, ast.Set))
-                          for e in n.elts if names_objective(e)]
+                found += [
+                    e
+                    for n in node.comparators
+                    if isinstance(n, (ast.Tuple, ast.List, ast.Set))
+                    for e in n.elts
+                    if names_objective(e)
+                ]
             elif isinstance(node, ast.Dict):
-                found = [v for k, v in zip(node.keys, node.values)
-                         if isinstance(k, ast.Constant) and k.value == "objective" and names_objective(v)]
+                found = [
+                    v
+                    for k, v in zip(node.keys, node.values)
+                    if isinstance(k, ast.Constant) and k.value == "objective" and names_objective(v)
+                ]
             elif isinstance(node, ast.Call):
                 callee = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
                 if callee in takes_objective:
@@ -119,9 +128,14 @@ HARNESS = {"bench"}  # the bench drives each objective's contest by name, as the
 
 def objective_modules() -> set[str]:
     """tasks/ modules that define an objective (a module-level OBJECTIVE); base, common, heads, losses are shared."""
-    return {module_name(path) for path in (PACKAGE / "tasks").glob("*.py")
-            if any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "OBJECTIVE" for t in node.targets)
-                   for node in ast.parse(path.read_text()).body)}
+    return {
+        module_name(path)
+        for path in (PACKAGE / "tasks").glob("*.py")
+        if any(
+            isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "OBJECTIVE" for t in node.targets)
+            for node in ast.parse(path.read_text()).body
+        )
+    }
 
 
 def test_objective_modules_are_reached_only_through_the_registry():
@@ -146,12 +160,17 @@ def test_objective_modules_are_reached_only_through_the_registry():
                 problems.append(f"{relative}:{line} imports the objective module {imported}")
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "lmtune.tasks":
-                problems += [f"{relative}:{node.lineno} imports the objective module lmtune.tasks.{a.name}"
-                             for a in node.names if f"lmtune.tasks.{a.name}" in modules]
-            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot, ast.Eq, ast.NotEq))
-                                                     for op in node.ops):
+                problems += [
+                    f"{relative}:{node.lineno} imports the objective module lmtune.tasks.{a.name}"
+                    for a in node.names
+                    if f"lmtune.tasks.{a.name}" in modules
+                ]
+            if isinstance(node, ast.Compare) and any(
+                isinstance(op, (ast.Is, ast.IsNot, ast.Eq, ast.NotEq)) for op in node.ops
+            ):
                 operands = [node.left, *node.comparators]
                 if any(is_objective_value(n) for n in operands) and not any(
-                        isinstance(n, ast.Constant) and n.value is None for n in operands):
+                    isinstance(n, ast.Constant) and n.value is None for n in operands
+                ):
                     problems.append(f"{relative}:{node.lineno} compares objectives by identity")
     assert not problems, "\n".join(problems)

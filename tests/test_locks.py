@@ -1,5 +1,6 @@
 """One writer per output folder: real processes racing for a run, a prepared dataset and an export; a
 holder killed with SIGKILL leaves no stuck lock."""
+
 import json
 import os
 import signal
@@ -49,21 +50,40 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
 
 def recipe(tmp_path, corpus_dir, lr=3e-3, steps=400):
     path = tmp_path / f"recipe-{lr}.yaml"
-    path.write_text(json.dumps({
-        "objective": "clm", "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(corpus_dir), "block_size": 32},
-        "train": {"batch_size": 8, "lr": lr, "max_steps": steps, "eval_every": 0, "log_every": 1,
-                  "precision": "fp32", "threads": 1, "save_every": 5},
-        "report": {"compare_base": False}}))
+    path.write_text(
+        json.dumps(
+            {
+                "objective": "clm",
+                "model": {"name": "gpt-tiny", "dropout": 0.0},
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(corpus_dir), "block_size": 32},
+                "train": {
+                    "batch_size": 8,
+                    "lr": lr,
+                    "max_steps": steps,
+                    "eval_every": 0,
+                    "log_every": 1,
+                    "precision": "fp32",
+                    "threads": 1,
+                    "save_every": 5,
+                },
+                "report": {"compare_base": False},
+            }
+        )
+    )
     return path
 
 
 def lmtune(*args, log=None) -> subprocess.Popen:
     """A real `lmtune` process; `log`: a file for its output (a long run would fill a pipe nobody reads)."""
     out = subprocess.PIPE if log is None else open(log, "w")  # noqa: SIM115 - the process owns it
-    return subprocess.Popen([sys.executable, "-m", "lmtune.cli", *map(str, args)], stdout=out, stderr=out, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmtune.cli", *map(str, args)],
+        stdout=out,
+        stderr=out,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def wait_for(path, proc, timeout=120):
@@ -127,9 +147,17 @@ def test_an_export_into_a_folder_another_export_writes_is_refused(tiny_clm_run, 
 
     out = tmp_path / "exported"
     lock_file = tmp_path / ".exported.lmtune-lock"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD.replace('folder_lock(sys.argv[1], "test")',
-                                                                'folder_lock(sys.argv[1], "test", sys.argv[2])'),
-                             str(out), str(lock_file)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD.replace('folder_lock(sys.argv[1], "test")', 'folder_lock(sys.argv[1], "test", sys.argv[2])'),
+            str(out),
+            str(lock_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(LmtuneError, match=f"in use: process {proc.pid}"):

@@ -1,5 +1,6 @@
 """Nothing the user has is ever lost: lmtune writes only into folders it made (or new/empty ones),
 never over an input, and replaces only its own files."""
+
 import json
 import os
 from pathlib import Path
@@ -29,8 +30,19 @@ def prepare_args(corpus, out):
     return ["prepare", corpus / "story00.txt", "--model", "gpt-tiny", "--out", out, "--block-size", "32"]
 
 
-@pytest.mark.parametrize("where", ["input folder", "dot", "dotdot", "home", "parent of input", "user folder",
-                                   "the input file", "inside input folder"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "input folder",
+        "dot",
+        "dotdot",
+        "home",
+        "parent of input",
+        "user folder",
+        "the input file",
+        "inside input folder",
+    ],
+)
 def test_prepare_never_writes_into_user_folders(cli, user_folder, tmp_path, monkeypatch, where):
     other = tmp_path / "elsewhere"
     other.mkdir()
@@ -38,25 +50,37 @@ def test_prepare_never_writes_into_user_folders(cli, user_folder, tmp_path, monk
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     monkeypatch.chdir(user_folder)
-    out = {"input folder": user_folder, "dot": ".", "dotdot": "..", "home": "~",
-           "parent of input": tmp_path, "user folder": other, "the input file": user_folder / "story00.txt",
-           "inside input folder": user_folder / "prepared"}[where]
+    out = {
+        "input folder": user_folder,
+        "dot": ".",
+        "dotdot": "..",
+        "home": "~",
+        "parent of input": tmp_path,
+        "user folder": other,
+        "the input file": user_folder / "story00.txt",
+        "inside input folder": user_folder / "prepared",
+    }[where]
     before, before_other = snapshot(user_folder), snapshot(other)
     args = prepare_args(user_folder, out)
     if where == "inside input folder":
         args[1] = user_folder  # the whole folder is the input: an output inside it would be read back
     result = cli(*args)
     assert result.returncode == 1, result.stderr
-    assert len(result.error_lines) == 1 and "refusing to write" in result.error_lines[0] or \
-        "is a file" in result.error_lines[0], result.stderr
+    assert (
+        len(result.error_lines) == 1
+        and "refusing to write" in result.error_lines[0]
+        or "is a file" in result.error_lines[0]
+    ), result.stderr
     assert snapshot(user_folder) == before and snapshot(other) == before_other
     assert not (user_folder / "prepared").exists()
 
 
 def test_train_output_dir_rules(cli, user_folder, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"objective: clm\nmodel: {{name: gpt-tiny}}\ndata: {{train: {user_folder}, block_size: 32}}\n"
-                      "train: {max_steps: 2, precision: fp32}\nreport: {compare_base: false}\n")
+    recipe.write_text(
+        f"objective: clm\nmodel: {{name: gpt-tiny}}\ndata: {{train: {user_folder}, block_size: 32}}\n"
+        "train: {max_steps: 2, precision: fp32}\nreport: {compare_base: false}\n"
+    )
     before = snapshot(user_folder)
     # The input folder, and a foreign non-empty folder, are refused before any work.
     for out in (user_folder, tmp_path):

@@ -9,6 +9,7 @@ Python API (plain data in, plain data out):
     lmtune.fill_mask("runs/hamlet-mlm", "To be, or not to [MASK].", top_k=5)
     lmtune.classify("runs/reviews", ["A triumph.", "A mess."])
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -60,5 +61,15 @@ def evaluate(model, data, **kwargs) -> dict:
     return evaluate_model(model, data, **kwargs)
 
 
-__all__ = ["RunConfig", "LmtuneError", "load_config", "train", "prepare", "generate", "fill_mask", "classify",
-           "evaluate", "__version__"]
+__all__ = [
+    "RunConfig",
+    "LmtuneError",
+    "load_config",
+    "train",
+    "prepare",
+    "generate",
+    "fill_mask",
+    "classify",
+    "evaluate",
+    "__version__",
+]

@@ -1,4 +1,5 @@
 """The `lmtune` command: subcommands follow the workflow (prepare -> train -> eval -> use -> serve)."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,28 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Adapt a language model to your own text: prepare data, train, evaluate, generate, serve.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Adapt a language model to your own text: prepare data, train, evaluate, generate, serve.",
+)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-Dtype = Annotated[str, typer.Option(help="inference weights: auto (bf16 on GPUs; on CPUs measured to compute bf16 "
-                                    "fast, int8 weights for causal LMs and bf16 for encoders; else fp32), fp32, "
-                                    "bf16, fp16 or int8 (CPU)")]
-Engine = Annotated[str, typer.Option(help="torch, or llama.cpp for .gguf files (needs llama-cpp-python); auto: "
-                                      "llama.cpp for a .gguf path when it is installed")]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help="inference weights: auto (bf16 on GPUs; on CPUs measured to compute bf16 "
+        "fast, int8 weights for causal LMs and bf16 for encoders; else fp32), fp32, "
+        "bf16, fp16 or int8 (CPU)"
+    ),
+]
+Engine = Annotated[
+    str,
+    typer.Option(
+        help="torch, or llama.cpp for .gguf files (needs llama-cpp-python); auto: "
+        "llama.cpp for a .gguf path when it is installed"
+    ),
+]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")]
 log = logging.getLogger("lmtune")
 
@@ -59,8 +74,14 @@ def prepare(
     if not inputs:
         raise LmtuneError("give the files or folders to prepare, or one recipe .yaml")
     recipe = Path(inputs[0]) if len(inputs) == 1 and inputs[0].endswith((".yaml", ".yml")) else None
-    config = make_config(recipe, extra, model__name=model, objective=objective, data__block_size=block_size,
-                         data__train=None if recipe else inputs)
+    config = make_config(
+        recipe,
+        extra,
+        model__name=model,
+        objective=objective,
+        data__block_size=block_size,
+        data__train=None if recipe else inputs,
+    )
     if config.tokenizer.train is None:  # a trained tokenizer needs no model yet
         from lmtune.models.resolve import check_block_size
 
@@ -89,21 +110,43 @@ def _recipe_and_overrides(tokens: list[str]) -> tuple[str | None, list[str]]:
 def train(
     ctx: typer.Context,
     recipe: Annotated[Optional[str], typer.Argument(help="recipe YAML (see configs/); not needed with --data")] = None,
-    data: Annotated[Optional[list[str]], typer.Option(help="train on these files/folders with defaults chosen "
-                                                      "for the corpus (no recipe needed); repeatable")] = None,
-    model: Annotated[Optional[str], typer.Option(help="with --data: the model (default: smollm2-135m, or "
-                                                  "minilm-l6 for mlm/classify)")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="with --data: clm | mlm | classify | sft "
-                                                      "(default: from the data)")] = None,
-    minutes: Annotated[Optional[float], typer.Option(min=0.1, help="with --data: the time budget in minutes "
-                                                     "(default 10); training stops earlier when validation stops "
-                                                     "improving")] = None,
+    data: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="train on these files/folders with defaults chosen for the corpus (no recipe needed); repeatable"
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(help="with --data: the model (default: smollm2-135m, or minilm-l6 for mlm/classify)"),
+    ] = None,
+    objective: Annotated[
+        Optional[str], typer.Option(help="with --data: clm | mlm | classify | sft (default: from the data)")
+    ] = None,
+    minutes: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.1,
+            help="with --data: the time budget in minutes "
+            "(default 10); training stops earlier when validation stops "
+            "improving",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in output_dir (only lmtune's own files)")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an earlier run in output_dir (only lmtune's own files)")
+    ] = False,
     output_dir: Annotated[Optional[str], typer.Option(help="run folder (default: the recipe's)")] = None,
-    nproc: Annotated[int, typer.Option(min=1, help="processes on this machine (one per GPU): runs torchrun for "
-                                               "you; train.distributed picks ddp or fsdp")] = 1,
-    oversubscribe: Annotated[bool, typer.Option(help="allow --nproc beyond this machine's GPUs (or CPU cores)")] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="processes on this machine (one per GPU): runs torchrun for you; train.distributed picks ddp or fsdp",
+        ),
+    ] = 1,
+    oversubscribe: Annotated[
+        bool, typer.Option(help="allow --nproc beyond this machine's GPUs (or CPU cores)")
+    ] = False,
 ):
     """Train from a recipe, or straight from data: lmtune train --data book.pdf.
 
@@ -125,21 +168,35 @@ def train(
     if minutes is not None and recipe is not None:
         extra += ["--train.max_minutes", str(minutes)]
     if recipe is None and not data:
-        raise LmtuneError("give a recipe (lmtune train configs/hamlet-smollm2.yaml) or data "
-                          "(lmtune train --data book.pdf)")
+        raise LmtuneError(
+            "give a recipe (lmtune train configs/hamlet-smollm2.yaml) or data (lmtune train --data book.pdf)"
+        )
     if recipe is None:
         from lmtune.hardware import default_device
         from lmtune.train.defaults import describe, recipe_for_data
 
-        base, why = recipe_for_data(data, model=model, objective=objective, output_dir=output_dir,
-                                    device=default_device().type, minutes=minutes)
+        base, why = recipe_for_data(
+            data, model=model, objective=objective, output_dir=output_dir, device=default_device().type, minutes=minutes
+        )
         config = make_config(base, extra)
-        _console().print(f"[bold]recipe[/bold] (saved as {config.output_dir}/config.yaml; "
-                         "change any key with --section.key value):\n" + describe(config) + "[dim]why:[/dim]\n"
-                         + "\n".join(f"  - {line}" for line in why), soft_wrap=True, markup=True)
+        _console().print(
+            f"[bold]recipe[/bold] (saved as {config.output_dir}/config.yaml; "
+            "change any key with --section.key value):\n"
+            + describe(config)
+            + "[dim]why:[/dim]\n"
+            + "\n".join(f"  - {line}" for line in why),
+            soft_wrap=True,
+            markup=True,
+        )
     else:
-        config = make_config(recipe, extra, output_dir=output_dir, objective=objective, model__name=model,
-                             data__train=data[0] if data and len(data) == 1 else data)
+        config = make_config(
+            recipe,
+            extra,
+            output_dir=output_dir,
+            objective=objective,
+            model__name=model,
+            data__train=data[0] if data and len(data) == 1 else data,
+        )
         if output_dir is None and (resume or overwrite):
             check_recipe_targets_its_run(Path(recipe), config.output_dir)
     summary = run_train(config, resume=resume, overwrite=overwrite)
@@ -148,20 +205,34 @@ def train(
     try:
         print_report(config, summary)
     except Exception as err:  # the model is trained and saved: a failing report must not hide that
-        log.warning("warning: the end-of-run report failed (%s: %s); the trained model is in %s",
-                    type(err).__name__, str(err).splitlines()[0] if str(err) else "", summary["final_model"])
+        log.warning(
+            "warning: the end-of-run report failed (%s: %s); the trained model is in %s",
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+            summary["final_model"],
+        )
 
 
 @app.command()
 def runs(
-    folders: Annotated[Optional[list[Path]], typer.Argument(help="folder(s) holding run folders (searched below), "
-                                                            "or with --compare the run folders to plot")] = None,
-    compare: Annotated[bool, typer.Option("--compare", help="plot the given runs' validation curves in one "
-                                          "image (--out)")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="with --compare: the plot file "
-                                                "(.png, .svg or .pdf)")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="with --compare: the metric to plot (default: the first "
-                                                  "run's selection metric, e.g. val_loss)")] = None,
+    folders: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="folder(s) holding run folders (searched below), or with --compare the run folders to plot"
+        ),
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="plot the given runs' validation curves in one image (--out)")
+    ] = False,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="with --compare: the plot file (.png, .svg or .pdf)")
+    ] = None,
+    metric: Annotated[
+        Optional[str],
+        typer.Option(
+            help="with --compare: the metric to plot (default: the first run's selection metric, e.g. val_loss)"
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="with --compare: replace an existing --out file")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
@@ -179,11 +250,15 @@ def runs(
         print(f"wrote {compare_runs(folders, out, metric=metric, overwrite=overwrite)}")
         return
     if out is not None or metric is not None or overwrite:
-        raise LmtuneError("--out, --metric and --overwrite go with --compare (lmtune runs --compare A B --out plot.png)")
+        raise LmtuneError(
+            "--out, --metric and --overwrite go with --compare (lmtune runs --compare A B --out plot.png)"
+        )
     found = {run.path: run for folder in folders for run in find_runs(folder)}
     if not found:
-        raise LmtuneError(f"no runs in {', '.join(map(str, folders))} (a run folder, made by lmtune train, "
-                          "holds config.yaml and metrics.jsonl)")
+        raise LmtuneError(
+            f"no runs in {', '.join(map(str, folders))} (a run folder, made by lmtune train, "
+            "holds config.yaml and metrics.jsonl)"
+        )
     listed = sorted(found.values(), key=lambda run: (run.modified, run.path))
     if as_json:
         print(json.dumps([run.to_json() for run in listed], indent=2))
@@ -225,8 +300,14 @@ def evaluate(
     (encoders), accuracy/F1 (classifiers). Run it on the base and the tuned model to compare."""
     from lmtune.train.evaluate import evaluate_model
 
-    metrics = evaluate_model(_model(model, device), data, block_size=block_size, text_column=text_column,
-                             label_column=label_column, max_batches=max_batches)
+    metrics = evaluate_model(
+        _model(model, device),
+        data,
+        block_size=block_size,
+        text_column=text_column,
+        label_column=label_column,
+        max_batches=max_batches,
+    )
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -248,8 +329,12 @@ def generate(
     num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", "-n", help="samples")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="seed for reproducible sampling")] = None,
     stream: Annotated[bool, typer.Option(help="print tokens as they come")] = True,
-    task: Annotated[Optional[str], typer.Option(help="a task of a multi-task model (e.g. SPELL): its template, "
-                                                     "greedy, stops at EOS, prints the completion")] = None,
+    task: Annotated[
+        Optional[str],
+        typer.Option(
+            help="a task of a multi-task model (e.g. SPELL): its template, greedy, stops at EOS, prints the completion"
+        ),
+    ] = None,
     device: Device = None,
     dtype: Dtype = "auto",
     engine: Engine = "auto",
@@ -262,16 +347,22 @@ def generate(
 
     text = prompt_opt if prompt_opt is not None else prompt
     if text is None:
-        raise LmtuneError("give a prompt: lmtune generate MODEL \"Once upon a time\"")
+        raise LmtuneError('give a prompt: lmtune generate MODEL "Once upon a time"')
     model = _model(model, device, dtype, engine)
     shown = text
     if task is not None:
         text, shown = task_prompt(model, task, text), ""
     if temperature is None:
         temperature = 0.0 if task is not None else 0.8
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                  top_p=top_p, repetition_penalty=repetition_penalty,
-                                  num_return_sequences=num_return_sequences, seed=seed)
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        num_return_sequences=num_return_sequences,
+        seed=seed,
+    )
     if stream and num_return_sequences == 1:
         sys.stdout.write(shown)
         try:
@@ -291,7 +382,9 @@ def generate(
 @app.command("fill-mask")
 def fill_mask(
     model: Annotated[str, typer.Argument(help="run folder, model folder or alias of a masked LM")],
-    texts: Annotated[Optional[list[str]], typer.Argument(help="text(s) with [MASK] (any model's mask token works)")] = None,
+    texts: Annotated[
+        Optional[list[str]], typer.Argument(help="text(s) with [MASK] (any model's mask token works)")
+    ] = None,
     input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="a file with one text per line")] = None,
     top_k: Annotated[int, typer.Option(min=1, max=1000, help="predictions per mask")] = 5,
     compare: Annotated[Optional[str], typer.Option(help="a base model to show side by side")] = None,
@@ -330,9 +423,17 @@ def fill_mask(
 def classify(
     model: Annotated[str, typer.Argument(help="run folder or model folder of a classifier")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="text(s) to classify")] = None,
-    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="CSV/TSV/JSONL/JSON/TXT to classify")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="predictions file; its suffix picks the "
-                                                   "format (.csv .tsv .jsonl .json), else the input's format")] = None,
+    input_file: Annotated[
+        Optional[Path], typer.Option("--input", "-i", help="CSV/TSV/JSONL/JSON/TXT to classify")
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="predictions file; its suffix picks the format (.csv .tsv .jsonl .json), else the input's format",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --output file (never an input)")] = False,
     text_column: Annotated[str, typer.Option(help="text column of the input file")] = "text",
     batch_size: Annotated[int, typer.Option(min=1, help="texts per forward pass")] = 32,
@@ -353,8 +454,12 @@ def classify(
         rows += [d.fields or {text_column: d.text} for d in read_documents(input_file, text_column)]
     if not rows:
         raise LmtuneError('give text(s) or --input FILE, e.g. lmtune classify MODEL "A wonderful film."')
-    results = run_classify(_model(model, device, dtype), [str(r.get(text_column) or "") for r in rows], batch_size=batch_size,
-                           progress=input_file is not None)
+    results = run_classify(
+        _model(model, device, dtype),
+        [str(r.get(text_column) or "") for r in rows],
+        batch_size=batch_size,
+        progress=input_file is not None,
+    )
     if output is not None:
         write_predictions(output, rows, results, input_file)
         print(f"wrote {len(results)} predictions to {output}")
@@ -370,13 +475,24 @@ def classify(
 def export(
     model: Annotated[str, typer.Argument(help="run folder (its final model), model folder, checkpoint or alias")],
     out: Annotated[Path, typer.Option("--out", "-o", help="a new (or empty) folder for the export")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf (transformers folder), onnx (encoders), "
-                                        "gguf (causal models, via llama.cpp's converter)")] = "hf",
-    merge: Annotated[bool, typer.Option(help="fold LoRA adapters into the weights; --no-merge exports a LoRA "
-                                        "run's adapter alone")] = True,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="hf (transformers folder), onnx (encoders), gguf (causal models, via llama.cpp's converter)",
+        ),
+    ] = "hf",
+    merge: Annotated[
+        bool, typer.Option(help="fold LoRA adapters into the weights; --no-merge exports a LoRA run's adapter alone")
+    ] = True,
     gguf_type: Annotated[str, typer.Option(help="gguf: f32, f16, bf16 or q8_0")] = "f16",
-    converter: Annotated[Optional[str], typer.Option(help="gguf: llama.cpp's convert_hf_to_gguf.py, a llama.cpp "
-                                                     "folder, or llama-cpp-python's source .tar.gz")] = None,
+    converter: Annotated[
+        Optional[str],
+        typer.Option(
+            help="gguf: llama.cpp's convert_hf_to_gguf.py, a llama.cpp folder, or llama-cpp-python's source .tar.gz"
+        ),
+    ] = None,
     push_to_hub: Annotated[Optional[str], typer.Option(help="also upload to this Hub repo (needs a login)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier export in --out")] = False,
 ):
@@ -384,8 +500,16 @@ def export(
     pipeline, ONNX Runtime, or llama.cpp / Ollama (GGUF)."""
     from lmtune.export import export_model
 
-    folder = export_model(model, out, format=format, merge=merge, overwrite=overwrite, gguf_type=gguf_type,
-                          converter=converter, push_to_hub=push_to_hub)
+    folder = export_model(
+        model,
+        out,
+        format=format,
+        merge=merge,
+        overwrite=overwrite,
+        gguf_type=gguf_type,
+        converter=converter,
+        push_to_hub=push_to_hub,
+    )
     print(f"exported {model} to {folder}")
 
 
@@ -394,12 +518,20 @@ def serve(
     models: Annotated[list[str], typer.Argument(help="run folders, model folders or aliases to serve")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 7860,
-    api_key: Annotated[Optional[str], typer.Option(envvar="LMTUNE_API_KEY", help="require this key on REST routes")] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="LMTUNE_API_KEY", help="require this key on REST routes")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="cap on generated tokens per request")] = 512,
     max_input_chars: Annotated[int, typer.Option(min=1, help="cap on characters per input text")] = 8000,
     max_batch: Annotated[int, typer.Option(min=1, help="cap on texts per request")] = 64,
-    batch_size: Annotated[int, typer.Option(min=1, help="sequences a causal LM generates together for concurrent "
-                                            "requests (continuous batching); 1: one request at a time")] = 8,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="sequences a causal LM generates together for concurrent "
+            "requests (continuous batching); 1: one request at a time",
+        ),
+    ] = 8,
     ui: Annotated[bool, typer.Option(help="mount the Gradio web UI at /")] = True,
     device: Device = None,
     dtype: Dtype = "auto",
@@ -412,9 +544,17 @@ def serve(
     from lmtune.serve.schemas import Limits
 
     check_port_free(host, port)  # before loading models: a busy port fails in a second
-    app_ = create_app(models, api_key=api_key, ui=ui, device=device, dtype=dtype, engine=engine,
-                      limits=Limits(max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch,
-                                    batch_size=batch_size))
+    app_ = create_app(
+        models,
+        api_key=api_key,
+        ui=ui,
+        device=device,
+        dtype=dtype,
+        engine=engine,
+        limits=Limits(
+            max_input_chars=max_input_chars, max_new_tokens=max_new_tokens, max_batch=max_batch, batch_size=batch_size
+        ),
+    )
     _console().print(f"serving {', '.join(models)} on http://{host}:{port}  (API docs: /docs)")
     # On SIGTERM/Ctrl-C, open streams get 3 s to finish; then they are cancelled (which stops generation).
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
@@ -433,13 +573,25 @@ def _model(name: str, device: str | None, dtype: str = "auto", engine: str = "au
 def bench(
     quick: Annotated[bool, typer.Option("--quick/--full", help="small configs (~3 min) or the full comparison")] = True,
     out: Annotated[Optional[Path], typer.Option(help="folder for bench.json and bench.md")] = None,
-    only: Annotated[Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask serve "
-                                                       "data device")] = None,
-    device: Annotated[Optional[str], typer.Option(help="also measure training tokens/s and MFU on this device "
-                                                  "(cuda: the demo recipe and GPT-2 124M at seq 1024)")] = None,
-    scale: Annotated[bool, typer.Option("--scale", help="data section: also prepare 10, 100 and 1,000 MB of "
-                                        "generated text, each in a fresh process: seconds, MB/s, peak RSS "
-                                        "(~10 minutes on 2 cores, 2 GB of temporary disk)")] = False,
+    only: Annotated[
+        Optional[list[str]], typer.Option(help="sections: peak clm mlm classify generate fill-mask serve data device")
+    ] = None,
+    device: Annotated[
+        Optional[str],
+        typer.Option(
+            help="also measure training tokens/s and MFU on this device "
+            "(cuda: the demo recipe and GPT-2 124M at seq 1024)"
+        ),
+    ] = None,
+    scale: Annotated[
+        bool,
+        typer.Option(
+            "--scale",
+            help="data section: also prepare 10, 100 and 1,000 MB of "
+            "generated text, each in a fresh process: seconds, MB/s, peak RSS "
+            "(~10 minutes on 2 cores, 2 GB of temporary disk)",
+        ),
+    ] = False,
 ):
     """Measure lmtune against the seed recipes side by side (ratios) and print a Markdown table."""
     from lmtune.bench.suite import SECTIONS, run

@@ -1,5 +1,6 @@
 """What this machine's hardware does fast, measured rather than assumed (CPUs differ: some compute bf16
 matmuls ~4x faster than fp32, others ~3.5x slower)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -109,5 +110,7 @@ def keep_freed_memory() -> bool:
         return False
     if not hasattr(libc, "gnu_get_libc_version"):
         return False
-    return all(mallopt(option, value) == 1 for option, value in
-               ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))  # C ints
+    return all(
+        mallopt(option, value) == 1
+        for option, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20))
+    )  # C ints

@@ -1,4 +1,5 @@
 """Third-party libraries' own chatter, turned down: lmtune's progress bars and logs say what happens."""
+
 from __future__ import annotations
 
 import logging

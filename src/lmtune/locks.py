@@ -4,6 +4,7 @@ The lock is the operating system's advisory lock (flock) on that file, so it goe
 training killed with SIGKILL, or a machine that rebooted, never leaves a folder locked, and the next
 writer finds the file with the dead holder's name in it and takes over (a stale lock). A second writer
 while the first lives gets one line naming the folder and the process that holds it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -66,8 +67,10 @@ def _take(lock_file: Path, folder: Path, what: str) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FolderBusy(f"{folder} is in use: {_describe(holder(lock_file))} is writing it; wait for it to "
-                             f"finish (or stop it), or {what} into another folder") from None
+            raise FolderBusy(
+                f"{folder} is in use: {_describe(holder(lock_file))} is writing it; wait for it to "
+                f"finish (or stop it), or {what} into another folder"
+            ) from None
         # The previous holder may have removed the file between our open and our lock: then the lock is on
         # a file nobody else will open, and a new writer could lock a fresh one. Lock the file that is there.
         try:
@@ -88,8 +91,12 @@ def folder_lock(folder: str | Path, what: str = "write", lock_file: str | Path |
     fd = _take(lock_file, folder, what)
     if stale and stale.get("pid") != os.getpid():
         log.info("%s: the previous writer (%s) is gone; taking over", folder, _describe(stale))
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-              "command": " ".join(["lmtune", *sys.argv[1:3]]) if sys.argv else "lmtune"}
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.time(),
+        "command": " ".join(["lmtune", *sys.argv[1:3]]) if sys.argv else "lmtune",
+    }
     os.ftruncate(fd, 0)
     os.write(fd, (json.dumps(record) + "\n").encode())
     try:

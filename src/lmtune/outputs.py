@@ -5,6 +5,7 @@ lmtune deletes or replaces only what it made. Every folder it creates holds a ma
 empty. An output is never an input, never inside an input folder, never the current folder, the home
 folder or one of their parents. Files are written to a temporary name and renamed, so a crash leaves
 either the old file or the new one, never half of one. All checks run before the long work starts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -64,13 +65,16 @@ def check_output_dir(path: str | Path, inputs: Iterable[str | Path] = (), kind: 
             raise LmtuneError(f"refusing to write into {path}: it holds the input {given}; choose another folder")
         source_dir = source if source.is_dir() else source.parent
         if folder == source_dir or _is_within(folder, source_dir) and source.is_dir():
-            raise LmtuneError(f"refusing to write into {path}: it is inside the input folder {source_dir}; "
-                              "choose a folder outside it")
+            raise LmtuneError(
+                f"refusing to write into {path}: it is inside the input folder {source_dir}; choose a folder outside it"
+            )
     if folder.exists() and not folder.is_dir():
         raise LmtuneError(f"{path} is a file, not a folder; choose a folder for the output")
     if folder.is_dir() and any(folder.iterdir()) and not is_lmtune_dir(folder):
-        raise LmtuneError(f"refusing to write into {path}: the folder is not empty and lmtune did not make it; "
-                          "choose a new or empty folder")
+        raise LmtuneError(
+            f"refusing to write into {path}: the folder is not empty and lmtune did not make it; "
+            "choose a new or empty folder"
+        )
     found = marker_kind(folder)
     if found is not None and found != kind:
         raise LmtuneError(f"{path} holds lmtune {found} output, not a {kind}; choose another folder")
@@ -82,8 +86,12 @@ def claim_dir(path: str | Path, kind: str) -> Path:
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     if not is_lmtune_dir(folder):
-        (folder / MARKER).write_text(json.dumps({"kind": kind, "note": "made by lmtune; lmtune may replace "
-                                                 "what it wrote here, and nothing else"}) + "\n")
+        (folder / MARKER).write_text(
+            json.dumps(
+                {"kind": kind, "note": "made by lmtune; lmtune may replace what it wrote here, and nothing else"}
+            )
+            + "\n"
+        )
     return folder
 
 
@@ -186,8 +194,10 @@ def write_file_atomic(path: str | Path, write: Callable[[object], None], mode: s
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes it private: the result is the user's, like any file
-        with disk_errors(target), \
-                os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
+        with (
+            disk_errors(target),
+            os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh,
+        ):
             write(fh)
         os.replace(tmp, target)
     except BaseException:
@@ -212,7 +222,7 @@ def share_like_umask(folder: Path) -> None:
     safetensors' own file writer) create private 0600/0700 entries: a model copied to a colleague could
     then not be read by them, unlike every other file the user makes."""
     files, dirs = 0o666 & ~_umask(), 0o777 & ~_umask()
-    for root, names, files_here in os.walk(folder):
+    for root, _names, files_here in os.walk(folder):
         os.chmod(root, dirs)
         for name in files_here:
             path = os.path.join(root, name)
@@ -252,8 +262,10 @@ def is_disk_full(err: BaseException, path: Path) -> bool:
 
 def no_space_error(path: Path, needed: int | None = None) -> LmtuneError:
     need = f"needs about {_mb(needed)}, " if needed else ""
-    return LmtuneError(f"no space left on device writing {path} ({need}{_mb(_free_bytes(Path(path)))} free); free "
-                       "some space or write elsewhere; nothing earlier was lost")
+    return LmtuneError(
+        f"no space left on device writing {path} ({need}{_mb(_free_bytes(Path(path)))} free); free "
+        "some space or write elsewhere; nothing earlier was lost"
+    )
 
 
 def check_free_space(path: str | Path, needed: int) -> None:
@@ -277,9 +289,24 @@ def disk_errors(path: str | Path, needed: int | None = None) -> Iterator[None]:
 
 # ---- the run folder -------------------------------------------------------------------------------
 # What `lmtune train` writes into its run folder: `--overwrite` removes these and nothing else.
-RUN_ENTRIES = ("checkpoints", "final", "best", "last", "adapter", "baseline", "data", "metrics.jsonl", "summary.json",
-               "config.yaml", "lr_probe.json",
-               "loss.png", "confusion_matrix.png", "tensorboard", "mlruns", "wandb")  # the last three: train.report_to
+RUN_ENTRIES = (
+    "checkpoints",
+    "final",
+    "best",
+    "last",
+    "adapter",
+    "baseline",
+    "data",
+    "metrics.jsonl",
+    "summary.json",
+    "config.yaml",
+    "lr_probe.json",
+    "loss.png",
+    "confusion_matrix.png",
+    "tensorboard",
+    "mlruns",
+    "wandb",
+)  # the last three: train.report_to
 TRAINER_STATE = "trainer_state.pt"  # written last into a checkpoint: its presence means complete
 
 

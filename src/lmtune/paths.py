@@ -1,4 +1,5 @@
 """Where things live: installed packages' data, lmtune's cache, `package:relative/path` data references."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,7 +27,7 @@ def cache_dir() -> Path:
 
 def split_hub_ref(ref: str) -> tuple[str, str | None, str]:
     """hf:NAME[:CONFIG][@SPLIT] -> (NAME, CONFIG or None, SPLIT or "train")."""
-    body, _, split = ref[len(HUB_PREFIX):].partition("@")
+    body, _, split = ref[len(HUB_PREFIX) :].partition("@")
     name, _, config = body.partition(":")
     return name, config or None, split or "train"
 

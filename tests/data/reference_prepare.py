@@ -1,6 +1,7 @@
 """Prepare as it was before streaming (commit 6629252): the whole corpus in memory, read, cleaned,
 tokenized, packed and split in lists, then `Dataset.from_dict`. Kept verbatim (cleaning's dedup, packing
 and splitting) as the reference the streaming prepare must equal, block for block and count for count."""
+
 import random
 import re
 import unicodedata
@@ -76,8 +77,12 @@ def clean_documents(
                 seen.add(doc.text)
                 unique.append(doc)
         out = unique
-    report = {"documents in": len(docs), "documents out": len(out), "characters in": chars_in,
-              "characters out": sum(len(d.text) for d in out)}
+    report = {
+        "documents in": len(docs),
+        "documents out": len(out),
+        "characters in": chars_in,
+        "characters out": sum(len(d.text) for d in out),
+    }
     report.update({k: v for k, v in counts.items()})
     return out, report
 
@@ -132,8 +137,15 @@ def split_stream(token_lists: Sequence, val_fraction: float) -> tuple[list, list
     return train, val
 
 
-def pack_splits(token_lists: Sequence, block_size: int, framing: Framing, stride: int,
-                val_fraction: float, seed: int, packing: bool = True) -> tuple[dict[str, list[np.ndarray]], dict]:
+def pack_splits(
+    token_lists: Sequence,
+    block_size: int,
+    framing: Framing,
+    stride: int,
+    val_fraction: float,
+    seed: int,
+    packing: bool = True,
+) -> tuple[dict[str, list[np.ndarray]], dict]:
     """Blocks for train and validation (int32 arrays), how the split was made, and a "warning" when the
     corpus is too small for one block or for a validation split."""
     by_doc = split_documents(len(token_lists), val_fraction, seed)
@@ -161,11 +173,15 @@ def pack_splits(token_lists: Sequence, block_size: int, framing: Framing, stride
     warnings = []
     tokens, val_tokens = sum(map(len, train_ids)), sum(map(len, val_ids))
     if packing and tokens < content:
-        warnings.append(f"the training text ({tokens} tokens) is shorter than one block ({block_size}): "
-                        "there is one short training block; lower data.block_size or add text")
+        warnings.append(
+            f"the training text ({tokens} tokens) is shorter than one block ({block_size}): "
+            "there is one short training block; lower data.block_size or add text"
+        )
     if val_fraction > 0 and not splits["validation"]:
-        warnings.append(f"no validation split: the corpus ({tokens} tokens) is too small to hold out "
-                        f"data.val_fraction {val_fraction:g} of it; held-out metrics cannot be tracked")
+        warnings.append(
+            f"no validation split: the corpus ({tokens} tokens) is too small to hold out "
+            f"data.val_fraction {val_fraction:g} of it; held-out metrics cannot be tracked"
+        )
     elif val_fraction > 0 and val_tokens < min(content, 256):
         warnings.append(f"the validation split holds only {val_tokens} tokens: its metrics will be noisy")
     if warnings:
@@ -178,14 +194,15 @@ def read_clean(paths, config: RunConfig, tokenizer, text_column: str | None = No
     return clean_documents(docs, config.data.clean, specials_of(tokenizer) if tokenizer is not None else {})
 
 
-def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Framing]
-                   ) -> tuple[dict[str, dict[str, list]], Any, dict]:
+def prepare_packed(
+    config: RunConfig, tokenizer, framing_for: Callable[[Any], Framing]
+) -> tuple[dict[str, dict[str, list]], Any, dict]:
     """Language-model splits: documents read, cleaned, tokenized and packed into blocks framed by
     `framing_for(tokenizer)` (EOS between documents for decoders, [CLS]/[SEP] for encoders)."""
 
     data = config.data
     docs, report = read_clean(data.train, config, tokenizer)
-    val_docs, val_report = (read_clean(data.validation, config, tokenizer) if data.validation else (None, None))
+    val_docs, val_report = read_clean(data.validation, config, tokenizer) if data.validation else (None, None)
     if config.tokenizer.train is not None:
         tokenizer = train_tokenizer((d.text for d in docs), config.tokenizer.train)
     framing = framing_for(tokenizer)
@@ -193,17 +210,26 @@ def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Fr
     if val_docs is not None:
         splits, info = pack_splits(ids, data.block_size, framing, data.stride, 0.0, data.seed, data.packing)
         val_ids = tokenize(tokenizer, [d.text for d in val_docs])
-        splits["validation"] = pack_splits(val_ids, data.block_size, framing, 0, 0.0, data.seed,
-                                           data.packing)[0]["train"]
+        splits["validation"] = pack_splits(val_ids, data.block_size, framing, 0, 0.0, data.seed, data.packing)[0][
+            "train"
+        ]
         info["split"] = f"own validation files ({len(val_docs)} documents)"
     else:
-        splits, info = pack_splits(ids, data.block_size, framing, data.stride, data.val_fraction, data.seed,
-                                   data.packing)
-    stats = {"documents": len(docs), "characters": sum(len(d.text) for d in docs),
-             "tokens": sum(len(x) for x in ids), "block_size": data.block_size,
-             "train blocks": len(splits["train"]), "validation blocks": len(splits["validation"]),
-             "train tokens": sum(map(len, splits["train"])),
-             "validation tokens": sum(map(len, splits["validation"])), **info, "cleaning": report}
+        splits, info = pack_splits(
+            ids, data.block_size, framing, data.stride, data.val_fraction, data.seed, data.packing
+        )
+    stats = {
+        "documents": len(docs),
+        "characters": sum(len(d.text) for d in docs),
+        "tokens": sum(len(x) for x in ids),
+        "block_size": data.block_size,
+        "train blocks": len(splits["train"]),
+        "validation blocks": len(splits["validation"]),
+        "train tokens": sum(map(len, splits["train"])),
+        "validation tokens": sum(map(len, splits["validation"])),
+        **info,
+        "cleaning": report,
+    }
     if val_report:
         stats["cleaning (validation)"] = val_report
     return {k: {"input_ids": v} for k, v in splits.items()}, tokenizer, stats
@@ -215,5 +241,3 @@ def prepare_in_memory(config: RunConfig, tokenizer, framing_for: Callable[[Any],
 
     columns, tokenizer, stats = prepare_packed(config, tokenizer, framing_for)
     return {name: Dataset.from_dict(cols) for name, cols in columns.items() if cols["input_ids"]}, tokenizer, stats
-
-

@@ -1,5 +1,6 @@
 """Broken and unusual files, really written to disk: one clear error naming the file, or the data read
 correctly; and bounded memory for a huge one-line file."""
+
 import array
 import bz2
 import csv
@@ -24,13 +25,16 @@ from lmtune.errors import LmtuneError
 TEXT = ("The play is the thing wherein I'll catch the conscience of the king. " * 40).encode()
 
 
-@pytest.mark.parametrize("name,content", [
-    ("cut.txt.gz", gzip.compress(TEXT, mtime=0)[:60]),  # mtime 0: the same bytes (test id) in every worker
-    ("junk.txt.gz", b"not gzip at all" * 20),
-    ("cut.csv.bz2", bz2.compress(b"text\n" + TEXT)[:50]),
-    ("junk.jsonl.bz2", b"BZh9 but not really" * 5),
-    ("cut.txt.xz", lzma.compress(TEXT)[:40]),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("cut.txt.gz", gzip.compress(TEXT, mtime=0)[:60]),  # mtime 0: the same bytes (test id) in every worker
+        ("junk.txt.gz", b"not gzip at all" * 20),
+        ("cut.csv.bz2", bz2.compress(b"text\n" + TEXT)[:50]),
+        ("junk.jsonl.bz2", b"BZh9 but not really" * 5),
+        ("cut.txt.xz", lzma.compress(TEXT)[:40]),
+    ],
+)
 def test_corrupt_compressed_files_are_named(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -38,12 +42,15 @@ def test_corrupt_compressed_files_are_named(tmp_path, name, content):
         read_documents(path)
 
 
-@pytest.mark.parametrize("lines,fragment", [
-    (['{"text": "a"}', "[1, 2]"], ":2: not a JSON object"),
-    (['{"text": "a"}', '"just a string"'], ":2: not a JSON object"),
-    (['{"text": "a"}', "3"], ":2: not a JSON object"),
-    (['{"text": "a"}', '{"text": '], ":2: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "lines,fragment",
+    [
+        (['{"text": "a"}', "[1, 2]"], ":2: not a JSON object"),
+        (['{"text": "a"}', '"just a string"'], ":2: not a JSON object"),
+        (['{"text": "a"}', "3"], ":2: not a JSON object"),
+        (['{"text": "a"}', '{"text": '], ":2: not valid JSON"),
+    ],
+)
 def test_jsonl_lines_that_are_not_records(tmp_path, lines, fragment):
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -54,14 +61,17 @@ def test_jsonl_lines_that_are_not_records(tmp_path, lines, fragment):
 ROWS = [{"text": "good film", "label": 1}, {"text": "bad film", "label": 0}]
 
 
-@pytest.mark.parametrize("layout,data", [
-    ("records", ROWS),  # pandas orient="records"
-    ("column lists", {"text": ["good film", "bad film"], "label": [1, 0]}),  # to_dict(orient="list")
-    ("orient=columns", {"text": {"0": "good film", "1": "bad film"}, "label": {"0": 1, "1": 0}}),
-    ("orient=index", {"0": {"text": "good film", "label": 1}, "1": {"text": "bad film", "label": 0}}),
-    ("orient=split", {"columns": ["text", "label"], "index": [0, 1], "data": [["good film", 1], ["bad film", 0]]}),
-    ("wrapped", {"data": ROWS}),
-])
+@pytest.mark.parametrize(
+    "layout,data",
+    [
+        ("records", ROWS),  # pandas orient="records"
+        ("column lists", {"text": ["good film", "bad film"], "label": [1, 0]}),  # to_dict(orient="list")
+        ("orient=columns", {"text": {"0": "good film", "1": "bad film"}, "label": {"0": 1, "1": 0}}),
+        ("orient=index", {"0": {"text": "good film", "label": 1}, "1": {"text": "bad film", "label": 0}}),
+        ("orient=split", {"columns": ["text", "label"], "index": [0, 1], "data": [["good film", 1], ["bad film", 0]]}),
+        ("wrapped", {"data": ROWS}),
+    ],
+)
 def test_json_layouts_that_pandas_and_people_write_are_read_as_rows(tmp_path, layout, data):
     path = tmp_path / "reviews.json"
     path.write_text(json.dumps(data))
@@ -70,14 +80,20 @@ def test_json_layouts_that_pandas_and_people_write_are_read_as_rows(tmp_path, la
     assert [d.fields["label"] for d in docs] == [1, 0], layout
 
 
-@pytest.mark.parametrize("name,content,fragment", [
-    ("cols.json", {"text": ["a", "b"], "label": [0]},
-     "cols.json: the columns have different lengths (text: 2, label: 1)"),
-    ("items.json", ["a", "b"], "items.json: item 0 of the JSON list is not an object"),
-    ("number.json", 3, "number.json: expected JSON records"),
-    ("nested.jsonl", {"text": ["a", "b"]}, "nested.jsonl: record 1: 'text' is a JSON list, not text"),
-    ("object.json", [{"text": {"en": "a"}}], "object.json: record 1: 'text' is a JSON object, not text"),
-])
+@pytest.mark.parametrize(
+    "name,content,fragment",
+    [
+        (
+            "cols.json",
+            {"text": ["a", "b"], "label": [0]},
+            "cols.json: the columns have different lengths (text: 2, label: 1)",
+        ),
+        ("items.json", ["a", "b"], "items.json: item 0 of the JSON list is not an object"),
+        ("number.json", 3, "number.json: expected JSON records"),
+        ("nested.jsonl", {"text": ["a", "b"]}, "nested.jsonl: record 1: 'text' is a JSON list, not text"),
+        ("object.json", [{"text": {"en": "a"}}], "object.json: record 1: 'text' is a JSON object, not text"),
+    ],
+)
 def test_json_that_holds_no_text_records_is_named(tmp_path, name, content, fragment):
     path = tmp_path / name
     path.write_text(json.dumps(content))
@@ -100,12 +116,15 @@ def test_utf16_without_bom_is_text_not_binary(tmp_path, encoding):
     assert read_documents(path)[0].text.startswith("Ophelia, in thy orisons")
 
 
-
-@pytest.mark.parametrize("content", [
-    bytes(range(256)) * 20,
-    b"\x00\x01" * 500,  # NUL in every even byte, like UTF-16-BE ASCII, but control characters
-    array.array("h", [i % 200 for i in range(4000)]).tobytes(),  # 16-bit samples: NUL in every odd byte
-], ids=["all-bytes", "nul-01", "int16"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        bytes(range(256)) * 20,
+        b"\x00\x01" * 500,  # NUL in every even byte, like UTF-16-BE ASCII, but control characters
+        array.array("h", [i % 200 for i in range(4000)]).tobytes(),  # 16-bit samples: NUL in every odd byte
+    ],
+    ids=["all-bytes", "nul-01", "int16"],
+)
 @pytest.mark.parametrize("name", ["data.txt", "page.html"])
 def test_binary_files_stay_binary(tmp_path, content, name):
     path = tmp_path / name
@@ -117,12 +136,16 @@ def test_binary_files_stay_binary(tmp_path, content, name):
             read_lines(path)
 
 
-@pytest.mark.parametrize("name,encode", [
-    ("inputs.txt", lambda text: text.encode("cp1252")),
-    ("inputs.txt", lambda text: text.encode("latin-1")),
-    ("inputs.txt", lambda text: text.encode("utf-16")),
-    ("inputs.txt.gz", lambda text: gzip.compress(text.encode("cp1252"))),
-], ids=["cp1252", "latin-1", "utf-16", "cp1252-gz"])
+@pytest.mark.parametrize(
+    "name,encode",
+    [
+        ("inputs.txt", lambda text: text.encode("cp1252")),
+        ("inputs.txt", lambda text: text.encode("latin-1")),
+        ("inputs.txt", lambda text: text.encode("utf-16")),
+        ("inputs.txt.gz", lambda text: gzip.compress(text.encode("cp1252"))),
+    ],
+    ids=["cp1252", "latin-1", "utf-16", "cp1252-gz"],
+)
 def test_read_lines_detects_the_encoding(tmp_path, name, encode):
     path = tmp_path / name
     lines = ["Caf\u00e9 au lait [MASK].", "Na\u00efve [MASK] idea, tr\u00e8s cr\u00e8me br\u00fbl\u00e9e."]
@@ -153,11 +176,15 @@ def wrong_startxref(data: bytes) -> bytes:
     return data[:start] + str(int(data[start:end]) + 7).encode() + data[end:]
 
 
-@pytest.mark.parametrize("damage,fragment", [
-    (lambda data: data[: len(data) // 3], "book.pdf: cannot read PDF, the file is damaged"),
-    (lambda data: data[: len(data) // 2], "book.pdf: cannot read PDF, the file is damaged"),
-    (wrong_startxref, None),  # read after all: no remark
-], ids=["a-third", "half", "wrong-startxref"])
+@pytest.mark.parametrize(
+    "damage,fragment",
+    [
+        (lambda data: data[: len(data) // 3], "book.pdf: cannot read PDF, the file is damaged"),
+        (lambda data: data[: len(data) // 2], "book.pdf: cannot read PDF, the file is damaged"),
+        (wrong_startxref, None),  # read after all: no remark
+    ],
+    ids=["a-third", "half", "wrong-startxref"],
+)
 def test_damaged_pdfs_give_one_line_and_pypdf_stays_quiet(tmp_path, caplog, damage, fragment):
     path = tmp_path / "book.pdf"
     path.write_bytes(damage(write_pdf(path)))
@@ -176,8 +203,22 @@ def test_a_truncated_pdf_through_the_cli_prints_only_the_error_line(tmp_path):
     """A fresh process with the CLI's own logging: pypdf's "EOF marker not found" must not show."""
     path = tmp_path / "book.pdf"
     path.write_bytes(write_pdf(path)[:1500])
-    done = subprocess.run([sys.executable, "-m", "lmtune.cli", "prepare", str(path), "--model", "gpt-tiny",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmtune.cli",
+            "prepare",
+            str(path),
+            "--model",
+            "gpt-tiny",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: {path}: cannot read PDF"), lines[0]
@@ -257,10 +298,12 @@ for name, read in (("secret.txt", read_documents), ("secret.csv.gz", read_docume
 """
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.splitlines() == [f"{folder}/secret.txt: permission denied (cannot read the file)",
-                                            f"{folder}/secret.csv.gz: permission denied (cannot read the file)",
-                                            f"{folder}/secret.txt: permission denied (cannot read the file)",
-                                            f"{folder}/stories/locked: permission denied (cannot list the folder)"]
+        assert done.stdout.splitlines() == [
+            f"{folder}/secret.txt: permission denied (cannot read the file)",
+            f"{folder}/secret.csv.gz: permission denied (cannot read the file)",
+            f"{folder}/secret.txt: permission denied (cannot read the file)",
+            f"{folder}/stories/locked: permission denied (cannot list the folder)",
+        ]
     finally:
         (folder / "stories" / "locked").chmod(0o755)
         shutil.rmtree(folder)

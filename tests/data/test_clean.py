@@ -17,11 +17,15 @@ def test_regex_removal_counts():
 
 def test_delimiters_map_to_newlines_specials_and_documents():
     text = "<sos>Line one<nl>line two<eos><sos>Other story<eos>"
-    docs, report = clean_documents([Document(text, "x")], CleanConfig(
-        delimiters={"<nl>": "\n", "<sos>": "", "<eos>": "doc"}), specials={"eos": "</s>"})
+    docs, report = clean_documents(
+        [Document(text, "x")],
+        CleanConfig(delimiters={"<nl>": "\n", "<sos>": "", "<eos>": "doc"}),
+        specials={"eos": "</s>"},
+    )
     assert [d.text for d in docs] == ["Line one\nline two", "Other story"]
-    docs, _ = clean_documents([Document("a<eos>b", "x")], CleanConfig(delimiters={"<eos>": "eos"}),
-                              specials={"eos": "</s>"})
+    docs, _ = clean_documents(
+        [Document("a<eos>b", "x")], CleanConfig(delimiters={"<eos>": "eos"}), specials={"eos": "</s>"}
+    )
     assert docs[0].text == "a</s>b"
 
 
@@ -45,8 +49,10 @@ def test_dedup_and_empty():
 
 def test_pdf_headers_footers_page_numbers():
     words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
-    pages = [f"THE GREAT BOOK\n{words[i]} opens page {i}.\nThen {words[i + 6]} closes it.\nChapter 1 - {i + 10}\n{i + 1}"
-             for i in range(6)]
+    pages = [
+        f"THE GREAT BOOK\n{words[i]} opens page {i}.\nThen {words[i + 6]} closes it.\nChapter 1 - {i + 10}\n{i + 1}"
+        for i in range(6)
+    ]
     cleaned, removed = strip_pdf_page_furniture(pages)
     joined = "\n".join(cleaned)
     assert "THE GREAT BOOK" not in joined and "Chapter 1 -" not in joined
@@ -112,9 +118,37 @@ def test_fast_cleaning_steps_equal_the_plain_regexes():
         return "\n".join(kept), len(lines) - len(kept)
 
     rng = random.Random(7)
-    parts = ["a", "b", "é", "_", "7", "-", "--", "\n", " ", "  ", "\t", "\r", "\r\n", "\u00a0", "\u2028", "\u3000",
-             "\x0b", "\x1c", "\x85", ".", "...", " . ", "x-\n", "-\n", " \n", "\n ", "iv", "12"]
-    for trial in range(5_000):
+    parts = [
+        "a",
+        "b",
+        "é",
+        "_",
+        "7",
+        "-",
+        "--",
+        "\n",
+        " ",
+        "  ",
+        "\t",
+        "\r",
+        "\r\n",
+        "\u00a0",
+        "\u2028",
+        "\u3000",
+        "\x0b",
+        "\x1c",
+        "\x85",
+        ".",
+        "...",
+        " . ",
+        "x-\n",
+        "-\n",
+        " \n",
+        "\n ",
+        "iv",
+        "12",
+    ]
+    for _trial in range(5_000):
         text = "".join(rng.choice(parts) for _ in range(rng.randrange(0, 60)))
         assert dehyphenate(text) == HYPHEN_BREAK.subn(r"\1\2", text), repr(text)
         assert _tidy_lines(text) == "\n".join(line.strip() for line in SPACES.sub(" ", text).split("\n")), repr(text)

@@ -1,5 +1,6 @@
 """Inputs that used to hang or flood memory, really made on disk: symlink loops, FIFOs, devices, a
 decompression bomb; formats that are not text; lmtune's own outputs next to the data."""
+
 import gzip
 import json
 import logging
@@ -28,8 +29,9 @@ except LmtuneError as err:
 
 
 def read_capped(path, timeout=60) -> str:
-    result = subprocess.run([sys.executable, "-c", READ_CAPPED, str(path)], capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-c", READ_CAPPED, str(path)], capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip() + result.stderr
 
@@ -70,8 +72,10 @@ def test_fifos_devices_and_sockets_are_named_not_read(tmp_path, caplog):
 
 
 def test_eval_and_prepare_of_a_device_give_one_line_at_once(cli, tiny_clm_run, tmp_path):
-    for args in (["eval", tiny_clm_run, "/dev/zero"], ["prepare", "/dev/urandom", "--model", "gpt-tiny",
-                                                       "--out", tmp_path / "p"]):
+    for args in (
+        ["eval", tiny_clm_run, "/dev/zero"],
+        ["prepare", "/dev/urandom", "--model", "gpt-tiny", "--out", tmp_path / "p"],
+    ):
         result = cli(*args)
         assert result.returncode == 1 and len(result.error_lines) == 1, result.stderr
         assert "is a character device, not a regular file" in result.error_lines[0]
@@ -90,8 +94,10 @@ def test_a_decompression_bomb_and_an_oversized_file_hit_the_cap(tmp_path, monkey
         read_documents(big)
 
 
-@pytest.mark.parametrize("name,content", [("letter.rtf", rb"{\rtf1\ansi Hello}"), ("notes.docx", b"PK\x03\x04..."),
-                                          ("letter", rb"{\rtf1\ansi Hello}")])
+@pytest.mark.parametrize(
+    "name,content",
+    [("letter.rtf", rb"{\rtf1\ansi Hello}"), ("notes.docx", b"PK\x03\x04..."), ("letter", rb"{\rtf1\ansi Hello}")],
+)
 def test_formats_that_are_not_text_are_refused_by_name(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -105,8 +111,12 @@ def test_lmtune_outputs_beside_the_data_are_skipped_and_named(cli, tmp_path, cap
     for i in range(12):
         (data / f"story{i:02d}.txt").write_text(f"Once upon a time, story number {i}. " * 20)
     # A prepared dataset written into the input's folder (allowed for a file input), then a run beside it.
-    assert cli("prepare", data / "story00.txt", "--model", "gpt-tiny", "--out", data / "sub",
-               "--block-size", "16").returncode == 0
+    assert (
+        cli(
+            "prepare", data / "story00.txt", "--model", "gpt-tiny", "--out", data / "sub", "--block-size", "16"
+        ).returncode
+        == 0
+    )
     run_dir = data / "run"
     run_dir.mkdir()
     (run_dir / ".lmtune").write_text(json.dumps({"kind": "run"}))

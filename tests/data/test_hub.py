@@ -1,5 +1,6 @@
 """`hf:NAME[:CONFIG][@SPLIT]` through `datasets.load_dataset`, streamed or not, and saved dataset folders:
 exercised here on local Parquet files and folders (HF_HUB_OFFLINE is set: nothing reaches the network)."""
+
 import json
 
 import pyarrow as pa
@@ -25,14 +26,17 @@ def parquet_folder(tmp_path, monkeypatch):
     folder = tmp_path / "stories-ds"
     (folder / "data").mkdir(parents=True)
     for split, rows in (("train", range(12)), ("test", range(12, 14))):
-        pq.write_table(pa.table({"text": [TEXTS[i] for i in rows], "n": list(rows)}),
-                       folder / "data" / f"{split}-00000-of-00001.parquet")
+        pq.write_table(
+            pa.table({"text": [TEXTS[i] for i in rows], "n": list(rows)}),
+            folder / "data" / f"{split}-00000-of-00001.parquet",
+        )
     return folder
 
 
 def _prepare(tmp_path, train, name, **data):
-    config = build_config({"objective": "clm", "model": {"name": "gpt-tiny"},
-                           "data": {"train": train, "block_size": 32, **data}})
+    config = build_config(
+        {"objective": "clm", "model": {"name": "gpt-tiny"}, "data": {"train": train, "block_size": 32, **data}}
+    )
     return prepare_data(config, tmp_path / name, quiet=True)
 
 
@@ -64,27 +68,41 @@ def test_streaming_does_not_copy_the_dataset(tmp_path, parquet_folder):
 def test_saved_dataset_folders_are_read(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    DatasetDict({"train": Dataset.from_dict({"text": TEXTS[:12]}), "test": Dataset.from_dict({"text": ["x"]})}
-                ).save_to_disk(str(tmp_path / "dict"))
+    DatasetDict(
+        {"train": Dataset.from_dict({"text": TEXTS[:12]}), "test": Dataset.from_dict({"text": ["x"]})}
+    ).save_to_disk(str(tmp_path / "dict"))
     prepared = _prepare(tmp_path, str(tmp_path / "dict"), "prepared")
     assert prepared.stats["documents"] == 12  # the train split
     assert load_from_disk(str(tmp_path / "prepared"))["train"].num_rows == prepared.stats["train blocks"]
     assert json.loads((tmp_path / "prepared" / "stats.json").read_text()) == prepared.stats
 
 
-@pytest.mark.parametrize("ref,message", [
-    ("hf:no-such-user/no-such-dataset", "hf:no-such-user/no-such-dataset: cannot load the dataset"),
-    ("hf:{folder}@nosplit", "cannot load the dataset .*nosplit"),
-    ("hf:", "name the dataset"),
-])
+@pytest.mark.parametrize(
+    "ref,message",
+    [
+        ("hf:no-such-user/no-such-dataset", "hf:no-such-user/no-such-dataset: cannot load the dataset"),
+        ("hf:{folder}@nosplit", "cannot load the dataset .*nosplit"),
+        ("hf:", "name the dataset"),
+    ],
+)
 def test_a_dataset_that_cannot_load_is_one_line(tmp_path, parquet_folder, ref, message):
     with pytest.raises(LmtuneError, match=message):
         read_documents(ref.format(folder=parquet_folder), streaming=True)
 
 
 def test_a_missing_text_column_is_named(tmp_path, parquet_folder, cli):
-    result = cli("prepare", f"hf:{parquet_folder}", "--model", "gpt-tiny", "--out", tmp_path / "p",
-                 "--data.text_column", "body", "--data.streaming", "true")
+    result = cli(
+        "prepare",
+        f"hf:{parquet_folder}",
+        "--model",
+        "gpt-tiny",
+        "--out",
+        tmp_path / "p",
+        "--data.text_column",
+        "body",
+        "--data.streaming",
+        "true",
+    )
     assert result.returncode == 1 and len(result.error_lines) == 1, result.stderr[-2000:]
     assert "no column 'body'" in result.error_lines[0] and "text, n" in result.error_lines[0]
     assert not (tmp_path / "p").exists()

@@ -29,7 +29,7 @@ def test_text_and_markdown(tmp_path):
 
 def test_non_utf8_text_is_detected(tmp_path):
     path = tmp_path / "latin.txt"
-    path.write_bytes("Café crème, déjà vu, naïve façade. " .encode("cp1252") * 20)
+    path.write_bytes("Café crème, déjà vu, naïve façade. ".encode("cp1252") * 20)
     assert "Café crème" in read_documents(path)[0].text
 
 
@@ -58,7 +58,9 @@ def test_pdf_pages(tmp_path):
 
 def test_html(tmp_path):
     path = tmp_path / "page.html"
-    path.write_text("<html><head><style>x{}</style></head><body><p>Visible words</p><script>no()</script></body></html>")
+    path.write_text(
+        "<html><head><style>x{}</style></head><body><p>Visible words</p><script>no()</script></body></html>"
+    )
     text = read_documents(path)[0].text
     assert "Visible words" in text and "no()" not in text
 
@@ -75,11 +77,14 @@ def test_package_reference_reads_installed_data():
     assert "To be, or not to be" in docs[0].text
 
 
-@pytest.mark.parametrize("setup,message", [
-    (lambda p: None, "file not found"),
-    (lambda p: p.write_text("   \n"), "no text found"),
-    (lambda p: p.write_bytes(b"\x00\x01\x02binary\x00" * 50), "binary"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda p: None, "file not found"),
+        (lambda p: p.write_text("   \n"), "no text found"),
+        (lambda p: p.write_bytes(b"\x00\x01\x02binary\x00" * 50), "binary"),
+    ],
+)
 def test_bad_inputs(tmp_path, setup, message):
     path = tmp_path / "input.txt"
     setup(path)

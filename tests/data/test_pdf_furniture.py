@@ -2,6 +2,7 @@
 page number ("Chapter 2: Function reference 9"), even pages the book's title with the number in front,
 footers alternate too; a table of contents with dot leaders opens it. After `prepare`-style reading and
 cleaning, none of the furniture is left and at least 99% of the body's words are."""
+
 import random
 import re
 
@@ -9,8 +10,10 @@ from lmtune.config import CleanConfig
 from lmtune.data.clean import clean_documents
 from lmtune.data.ingest import read_documents
 
-WORDS = ("function returns value the argument list table index string buffer memory error handler call "
-         "stack frame object field method class module import export parse token stream file path").split()
+WORDS = (
+    "function returns value the argument list table index string buffer memory error handler call "
+    "stack frame object field method class module import export parse token stream file path"
+).split()
 
 
 def build_manual(path, pages=24, lines_per_page=14, seed=3):
@@ -20,15 +23,19 @@ def build_manual(path, pages=24, lines_per_page=14, seed=3):
     rng = random.Random(seed)
     pdf = canvas.Canvas(str(path), pagesize=A4)
     body = []
-    toc = ["Contents", "Introduction ........................ 1", "Function reference .................. 9",
-           "Error handling ...................... 17"]
+    toc = [
+        "Contents",
+        "Introduction ........................ 1",
+        "Function reference .................. 9",
+        "Error handling ...................... 17",
+    ]
     for i, line in enumerate(toc):
         pdf.drawString(72, 760 - 16 * i, line)
     pdf.showPage()
     chapters = ["Introduction", "Function reference", "Error handling"]
     for n in range(1, pages + 1):
         chapter = chapters[(n - 1) * len(chapters) // pages]
-        header = (f"Chapter {chapters.index(chapter) + 1}: {chapter} {n}" if n % 2 else f"{n} The Library Manual")
+        header = f"Chapter {chapters.index(chapter) + 1}: {chapter} {n}" if n % 2 else f"{n} The Library Manual"
         footer = f"- {n} -" if n % 2 else "The Library Manual, second edition"
         pdf.drawString(72, 800, header)
         for i in range(lines_per_page):

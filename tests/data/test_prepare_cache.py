@@ -1,5 +1,6 @@
 """The prepare cache: an unchanged recipe reuses the prepared folder; any change in data, cleaning,
 tokenizer or objective prepares anew; an interrupted prepare is never taken for a finished one."""
+
 import json
 
 from lmtune.config import build_config
@@ -8,8 +9,13 @@ from lmtune.train.data import prepare_data
 
 
 def config_for(corpus_dir, **data):
-    return build_config({"objective": "clm", "model": {"name": "gpt-tiny"},
-                         "data": {"train": str(corpus_dir), "block_size": 32, **data}})
+    return build_config(
+        {
+            "objective": "clm",
+            "model": {"name": "gpt-tiny"},
+            "data": {"train": str(corpus_dir), "block_size": 32, **data},
+        }
+    )
 
 
 def test_unchanged_recipe_reuses_and_a_change_redoes(tmp_path, corpus_dir):

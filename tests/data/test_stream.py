@@ -1,6 +1,7 @@
 """Streaming prepare makes what the in-memory prepare made (tests/data/reference_prepare.py, the code before
 streaming): the same splits, block for block, the same features and the same stats.json, for every way
 the split, the packing and the cleaning can go; and it does so through pieces smaller than a document."""
+
 import json
 from pathlib import Path
 
@@ -44,17 +45,24 @@ def _duplicates(tmp_path: Path) -> str:
 CASES = {
     "by document": lambda tmp: {"data": {"train": str(_corpus(tmp / "c"))}},
     "by position, stride": lambda tmp: {"data": {"train": _hamlet(tmp), "stride": 8, "block_size": 64}},
-    "dedup and delimiters": lambda tmp: {"data": {"train": _duplicates(tmp), "clean": {
-        "delimiters": {"<doc>": "doc"}, "min_chars": 5}}},
-    "own validation files": lambda tmp: {"data": {"train": str(_corpus(tmp / "c")), "stride": 4,
-                                                  "validation": str(_corpus(tmp / "v", 3))}},
+    "dedup and delimiters": lambda tmp: {
+        "data": {"train": _duplicates(tmp), "clean": {"delimiters": {"<doc>": "doc"}, "min_chars": 5}}
+    },
+    "own validation files": lambda tmp: {
+        "data": {"train": str(_corpus(tmp / "c")), "stride": 4, "validation": str(_corpus(tmp / "v", 3))}
+    },
     "no packing": lambda tmp: {"data": {"train": _duplicates(tmp), "packing": False, "block_size": 16}},
     "no validation": lambda tmp: {"data": {"train": str(_corpus(tmp / "c")), "val_fraction": 0.0}},
-    "masked LM framing": lambda tmp: {"objective": "mlm", "model": {"name": "bert-tiny"},
-                                      "data": {"train": _hamlet(tmp), "block_size": 48}},
+    "masked LM framing": lambda tmp: {
+        "objective": "mlm",
+        "model": {"name": "bert-tiny"},
+        "data": {"train": _hamlet(tmp), "block_size": 48},
+    },
     "two tokenizing processes": lambda tmp: {"data": {"train": _duplicates(tmp), "num_proc": 2}},
-    "trained tokenizer": lambda tmp: {"data": {"train": str(_corpus(tmp / "c"))},
-                                      "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}}},
+    "trained tokenizer": lambda tmp: {
+        "data": {"train": str(_corpus(tmp / "c"))},
+        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+    },
 }
 
 

@@ -1,5 +1,6 @@
 """`lmtune export`: what it writes loads in the tools people use (transformers' pipeline, ONNX Runtime,
 GGUF readers) and gives the same outputs as the trained model; it never writes where it must not."""
+
 import json
 from pathlib import Path
 
@@ -33,10 +34,14 @@ def stories(root: Path) -> Path:
 
 
 def tiny_run(root: Path, objective: str, model_name: str, data: Path, **extra) -> Path:
-    settings = {"objective": objective, "output_dir": str(root / "run"), "model": {"name": model_name, "dropout": 0.0},
-                "data": {"train": str(data), "block_size": 32},
-                "train": {"max_steps": 6, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "eval_every": 3},
-                "report": {"compare_base": False}}
+    settings = {
+        "objective": objective,
+        "output_dir": str(root / "run"),
+        "model": {"name": model_name, "dropout": 0.0},
+        "data": {"train": str(data), "block_size": 32},
+        "train": {"max_steps": 6, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "eval_every": 3},
+        "report": {"compare_base": False},
+    }
     for key, value in extra.items():
         settings[key] = {**settings.get(key, {}), **value}
     train(build_config(settings), progress=False)
@@ -88,7 +93,9 @@ def test_masked_lm_export_fills_masks_like_lmtune(mlm_run, tmp_path):
     pipe = transformers.pipeline("fill-mask", model=str(out), top_k=3)
     sentence = "the king walks the [MASK] at night"
     theirs = [r["token_str"].strip() for r in pipe(sentence)]
-    ours = [m["token"].strip() for m in fill_mask(load(str(mlm_run / "final"), dtype="fp32"), [sentence], top_k=3)[0][0]]
+    ours = [
+        m["token"].strip() for m in fill_mask(load(str(mlm_run / "final"), dtype="fp32"), [sentence], top_k=3)[0][0]
+    ]
     assert theirs == ours
     assert card_metadata(out)["pipeline_tag"] == "fill-mask"
 
@@ -107,8 +114,14 @@ def test_multitask_export_is_a_text_generation_model_with_its_task_prompts(tmp_p
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
-    return tiny_run(root, "clm", "gpt-tiny", stories(root), model={"lora": {"r": 4, "alpha": 8}},
-                    train={"save_every": 3, "keep_checkpoints": 5, "lr": 1e-2})
+    return tiny_run(
+        root,
+        "clm",
+        "gpt-tiny",
+        stories(root),
+        model={"lora": {"r": 4, "alpha": 8}},
+        train={"save_every": 3, "keep_checkpoints": 5, "lr": 1e-2},
+    )
 
 
 def test_lora_run_keeps_adapter_only_checkpoints_and_counts_trainable_parameters(lora_run):
@@ -165,7 +178,9 @@ def test_onnx_export_of_a_classifier_matches_pytorch(tiny_classifier, tmp_path):
     got = session.run(None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0]
     model = load(final, dtype="fp32").model
     with torch.no_grad():
-        want = model(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
+        want = model(
+            input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])
+        ).logits
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
     assert json.loads((out / "config.json").read_text())["id2label"]  # label names travel with it
     assert card_metadata(out)["library_name"] == "onnx"
@@ -178,7 +193,8 @@ def test_onnx_export_of_a_masked_lm_matches_pytorch(mlm_run, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     enc = tokenizer(["the [MASK] walks"], return_tensors="np")
     got = onnxruntime.InferenceSession(str(out / "model.onnx")).run(
-        None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0]
+        None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    )[0]
     with torch.no_grad():
         want = load(str(mlm_run / "final"), dtype="fp32").model(input_ids=torch.tensor(enc["input_ids"])).logits.numpy()
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
@@ -198,10 +214,18 @@ def test_gguf_export_of_a_llama_model_loads_and_generates_the_same(tmp_path):
 
     converter_or_skip()
     tokenizer = load_tokenizer(None, "smollm2-135m")
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256, tie_word_embeddings=True,
-                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
@@ -213,8 +237,10 @@ def test_gguf_export_of_a_llama_model_loads_and_generates_the_same(tmp_path):
     from_gguf = transformers.AutoModelForCausalLM.from_pretrained(out, gguf_file=files[0].name)
     trained = transformers.AutoModelForCausalLM.from_pretrained(run / "final")
     ids = tokenizer("The king walks the castle", return_tensors="pt").input_ids
-    assert torch.equal(from_gguf.generate(ids, max_new_tokens=16, do_sample=False),
-                       trained.generate(ids, max_new_tokens=16, do_sample=False))
+    assert torch.equal(
+        from_gguf.generate(ids, max_new_tokens=16, do_sample=False),
+        trained.generate(ids, max_new_tokens=16, do_sample=False),
+    )
 
 
 def test_gguf_export_of_a_gpt2_preset_is_a_readable_gguf_that_lmtune_runs(tiny_clm_run, tmp_path, monkeypatch):
@@ -270,8 +296,9 @@ def test_a_failing_converter_leaves_nothing_behind(tiny_clm_run, tmp_path, cli):
     fake.mkdir()
     (fake / "convert_hf_to_gguf.py").write_text("import sys\nsys.exit('boom: unsupported model')\n")
     (tmp_path / "out").mkdir()
-    result = cli("export", Path(tiny_clm_run).parent, "--out", tmp_path / "out" / "x", "--format", "gguf",
-                 "--converter", fake)
+    result = cli(
+        "export", Path(tiny_clm_run).parent, "--out", tmp_path / "out" / "x", "--format", "gguf", "--converter", fake
+    )
     assert result.returncode != 0 and "boom: unsupported model" in result.error_lines[0]
     assert list((tmp_path / "out").iterdir()) == []  # neither the export nor its working copies
 

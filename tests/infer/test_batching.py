@@ -1,5 +1,6 @@
 """Continuous batching gives each sequence what it would get alone: greedy text equal to `generate`'s (fp32),
 seeded samples independent of who shares the batch, newcomers joining mid-flight, leavers dropped."""
+
 import copy
 import dataclasses
 import threading
@@ -71,8 +72,9 @@ def test_a_newcomer_joins_a_running_batch(model, batcher):
 
 
 def test_seeded_samples_do_not_depend_on_the_batch(model, batcher):
-    settings = GenerationSettings(max_new_tokens=20, temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.3,
-                                  seed=11)
+    settings = GenerationSettings(
+        max_new_tokens=20, temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.3, seed=11
+    )
     alone = batcher.submit("The king", settings).text()
     crowd = [batcher.submit(p, settings.model_copy(update={"seed": 100 + i})) for i, p in enumerate(PROMPTS)]
     mine = batcher.submit("The king", settings)
@@ -113,8 +115,8 @@ def test_end_of_text_stops_a_row(model):
             job.text()
     finally:
         batcher.close()
-    assert jobs[0].ids == ids[:ids.index(end)] and jobs[0].finish_reason == "stop"
-    assert jobs[0].full_text == model.tokenizer.decode(ids[:ids.index(end)])
+    assert jobs[0].ids == ids[: ids.index(end)] and jobs[0].finish_reason == "stop"
+    assert jobs[0].full_text == model.tokenizer.decode(ids[: ids.index(end)])
     assert all(end not in job.ids and job.finish_reason == "stop" for job in jobs)
 
 

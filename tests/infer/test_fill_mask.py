@@ -14,11 +14,16 @@ def tiny_mlm_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mlm")
     (root / "book.txt").write_text("\n\n".join(make_story(i) for i in range(12)))
-    config = build_config({
-        "objective": "mlm", "output_dir": str(root / "run"), "model": {"name": "bert-tiny", "dropout": 0.0},
-        "data": {"train": str(root / "book.txt"), "block_size": 32},
-        "train": {"batch_size": 16, "lr": 3e-3, "max_steps": 40, "eval_every": 100, "precision": "fp32"},
-        "report": {"compare_base": False}})
+    config = build_config(
+        {
+            "objective": "mlm",
+            "output_dir": str(root / "run"),
+            "model": {"name": "bert-tiny", "dropout": 0.0},
+            "data": {"train": str(root / "book.txt"), "block_size": 32},
+            "train": {"batch_size": 16, "lr": 3e-3, "max_steps": 40, "eval_every": 100, "precision": "fp32"},
+            "report": {"compare_base": False},
+        }
+    )
     return train(config, progress=False)
 
 
@@ -52,7 +57,9 @@ def test_reload_gives_identical_predictions(tiny_mlm_run):
         probs = model(**enc).logits[0, 2].softmax(-1)
     ours = fill_mask(load(folder, dtype="fp32"), "the [MASK] walks the castle", top_k=3)[0]  # exact: fp32
     for pred in ours:
-        assert pred["score"] == pytest.approx(float(probs[pred["token_id"]]) / (1 - float(probs[tok.all_special_ids].sum())), rel=1e-4)
+        assert pred["score"] == pytest.approx(
+            float(probs[pred["token_id"]]) / (1 - float(probs[tok.all_special_ids].sum())), rel=1e-4
+        )
 
 
 def test_no_mask_is_a_clear_error(tiny_mlm_run):
@@ -67,14 +74,35 @@ def test_roberta_style_mask_token(tmp_path):
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(["the king and the queen walk in the castle"] * 20, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    raw.train_from_iterator(
+        ["the king and the queen walk in the castle"] * 20,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )
     torch.manual_seed(0)
-    model = RobertaForMaskedLM(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=64, pad_token_id=1))
+    model = RobertaForMaskedLM(
+        RobertaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            pad_token_id=1,
+        )
+    )
     model.save_pretrained(tmp_path / "roberta")
     tok.save_pretrained(tmp_path / "roberta")
     out = fill_mask(str(tmp_path / "roberta"), "the king [MASK] the castle", top_k=2)

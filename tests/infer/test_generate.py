@@ -21,8 +21,9 @@ def test_top_k_one_equals_greedy(tiny_clm_run):
 
 def test_max_new_tokens_and_num_sequences(tiny_clm_run):
     loaded = load(tiny_clm_run)
-    outs = generate(loaded, "A ghost", max_new_tokens=5, num_return_sequences=3, seed=1, ignore_eos=True,
-                    temperature=1.0)
+    outs = generate(
+        loaded, "A ghost", max_new_tokens=5, num_return_sequences=3, seed=1, ignore_eos=True, temperature=1.0
+    )
     assert len(outs) == 3
     for text in outs:
         assert len(loaded.tokenizer(text, add_special_tokens=False).input_ids) <= 6  # re-tokenizing may merge
@@ -35,8 +36,7 @@ def test_stream_matches_generate(tiny_clm_run):
 
 def test_repetition_penalty_changes_greedy_output(tiny_clm_run):
     plain = generate(tiny_clm_run, "the king the king", max_new_tokens=20, temperature=0)
-    penalised = generate(tiny_clm_run, "the king the king", max_new_tokens=20, temperature=0,
-                         repetition_penalty=5.0)
+    penalised = generate(tiny_clm_run, "the king the king", max_new_tokens=20, temperature=0, repetition_penalty=5.0)
     assert plain != penalised
 
 
@@ -59,7 +59,10 @@ def test_a_stop_event_ends_generation_early(tiny_clm_run):
     stop = threading.Event()
     stop.set()  # already set: the first token is the last
     settings = GenerationSettings(max_new_tokens=50, temperature=0, ignore_eos=True)
-    stopped, full = generate(tiny_clm_run, "The king", settings, stop=stop)[0], generate(tiny_clm_run, "The king", settings)[0]
+    stopped, full = (
+        generate(tiny_clm_run, "The king", settings, stop=stop)[0],
+        generate(tiny_clm_run, "The king", settings)[0],
+    )
     assert full.startswith(stopped) and len(stopped) <= 2 and len(full) >= 40  # one token, not fifty
 
 
@@ -72,17 +75,20 @@ def test_a_prompt_beyond_the_context_keeps_its_end(tiny_clm_run, caplog):
     assert "".join(stream(loaded, long_prompt, max_new_tokens=8, temperature=0))  # the stream too
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"temperature": -1}, "temperature must be >= 0 (got -1)"),
-    ({"top_p": 0}, "top_p must be > 0 (got 0)"),
-    ({"top_k": -1}, "top_k must be >= 0 (got -1)"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1 (got 0)"),
-    ({"repetition_penalty": 0}, "repetition_penalty must be >= 0.01 (got 0)"),
-    ({"num_return_sequences": 0}, "num_return_sequences must be >= 1 (got 0)"),
-    ({"seed": 10**30}, f"seed must be <= {2**32 - 1} (got {10**30})"),
-    ({"seed": -1}, "seed must be >= 0 (got -1)"),
-    ({"temperature": "hot"}, "temperature: input should be a valid number"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"temperature": -1}, "temperature must be >= 0 (got -1)"),
+        ({"top_p": 0}, "top_p must be > 0 (got 0)"),
+        ({"top_k": -1}, "top_k must be >= 0 (got -1)"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1 (got 0)"),
+        ({"repetition_penalty": 0}, "repetition_penalty must be >= 0.01 (got 0)"),
+        ({"num_return_sequences": 0}, "num_return_sequences must be >= 1 (got 0)"),
+        ({"seed": 10**30}, f"seed must be <= {2**32 - 1} (got {10**30})"),
+        ({"seed": -1}, "seed must be >= 0 (got -1)"),
+        ({"temperature": "hot"}, "temperature: input should be a valid number"),
+    ],
+)
 def test_bad_settings_are_one_line_naming_the_field(values, message):
     from lmtune.errors import LmtuneError
 

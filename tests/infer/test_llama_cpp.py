@@ -1,6 +1,7 @@
 """GGUF models through llama.cpp (llama-cpp-python, an optional extra): a tuned model exported to GGUF
 generates through the same functions and server routes as on the PyTorch path. Skipped where
 llama-cpp-python is not installed (`pip install 'lmtune[llama-cpp]'`); the error without it is tested here."""
+
 import json
 import threading
 from pathlib import Path
@@ -11,8 +12,9 @@ from lmtune.errors import LmtuneError
 from lmtune.infer import llama_cpp, load
 from lmtune.infer.generate import GenerationSettings, Stream, generate
 
-needs_llama_cpp = pytest.mark.skipif(not llama_cpp.available(),
-                                     reason="llama-cpp-python is not installed (pip install 'lmtune[llama-cpp]')")
+needs_llama_cpp = pytest.mark.skipif(
+    not llama_cpp.available(), reason="llama-cpp-python is not installed (pip install 'lmtune[llama-cpp]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,9 @@ def exported_gguf(tiny_clm_run, tmp_path_factory) -> str:
     from tests.conftest import converter_or_skip
 
     converter_or_skip()
-    out = export_model(str(Path(tiny_clm_run).parent), tmp_path_factory.mktemp("gguf") / "model", format="gguf",
-                       gguf_type="f32")
+    out = export_model(
+        str(Path(tiny_clm_run).parent), tmp_path_factory.mktemp("gguf") / "model", format="gguf", gguf_type="f32"
+    )
     return str(next(out.glob("*.gguf")))
 
 
@@ -77,11 +80,11 @@ def test_the_server_runs_a_gguf_model_on_every_generation_route(exported_gguf):
         assert models[0]["capabilities"] == ["generate", "completions", "chat"]
         r = client.post("/v1/generate", json={"prompt": "The king", "max_new_tokens": 8, "temperature": 0})
         assert r.status_code == 200 and r.json()["completions"][0]
-        r = client.post("/v1/completions", json={"prompt": ["The king", "A ghost"], "max_tokens": 5, "n": 2,
-                                                 "seed": 1})
+        r = client.post("/v1/completions", json={"prompt": ["The king", "A ghost"], "max_tokens": 5, "n": 2, "seed": 1})
         assert r.status_code == 200 and len(r.json()["choices"]) == 4
-        with client.stream("POST", "/v1/generate", json={"prompt": "The queen", "max_new_tokens": 8,
-                                                         "temperature": 0, "stream": True}) as response:
+        with client.stream(
+            "POST", "/v1/generate", json={"prompt": "The queen", "max_new_tokens": 8, "temperature": 0, "stream": True}
+        ) as response:
             events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]" and "".join(json.loads(e)["text"] for e in events[:-1])
         r = client.post("/v1/generate", json={"prompt": "x", "max_new_tokens": 480})  # beyond the context
@@ -91,8 +94,9 @@ def test_the_server_runs_a_gguf_model_on_every_generation_route(exported_gguf):
 
 @needs_llama_cpp
 def test_cli_generate_with_the_engine(exported_gguf, cli):
-    result = cli("generate", exported_gguf, "The king", "--max-new-tokens", "6", "--temperature", "0",
-                 "--engine", "llama.cpp")
+    result = cli(
+        "generate", exported_gguf, "The king", "--max-new-tokens", "6", "--temperature", "0", "--engine", "llama.cpp"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("The king") and len(result.stdout.strip()) > len("The king")
 

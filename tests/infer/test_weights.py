@@ -1,5 +1,6 @@
 """Inference weights' number format: chosen per device by measurement, overridable, and gated on quality
 by the bench (greedy agreement and perplexity against fp32)."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Model resolution: what a model name means (alias, preset, folder, run folder, .gguf, hub id)."""
+
 import json
 
 import pytest

@@ -1,5 +1,6 @@
 """Serving tests' shared pieces: three tiny trained models, a real `lmtune serve` process on a loopback port,
 raw clients that hang up, and a stand-in request whose client leaves."""
+
 import json
 import os
 import signal
@@ -25,11 +26,19 @@ def tiny_models(tiny_clm_run, tiny_classifier, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve-models")
     (root / "book.txt").write_text("\n\n".join(make_story(i) for i in range(6)))
-    mlm = train(build_config({
-        "objective": "mlm", "output_dir": str(root / "mlm"), "model": {"name": "bert-tiny"},
-        "data": {"train": str(root / "book.txt"), "block_size": 32},
-        "train": {"batch_size": 8, "max_steps": 3, "precision": "fp32"}, "report": {"compare_base": False}}),
-        progress=False)["final_model"]
+    mlm = train(
+        build_config(
+            {
+                "objective": "mlm",
+                "output_dir": str(root / "mlm"),
+                "model": {"name": "bert-tiny"},
+                "data": {"train": str(root / "book.txt"), "block_size": 32},
+                "train": {"batch_size": 8, "max_steps": 3, "precision": "fp32"},
+                "report": {"compare_base": False},
+            }
+        ),
+        progress=False,
+    )["final_model"]
     return {"clm": tiny_clm_run, "mlm": mlm, "cls": tiny_classifier[0]}
 
 
@@ -39,9 +48,26 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = models
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lmtune.cli", "serve", models["clm"], models["mlm"], models["cls"],
-             "--port", str(self.port), "--no-ui", "--max-new-tokens", "480", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            [
+                sys.executable,
+                "-m",
+                "lmtune.cli",
+                "serve",
+                models["clm"],
+                models["mlm"],
+                models["cls"],
+                "--port",
+                str(self.port),
+                "--no-ui",
+                "--max-new-tokens",
+                "480",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         deadline = time.time() + 120
         while True:
             assert self.proc.poll() is None, self.proc.communicate()[1][-2000:]
@@ -67,9 +93,8 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"the server ignored SIGTERM for {timeout} s")
+            raise AssertionError(f"the server ignored SIGTERM for {timeout} s") from None
         return time.time() - start
-
 
     def close(self) -> None:
         """Kill the server if a test left it running."""
@@ -89,8 +114,11 @@ def send_raw(port: int, path: str, body: dict) -> socket.socket:
     """Send a complete HTTP request and return the open socket, unread: closing it is a client that leaves."""
     payload = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     return sock
 
 

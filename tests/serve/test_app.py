@@ -1,4 +1,5 @@
 """A real server on a loopback port with tiny models, every route exercised over HTTP."""
+
 import json
 import threading
 import time
@@ -22,9 +23,18 @@ def labelled_classifier(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cls") / "model"
     tok = load_tokenizer(None, "minilm-l6")
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        num_labels=2, id2label={0: "rotten", 1: "fresh"}, label2id={"rotten": 0, "fresh": 1}))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=2,
+            id2label={0: "rotten", 1: "fresh"},
+            label2id={"rotten": 0, "fresh": 1},
+        )
+    )
     model.config.architectures = ["BertForSequenceClassification"]
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -39,8 +49,11 @@ def server(tiny_models, labelled_classifier):
     from lmtune.serve.schemas import Limits
 
     tiny_clm_run, mlm, tiny_classifier = tiny_models["clm"], tiny_models["mlm"], labelled_classifier
-    app = create_app([tiny_clm_run, mlm, tiny_classifier], api_key=KEY,
-                     limits=Limits(max_input_chars=200, max_new_tokens=32, max_batch=4))
+    app = create_app(
+        [tiny_clm_run, mlm, tiny_classifier],
+        api_key=KEY,
+        limits=Limits(max_input_chars=200, max_new_tokens=32, max_batch=4),
+    )
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -120,8 +133,9 @@ def test_openai_completions(client):
     body = r.json()
     assert r.status_code == 200 and body["object"] == "text_completion"
     assert body["choices"][0]["text"] and body["usage"]["completion_tokens"] <= 5
-    with client.stream("POST", "/v1/completions", json={"prompt": "The queen", "max_tokens": 5, "temperature": 0,
-                                                        "stream": True}) as response:
+    with client.stream(
+        "POST", "/v1/completions", json={"prompt": "The queen", "max_tokens": 5, "temperature": 0, "stream": True}
+    ) as response:
         events = sse_events(response)
     assert events[-1] == "[DONE]"
     streamed = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
@@ -132,27 +146,35 @@ def test_openai_chat(client):
     messages = [{"role": "user", "content": "Who is the king?"}]
     r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 6, "temperature": 0})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
-    with client.stream("POST", "/v1/chat/completions", json={"messages": messages, "max_tokens": 6,
-                                                             "stream": True}) as response:
+    with client.stream(
+        "POST", "/v1/chat/completions", json={"messages": messages, "max_tokens": 6, "stream": True}
+    ) as response:
         events = sse_events(response)
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["object"] == "chat.completion.chunk" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("route,body,status,message", [
-    ("/v1/generate", {"prompt": "x" * 500}, 422, "prompt: string should have at most 200 characters"),
-    ("/v1/generate", {"prompt": "hi", "max_new_tokens": 1000}, 422, "max_new_tokens must be <= 32 (got 1000)"),
-    ("/v1/classify", {"text": ["a", "b", "c", "d", "e"]}, 422, "text: list should have at most 4 items"),
-    ("/v1/classify", {"text": ["a", ""]}, 422, "text.1: string should have at least 1 character"),
-    ("/v1/generate", {"prompt": "hi", "temperature": -1}, 422, "temperature must be >= 0 (got -1)"),
-    ("/v1/generate", {"prompt": "hi", "seed": 10**30}, 422, f"seed must be <= {2**32 - 1} (got {10**30})"),
-    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 422, "max_tokens must be >= 1 (got 0)"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 150}] * 2}, 413,
-     "messages too long: 300 characters > 200"),
-    ("/v1/chat/completions", {"messages": [{"role": "king", "content": "hi"}]}, 422, "messages.0.role"),
-    ("/v1/fill-mask", {"txt": "oops"}, 422, "text is required"),
-    ("/v1/generate", {"model": "nope", "prompt": "hi"}, 404, "model 'nope' is not served"),
-])
+@pytest.mark.parametrize(
+    "route,body,status,message",
+    [
+        ("/v1/generate", {"prompt": "x" * 500}, 422, "prompt: string should have at most 200 characters"),
+        ("/v1/generate", {"prompt": "hi", "max_new_tokens": 1000}, 422, "max_new_tokens must be <= 32 (got 1000)"),
+        ("/v1/classify", {"text": ["a", "b", "c", "d", "e"]}, 422, "text: list should have at most 4 items"),
+        ("/v1/classify", {"text": ["a", ""]}, 422, "text.1: string should have at least 1 character"),
+        ("/v1/generate", {"prompt": "hi", "temperature": -1}, 422, "temperature must be >= 0 (got -1)"),
+        ("/v1/generate", {"prompt": "hi", "seed": 10**30}, 422, f"seed must be <= {2**32 - 1} (got {10**30})"),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 422, "max_tokens must be >= 1 (got 0)"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x" * 150}] * 2},
+            413,
+            "messages too long: 300 characters > 200",
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "king", "content": "hi"}]}, 422, "messages.0.role"),
+        ("/v1/fill-mask", {"txt": "oops"}, 422, "text is required"),
+        ("/v1/generate", {"model": "nope", "prompt": "hi"}, 404, "model 'nope' is not served"),
+    ],
+)
 def test_bad_requests_get_4xx_json(client, route, body, status, message):
     r = client.post(route, json=body)
     assert r.status_code == status and r.json()["error"]["message"].startswith(message), r.text
@@ -214,12 +236,15 @@ def test_the_ui_routes_keep_the_servers_caps(server):
     """A 1 MB prompt through the UI's API used to stream back 100 MB; it gets the REST limit's error."""
     url = server["url"]
     cookies = httpx.post(url + "/login", data={"username": "me", "password": KEY}).cookies
-    for endpoint, data in (("/run", [server["clm"], "x" * 1_000_000, 0.8, 50, 0.95, 30]),
-                           ("/run", [server["clm"], "Once", 0.8, 50, 0.95, 10_000]),
-                           ("/predict_class", [server["cls"], "y" * 1_000_000])):
+    for endpoint, data in (
+        ("/run", [server["clm"], "x" * 1_000_000, 0.8, 50, 0.95, 30]),
+        ("/run", [server["clm"], "Once", 0.8, 50, 0.95, 10_000]),
+        ("/predict_class", [server["cls"], "y" * 1_000_000]),
+    ):
         event = httpx.post(url + "/gradio_api/call" + endpoint, json={"data": data}, cookies=cookies).json()
-        with httpx.stream("GET", f"{url}/gradio_api/call{endpoint}/{event['event_id']}", cookies=cookies,
-                          timeout=60) as response:
+        with httpx.stream(
+            "GET", f"{url}/gradio_api/call{endpoint}/{event['event_id']}", cookies=cookies, timeout=60
+        ) as response:
             body = b"".join(response.iter_bytes())
         assert len(body) < 20_000 and b"event: error" in body, body[:500]
         assert b"this server takes at most 200" in body or b"greater than maximum value 32" in body, body[:500]

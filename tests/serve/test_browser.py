@@ -1,4 +1,5 @@
 """The web UI in a real browser: Debian's chromium driven by Playwright (never a browser download)."""
+
 import re
 import shutil
 import threading
@@ -11,7 +12,9 @@ from tests.conftest import free_port
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where apt works)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where apt works)"
+)
 def test_fill_mask_in_the_browser(tiny_models, tmp_path):
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     import uvicorn
@@ -28,9 +31,18 @@ def test_fill_mask_in_the_browser(tiny_models, tmp_path):
         time.sleep(0.05)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic"])
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--disable-quic",
+                ],
+            )
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             box = page.locator("#fill-mask-input textarea, #fill-mask-input input").first

@@ -2,6 +2,7 @@
 and requests that break it, on every route. No response is a 5xx, and every response matches the schema
 (status code, content type, body). Bounded and derandomized: a few dozen requests per route and mode, the
 same ones each run, so a failure reproduces."""
+
 import collections
 
 import pytest
@@ -28,6 +29,7 @@ def api_schema(tiny_models):
 
 def with_mask(case):
     """The case with `[MASK]` ending each text (fill-mask needs one; the schema cannot say so)."""
+
     def masked(text):
         return text[:-6] + "[MASK]" if isinstance(text, str) else text
 
@@ -49,12 +51,13 @@ def test_no_server_errors_and_responses_match_the_schema(api_schema, mode):
             strategy = strategy | strategy.map(with_mask)
 
         @given(case=strategy)
-        @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
-        def check(case):
+        @settings(
+            max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
+        def check(case, label=operation.label):
             # every default check: not_a_server_error, status code, content type and response schema conformance, ...
             response = case.call_and_validate(excluded_checks=MEANING_IS_NOT_IN_THE_SCHEMA)
-            statuses[operation.label][response.status_code] += 1
+            statuses[label][response.status_code] += 1
 
         check()
     print(f"\n{mode}: " + "; ".join(f"{label} {dict(codes)}" for label, codes in statuses.items()))
@@ -62,4 +65,6 @@ def test_no_server_errors_and_responses_match_the_schema(api_schema, mode):
     if mode == schemathesis.GenerationMode.POSITIVE:  # the fuzzing reached the models, not just the validation
         assert all(codes[200] >= 3 for label, codes in statuses.items() if "POST" in label), statuses
     else:
-        assert all(400 <= code < 500 for label, codes in statuses.items() if "POST" in label for code in codes), statuses
+        assert all(400 <= code < 500 for label, codes in statuses.items() if "POST" in label for code in codes), (
+            statuses
+        )

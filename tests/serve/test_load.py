@@ -1,6 +1,7 @@
 """A bounded load test on loopback against a real `lmtune serve` process: 500 requests at concurrency 16
 mixing every route, including clients that drop mid-stream and while queued. No failures, no hangs,
 latency percentiles printed, memory at the end within 1.2x of memory after warm-up."""
+
 import random
 import statistics
 import time
@@ -22,16 +23,20 @@ def one_request(server, kind: str, seed: int) -> tuple[str, float, str]:
                 r = client.post("/v1/generate", json={"prompt": "The king", "max_new_tokens": 8, "seed": seed})
                 ok = r.status_code == 200 and len(r.json()["completions"]) == 1
             elif kind == "stream":
-                with client.stream("POST", "/v1/generate", json={"prompt": "A ghost", "max_new_tokens": 8,
-                                                                 "stream": True}) as r:
+                with client.stream(
+                    "POST", "/v1/generate", json={"prompt": "A ghost", "max_new_tokens": 8, "stream": True}
+                ) as r:
                     lines = [line for line in r.iter_lines() if line.startswith("data: ")]
                 ok = r.status_code == 200 and lines[-1] == "data: [DONE]"
             elif kind == "completions":
                 r = client.post("/v1/completions", json={"prompt": "The queen", "max_tokens": 8})
                 ok = r.status_code == 200 and r.json()["choices"]
             elif kind == "chat-stream":
-                with client.stream("POST", "/v1/chat/completions", json={
-                        "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": True}) as r:
+                with client.stream(
+                    "POST",
+                    "/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": True},
+                ) as r:
                     lines = [line for line in r.iter_lines() if line.startswith("data: ")]
                 ok = r.status_code == 200 and lines[-1] == "data: [DONE]"
             elif kind == "fill-mask":
@@ -46,13 +51,17 @@ def one_request(server, kind: str, seed: int) -> tuple[str, float, str]:
                 r = client.post("/v1/generate", json={"prompt": "x", "temperature": -3})
                 ok = r.status_code == 422 and "error" in r.json()
             elif kind == "drop-mid-stream":
-                with client.stream("POST", "/v1/generate", json={"prompt": "Night", "max_new_tokens": 200,
-                                                                 "ignore_eos": True, "stream": True}) as r:
+                with client.stream(
+                    "POST",
+                    "/v1/generate",
+                    json={"prompt": "Night", "max_new_tokens": 200, "ignore_eos": True, "stream": True},
+                ) as r:
                     next(r.iter_lines())  # one event, then leave
                 ok = r.status_code == 200
             elif kind == "drop-queued":
-                raw_request_then_hang_up(server.port, "/v1/generate", {"prompt": "x", "max_new_tokens": 200,
-                                                                       "ignore_eos": True})
+                raw_request_then_hang_up(
+                    server.port, "/v1/generate", {"prompt": "x", "max_new_tokens": 200, "ignore_eos": True}
+                )
                 ok = True
             else:
                 raise AssertionError(kind)
@@ -61,8 +70,15 @@ def one_request(server, kind: str, seed: int) -> tuple[str, float, str]:
         return kind, time.perf_counter() - start, f"{kind}: {type(err).__name__}: {err}"
 
 
-KINDS = (["generate"] * 3 + ["stream"] * 3 + ["completions"] * 2 + ["chat-stream"] * 2 + ["fill-mask"] * 3
-         + ["classify"] * 3 + ["models", "bad", "drop-mid-stream", "drop-queued"])
+KINDS = (
+    ["generate"] * 3
+    + ["stream"] * 3
+    + ["completions"] * 2
+    + ["chat-stream"] * 2
+    + ["fill-mask"] * 3
+    + ["classify"] * 3
+    + ["models", "bad", "drop-mid-stream", "drop-queued"]
+)
 
 
 def run_batch(server, kinds: list[str]) -> list[tuple[str, float, str]]:
@@ -82,14 +98,15 @@ def test_500_mixed_requests_at_concurrency_16(server_process):
     failures = [problem for _, _, problem in results if problem]
     latencies = sorted(seconds for kind, seconds, _ in results if not kind.startswith("drop"))
     p50, p95, p99 = (latencies[int(q * (len(latencies) - 1))] for q in (0.5, 0.95, 0.99))
-    print(f"\n{len(results)} requests in {wall:.1f} s at concurrency {CONCURRENCY}: {len(failures)} failures; "
-          f"latency p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-          f"mean {statistics.mean(latencies) * 1000:.0f} ms; RSS {rss_warm:.0f} MB after warm-up, "
-          f"{rss_end:.0f} MB at the end")
+    print(
+        f"\n{len(results)} requests in {wall:.1f} s at concurrency {CONCURRENCY}: {len(failures)} failures; "
+        f"latency p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+        f"mean {statistics.mean(latencies) * 1000:.0f} ms; RSS {rss_warm:.0f} MB after warm-up, "
+        f"{rss_end:.0f} MB at the end"
+    )
     assert len(results) == REQUESTS and not failures, failures[:5]
     assert rss_end <= 1.2 * rss_warm
     # The server is still whole: a last request is served at once, and SIGTERM stops it in seconds.
-    last = httpx.post(server_process.url + "/v1/generate", json={"prompt": "The end", "max_new_tokens": 4},
-                      timeout=10)
+    last = httpx.post(server_process.url + "/v1/generate", json={"prompt": "The end", "max_new_tokens": 4}, timeout=10)
     assert last.status_code == 200
     assert server_process.stop(timeout=10) < 8

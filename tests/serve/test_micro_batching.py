@@ -1,4 +1,5 @@
 """Fill-mask and classify requests that arrive while their model is busy are answered by one call."""
+
 import asyncio
 import threading
 import time
@@ -33,9 +34,17 @@ def test_waiting_requests_share_one_call_and_get_their_own_answers():
 
         first = asyncio.create_task(ask(["a"]))
         await asyncio.sleep(0.05)  # "a" runs; these arrive meanwhile
-        rest = [asyncio.create_task(ask(texts, options, client)) for texts, options, client in [
-            (["b", "c"], 1, None), (["d"], 1, leaver), (["e"], 2, None), (["f", "g"], 1, None), (["h", "i"], 1, None),
-            (["bad"], 3, None)]]
+        rest = [
+            asyncio.create_task(ask(texts, options, client))
+            for texts, options, client in [
+                (["b", "c"], 1, None),
+                (["d"], 1, leaver),
+                (["e"], 2, None),
+                (["f", "g"], 1, None),
+                (["h", "i"], 1, None),
+                (["bad"], 3, None),
+            ]
+        ]
         await asyncio.sleep(0.02)
         leaver.leave.set()
         return await asyncio.gather(first, *rest), micro

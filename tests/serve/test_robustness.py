@@ -2,6 +2,7 @@
 the line is first come first served, over-long and odd inputs never give a 5xx, a failing generation ends
 its stream with an error event, and SIGTERM stops the server within seconds with requests in flight.
 Most of it against a real `lmtune serve` process on a loopback port; /health shows who holds a model."""
+
 import asyncio
 import json
 import time
@@ -72,8 +73,10 @@ def test_clients_that_leave_free_the_model(server):
     start = time.perf_counter()
     done = httpx.post(url, json={"prompt": "The queen", "max_new_tokens": 5, "temperature": 0}, timeout=30)
     assert done.status_code == 200 and len(done.json()["completions"]) == 1
-    print(f"\nqueued clients left the line in {left:.2f} s; a dropped stream freed the model in {stopped:.2f} s; "
-          f"the next request took {time.perf_counter() - start:.2f} s")
+    print(
+        f"\nqueued clients left the line in {left:.2f} s; a dropped stream freed the model in {stopped:.2f} s; "
+        f"the next request took {time.perf_counter() - start:.2f} s"
+    )
 
 
 def test_a_plain_request_whose_client_leaves_stops_generating(server):
@@ -112,17 +115,19 @@ def test_odd_inputs_get_4xx_never_5xx(server):
         ("/v1/nowhere", {}, 404),
     ]
     for path, body, status in cases:
-        response = httpx.post(base + path, content=json.dumps(body), timeout=60,
-                              headers={"content-type": "application/json"})
+        response = httpx.post(
+            base + path, content=json.dumps(body), timeout=60, headers={"content-type": "application/json"}
+        )
         assert response.status_code == status, (path, str(body)[:100], response.text[:300])
         assert "error" in response.json() if status >= 400 else response.json()
     for payload in (b"{not json", b"[]", b"\xff\xfe", b'"text"'):
         response = httpx.post(base + "/v1/generate", content=payload, headers={"content-type": "application/json"})
         assert response.status_code == 422 and "error" in response.json(), response.text
     # Streams: the prompt beyond the context keeps its end; no room at all is a 400 before the stream starts.
-    for path, body in [("/v1/generate", {"prompt": long_prompt, "max_new_tokens": 4}),
-                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": long_prompt}],
-                                                 "max_tokens": 4})]:
+    for path, body in [
+        ("/v1/generate", {"prompt": long_prompt, "max_new_tokens": 4}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 4}),
+    ]:
         with httpx.stream("POST", base + path, json={**body, "stream": True}, timeout=60) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: ")]
         assert response.status_code == 200 and lines[-1] == "data: [DONE]"
@@ -150,8 +155,9 @@ def test_stream_errors_before_and_during_the_stream(tiny_models):
             with client.stream("POST", "/v1/generate", json={"prompt": "hi", "stream": True}) as response:
                 lines = [line for line in response.iter_lines() if line.startswith("data: ")]
             assert response.status_code == 200 and lines[-1] == "data: [DONE]"
-            assert json.loads(lines[-2][6:]) == {"error": {"message": "internal error: RuntimeError",
-                                                           "type": "server_error"}}
+            assert json.loads(lines[-2][6:]) == {
+                "error": {"message": "internal error: RuntimeError", "type": "server_error"}
+            }
             response = client.post("/v1/generate", json={"prompt": "hi"})
             assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
             assert client.get("/health").json()["load"]["m"] == {"busy": False, "running": 0, "waiting": 0}
@@ -233,11 +239,16 @@ def test_sigterm_stops_the_server_within_seconds(tiny_models, active):
         else:
             running = send_raw(server.port, "/v1/completions", many)
             wait_until(lambda: clm_load(server)["busy"], timeout=10)
-        waiting = [open_stream(url, LONG), send_raw(server.port, "/v1/generate", LONG),
-                   send_raw(server.port, "/v1/completions", many)]
+        waiting = [
+            open_stream(url, LONG),
+            send_raw(server.port, "/v1/generate", LONG),
+            send_raw(server.port, "/v1/completions", many),
+        ]
         sequences = (1 if active == "stream" else 16) + 1 + 1 + 16
-        wait_until(lambda: (load := clm_load(server))["running"] == 8 and load["running"] + load["waiting"]
-                   == sequences, timeout=10)
+        wait_until(
+            lambda: (load := clm_load(server))["running"] == 8 and load["running"] + load["waiting"] == sequences,
+            timeout=10,
+        )
         seconds = server.stop(timeout=15)
         print(f"\nSIGTERM with a {active} request running and 3 waiting: stopped in {seconds:.1f} s")
         assert seconds < 6

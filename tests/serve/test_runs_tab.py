@@ -1,4 +1,5 @@
 """The web UI's Runs tab: the runs table and the comparison plot, for folders below the server's folder only."""
+
 import pytest
 
 
@@ -14,8 +15,11 @@ def test_runs_tab_lists_and_compares(runs_dir, monkeypatch):  # noqa: F811
     assert table.value["data"][0][4] == "val_loss 4.0000 → 3.2000"  # the runs differ in metric
     assert chosen.value == ["runs/group/early", "runs/broken"]
     figure = fns["compare"](["runs/done", "runs/broken"], "")
-    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["done", "broken",
-                                                                                "train loss (dashed, smoothed)"]
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == [
+        "done",
+        "broken",
+        "train loss (dashed, smoothed)",
+    ]
     assert figure.axes[0].get_ylabel() == "val_loss"
     with pytest.raises(gr.Error, match="runs/broken has no val_accuracy evaluations"):  # a classifier's metric first
         fns["compare"](chosen.value, "")

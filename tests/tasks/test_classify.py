@@ -8,10 +8,20 @@ from lmtune.errors import LmtuneError
 from lmtune.tasks.classify import scores_from_confusion, stratified_split
 from lmtune.train.loop import train
 
-POSITIVE = ["a wonderful moving triumph", "brilliant and joyful", "a delight from start to finish",
-            "superb acting and a great story", "warm funny and wonderful"]
-NEGATIVE = ["a dull tedious mess", "boring and awful", "a painful waste of time", "terrible acting and a dreadful plot",
-            "cold flat and boring"]
+POSITIVE = [
+    "a wonderful moving triumph",
+    "brilliant and joyful",
+    "a delight from start to finish",
+    "superb acting and a great story",
+    "warm funny and wonderful",
+]
+NEGATIVE = [
+    "a dull tedious mess",
+    "boring and awful",
+    "a painful waste of time",
+    "terrible acting and a dreadful plot",
+    "cold flat and boring",
+]
 
 
 def write_reviews(path, n=60, labels=("good", "bad")):
@@ -25,12 +35,23 @@ def write_reviews(path, n=60, labels=("good", "bad")):
 
 
 def config_for(tmp_path, data, **data_extra):
-    return build_config({
-        "objective": "classify", "output_dir": str(tmp_path / "run"), "model": {"name": "bert-tiny", "dropout": 0.0},
-        "data": {"train": str(data), "text_column": "review", "label_column": "sentiment", "block_size": 16,
-                 "val_fraction": 0.2, **data_extra},
-        "train": {"batch_size": 8, "lr": 1e-3, "epochs": 20, "eval_every": 1000, "precision": "fp32"},
-        "report": {"compare_base": False}})
+    return build_config(
+        {
+            "objective": "classify",
+            "output_dir": str(tmp_path / "run"),
+            "model": {"name": "bert-tiny", "dropout": 0.0},
+            "data": {
+                "train": str(data),
+                "text_column": "review",
+                "label_column": "sentiment",
+                "block_size": 16,
+                "val_fraction": 0.2,
+                **data_extra,
+            },
+            "train": {"batch_size": 8, "lr": 1e-3, "epochs": 20, "eval_every": 1000, "precision": "fp32"},
+            "report": {"compare_base": False},
+        }
+    )
 
 
 def test_stratified_split_is_seeded():
@@ -68,8 +89,12 @@ def test_learns_separable_data_and_labels_round_trip(tmp_path):
     from lmtune.infer.classify import classify
     from lmtune.train.evaluate import evaluate_model
 
-    scored = evaluate_model(summary["final_model"], str(write_reviews(tmp_path / "more.csv", n=20)),
-                            text_column="review", label_column="sentiment")
+    scored = evaluate_model(
+        summary["final_model"],
+        str(write_reviews(tmp_path / "more.csv", n=20)),
+        text_column="review",
+        label_column="sentiment",
+    )
     assert scored["val_accuracy"] >= 0.9 and scored["val_samples"] == 20
 
     results = classify(summary["final_model"], ["brilliant and joyful", "boring and awful"])
@@ -84,8 +109,23 @@ def test_batch_csv_in_and_out(tmp_path):
 
     src = write_reviews(tmp_path / "in.csv", n=6)
     out = tmp_path / "preds.csv"
-    result = subprocess.run([sys.executable, "-m", "lmtune.cli", "classify", summary["final_model"], "--input", src,
-                             "--text-column", "review", "--output", out], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmtune.cli",
+            "classify",
+            summary["final_model"],
+            "--input",
+            src,
+            "--text-column",
+            "review",
+            "--output",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6 and {"review", "sentiment", "predicted_label", "p_good", "p_bad"} <= set(rows[0])
@@ -107,7 +147,12 @@ def test_integer_labels_and_truncation_count(tmp_path):
     path = tmp_path / "r.jsonl"
     with path.open("w") as fh:
         for i in range(40):
-            fh.write(json.dumps({"review": ("long " * 40 if i % 4 == 0 else "") + f"{POSITIVE[i % 5]} {i}", "sentiment": i % 3}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"review": ("long " * 40 if i % 4 == 0 else "") + f"{POSITIVE[i % 5]} {i}", "sentiment": i % 3}
+                )
+                + "\n"
+            )
     cfg = config_for(tmp_path, path)
     cfg.train.epochs = 1
     summary = train(cfg, progress=False)

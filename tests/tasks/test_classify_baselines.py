@@ -1,5 +1,6 @@
 """Classification reports show what fine-tuning must beat, and on a small labelled set no one here
 wrote (1,000 Rotten Tomatoes snippets, 3 classes) the defaults of `lmtune train --data` beat TF-IDF."""
+
 import csv
 import random
 
@@ -42,8 +43,11 @@ def test_report_shows_baselines(tiny_classifier, capsys):
     import json
 
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["baselines"]) == {"majority class", "TF-IDF + logistic regression",
-                                         "TF-IDF + logistic regression (tuned)"}
+    assert set(summary["baselines"]) == {
+        "majority class",
+        "TF-IDF + logistic regression",
+        "TF-IDF + logistic regression (tuned)",
+    }
     for metrics in summary["baselines"].values():
         assert 0.0 <= metrics["val_accuracy"] <= 1.0 and "val_macro_f1" in metrics
     from lmtune.config import load_config
@@ -63,13 +67,31 @@ def test_a_baseline_that_beats_the_fine_tuned_model_is_kept_as_a_model_lmtune_us
 
     from lmtune.serve.app import create_app
 
-    rows = [{"text": f"{w} film number {i}", "label": "pos" if w in ("great", "superb") else "neg"}
-            for i in range(30) for w in ("great", "awful", "superb", "dreadful")]
+    rows = [
+        {"text": f"{w} film number {i}", "label": "pos" if w in ("great", "superb") else "neg"}
+        for i in range(30)
+        for w in ("great", "awful", "superb", "dreadful")
+    ]
     data = tmp_path / "reviews.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
-    result = cli("train", "--data", data, "--model", "bert-tiny", "--output-dir", run, "--train.lr", "0",
-                 "--train.max_steps", "2", "--train.precision", "fp32", "--data.block_size", "16")
+    result = cli(
+        "train",
+        "--data",
+        data,
+        "--model",
+        "bert-tiny",
+        "--output-dir",
+        run,
+        "--train.lr",
+        "0",
+        "--train.max_steps",
+        "2",
+        "--train.precision",
+        "fp32",
+        "--data.block_size",
+        "16",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     kept = summary["baseline_model"]

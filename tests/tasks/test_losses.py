@@ -1,5 +1,6 @@
 """The fused cross-entropy gives the textbook loss and gradients, ignores -100, and trains a real model the
 same way Hugging Face's own loss does."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,9 @@ def test_fused_loss_and_gradient_match_the_textbook(dtype, monkeypatch):
 
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
     assert fused.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert torch.allclose(logits.grad.float(), reference.grad.float(), atol=tolerance * reference.grad.abs().max().item())
+    assert torch.allclose(
+        logits.grad.float(), reference.grad.float(), atol=tolerance * reference.grad.abs().max().item()
+    )
     assert (logits.grad[0, :3] == 0).all() and (logits.grad[3, 4] == 0).all()
 
 
@@ -53,8 +56,15 @@ def test_without_consuming_the_logits_are_left_alone():
 
 
 def test_causal_training_loss_matches_hugging_face_loss_and_gradients():
-    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     ours, theirs = twin_models(LlamaForCausalLM, config)
     input_ids = torch.randint(0, 300, (3, 16))
     labels = input_ids.clone()

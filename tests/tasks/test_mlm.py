@@ -71,8 +71,15 @@ def test_minilm_gets_an_identity_head_that_training_updates():
 def _tiny_bert_pair():
     from transformers import BertConfig, BertForMaskedLM
 
-    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     ours, theirs = twin_models(BertForMaskedLM, config)
     input_ids = torch.randint(5, 200, (4, 12))
     labels = torch.full_like(input_ids, -100)

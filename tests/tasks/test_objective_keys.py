@@ -1,5 +1,6 @@
 """Objective-only recipe keys: each objective names the keys it alone reads; a recipe that sets one for
 another objective is told it does nothing."""
+
 import pytest
 
 from lmtune.config import build_config, keys_set, recipe_keys
@@ -20,17 +21,31 @@ def test_no_key_has_two_owners():
 
 
 def test_setting_another_objectives_key_is_named():
-    config = build_config({"objective": "clm", "train": {"mlm_probability": 0.3, "lr": 1e-3},
-                           "data": {"label_column": "stars"}, "sft": {"chat": True}})
+    config = build_config(
+        {
+            "objective": "clm",
+            "train": {"mlm_probability": 0.3, "lr": 1e-3},
+            "data": {"label_column": "stars"},
+            "sft": {"chat": True},
+        }
+    )
     warnings = ignored_keys(config)
-    assert warnings == ["data.label_column is for objective classify; objective clm ignores it",
-                        "sft is for objective sft; objective clm ignores it",
-                        "train.mlm_probability is for objective mlm; objective clm ignores it"]
+    assert warnings == [
+        "data.label_column is for objective classify; objective clm ignores it",
+        "sft is for objective sft; objective clm ignores it",
+        "train.mlm_probability is for objective mlm; objective clm ignores it",
+    ]
 
 
 def test_own_keys_and_shared_keys_are_not_named():
-    assert ignored_keys(build_config({"objective": "mlm", "train": {"mlm_probability": 0.3, "lr": 1e-3},
-                                      "data": {"block_size": 64}})) == []
+    assert (
+        ignored_keys(
+            build_config(
+                {"objective": "mlm", "train": {"mlm_probability": 0.3, "lr": 1e-3}, "data": {"block_size": 64}}
+            )
+        )
+        == []
+    )
     assert owner_of_key("train.lr") is None
     assert owner_of_key("sft.template").name == "sft"
 
@@ -61,4 +76,5 @@ def test_a_saved_recipe_reloads_without_warnings(tmp_path):
     assert ignored_keys(load_config(tmp_path / "config.yaml")) == []
     save_config(build_config({"objective": "clm", "train": {"mlm_probability": 0.3}}), tmp_path / "changed.yaml")
     assert ignored_keys(load_config(tmp_path / "changed.yaml")) == [
-        "train.mlm_probability is for objective mlm; objective clm ignores it"]
+        "train.mlm_probability is for objective mlm; objective clm ignores it"
+    ]

@@ -47,12 +47,17 @@ def test_weighted_task_sampling():
 def test_multitask_training(tmp_path):
     from lmtune.train.loop import train
 
-    config = build_config({
-        "objective": "sft", "output_dir": str(tmp_path / "run"), "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "data": {"train": str(write_tasks(tmp_path / "tasks.csv")), "block_size": 32, "val_fraction": 0.1},
-        "sft": {"max_new_tokens": 4},
-        "train": {"batch_size": 16, "lr": 3e-3, "epochs": 12, "eval_every": 1000, "precision": "fp32"},
-        "report": {"compare_base": False}})
+    config = build_config(
+        {
+            "objective": "sft",
+            "output_dir": str(tmp_path / "run"),
+            "model": {"name": "gpt-tiny", "dropout": 0.0},
+            "data": {"train": str(write_tasks(tmp_path / "tasks.csv")), "block_size": 32, "val_fraction": 0.1},
+            "sft": {"max_new_tokens": 4},
+            "train": {"batch_size": 16, "lr": 3e-3, "epochs": 12, "eval_every": 1000, "precision": "fp32"},
+            "report": {"compare_base": False},
+        }
+    )
     summary = train(config, progress=False)
     base, final = summary["base"], summary["final"]
     assert final["val_loss"] < base["val_loss"] - 2
@@ -60,8 +65,9 @@ def test_multitask_training(tmp_path):
         assert final[f"val_{task}_loss"] < base[f"val_{task}_loss"]
         assert f"val_{task}_exact_match" in final
     assert final["val_exact_match"] > base["val_exact_match"]
-    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in line]
+    evals = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
+    ]
     assert "val_opposite_exact_match" in evals[-1]
 
     meta = json.loads((tmp_path / "run" / "final" / sft.METADATA_FILE).read_text())

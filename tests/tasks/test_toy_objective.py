@@ -1,5 +1,6 @@
 """A new objective is one module-like object registered at run time: it trains, evaluates and serves
 without a line changed anywhere else (the Objective is the only place objectives differ)."""
+
 import torch
 from fastapi.testclient import TestClient
 
@@ -22,8 +23,9 @@ class Shout(Objective):
     def write_splits(self, config, tokenizer, out_dir):
         docs, report = read_clean(config.data.train, config, tokenizer)
         ids = tokenize(tokenizer, [doc.text.upper() for doc in docs])
-        splits, info = pack_splits(ids, config.data.block_size, Framing.eos(tokenizer), 0, config.data.val_fraction,
-                                   config.data.seed, True)
+        splits, info = pack_splits(
+            ids, config.data.block_size, Framing.eos(tokenizer), 0, config.data.val_fraction, config.data.seed, True
+        )
         columns = {name: {"input_ids": [b.tolist() for b in blocks]} for name, blocks in splits.items()}
         return write_columns(out_dir, columns, tokenizer, {**info, "cleaning": report})
 
@@ -33,8 +35,10 @@ class Shout(Objective):
     @torch.no_grad()
     def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
         model.eval()
-        losses = [float(model(**batch).loss) for batch in eval_batches(dataset, self.make_collator(tokenizer, config),
-                                                                        batch_size, max_batches)]
+        losses = [
+            float(model(**batch).loss)
+            for batch in eval_batches(dataset, self.make_collator(tokenizer, config), batch_size, max_batches)
+        ]
         return {"val_loss": sum(losses) / len(losses)}
 
 
@@ -47,11 +51,16 @@ def test_a_registered_toy_objective_trains_evaluates_and_serves(tmp_path, corpus
     from lmtune.train.evaluate import evaluate_model
     from lmtune.train.loop import train
 
-    config = build_config({"objective": "shout", "output_dir": str(tmp_path / "run"),
-                           "model": {"name": "gpt-tiny", "dropout": 0.0}, "data": {"train": str(corpus_dir),
-                                                                                   "block_size": 32},
-                           "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 12, "eval_every": 6,
-                                     "precision": "fp32"}, "report": {"compare_base": False}})
+    config = build_config(
+        {
+            "objective": "shout",
+            "output_dir": str(tmp_path / "run"),
+            "model": {"name": "gpt-tiny", "dropout": 0.0},
+            "data": {"train": str(corpus_dir), "block_size": 32},
+            "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 12, "eval_every": 6, "precision": "fp32"},
+            "report": {"compare_base": False},
+        }
+    )
     summary = train(config, progress=False)
     assert summary["final"]["val_loss"] < summary["base"]["val_loss"]  # it learned the capitals
 

@@ -1,5 +1,6 @@
 """Never hand back a worse model: final/ is the best evaluated model, the report names its step, and a
 plan that will overfit is warned about before training."""
+
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,25 @@ from tests.conftest import make_story
 def overfitting_config(tmp_path, **train_settings):
     """One short text (~600 tokens), a high constant learning rate and 60 epochs: it overfits."""
     (tmp_path / "tiny.txt").write_text(make_story(3, 40))
-    return build_config({
-        "objective": "clm", "output_dir": str(tmp_path / "run"), "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(tmp_path / "tiny.txt"), "block_size": 32, "val_fraction": 0.2},
-        "train": {"batch_size": 4, "lr": 3e-2, "epochs": 60, "schedule": "constant", "precision": "fp32",
-                  "threads": 1, **train_settings},
-        "report": {"compare_base": False}})
+    return build_config(
+        {
+            "objective": "clm",
+            "output_dir": str(tmp_path / "run"),
+            "model": {"name": "gpt-tiny", "dropout": 0.0},
+            "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+            "data": {"train": str(tmp_path / "tiny.txt"), "block_size": 32, "val_fraction": 0.2},
+            "train": {
+                "batch_size": 4,
+                "lr": 3e-2,
+                "epochs": 60,
+                "schedule": "constant",
+                "precision": "fp32",
+                "threads": 1,
+                **train_settings,
+            },
+            "report": {"compare_base": False},
+        }
+    )
 
 
 def test_final_is_the_best_model_and_early_stopping_ends_an_overfitting_run(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """checkpoint.py on its own: atomic saves, the newest kept, leftovers ignored, state restored exactly."""
+
 import random
 
 import pytest

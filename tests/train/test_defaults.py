@@ -1,4 +1,5 @@
 """`lmtune train --data FILE`: no recipe needed; the chosen recipe is printed, saved and reproducible."""
+
 import json
 
 import pytest
@@ -48,8 +49,21 @@ def test_lora_where_a_full_fine_tune_would_overfit(tmp_path, monkeypatch):
 def test_train_with_data_only(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "book.txt").write_text(make_story(5, 200))
-    result = cli("train", "--data", "book.txt", "--model", "gpt-tiny", "--tokenizer.name", "gpt2-bpe",
-                 "--train.max_steps", "3", "--train.lr", "1e-3", "--eval.reference", "null")
+    result = cli(
+        "train",
+        "--data",
+        "book.txt",
+        "--model",
+        "gpt-tiny",
+        "--tokenizer.name",
+        "gpt2-bpe",
+        "--train.max_steps",
+        "3",
+        "--train.lr",
+        "1e-3",
+        "--eval.reference",
+        "null",
+    )
     assert result.returncode == 0, result.stderr
     assert "recipe" in result.stderr and "block_size: 128" in result.stderr
     run = tmp_path / "runs" / "book-gpt-tiny"
@@ -73,13 +87,25 @@ def test_the_recipe_free_path_never_warns_against_its_own_choices(cli, tmp_path,
 
     tokenizer = load_tokenizer("gpt2-bpe", "gpt-tiny")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=320, n_layer=1, n_head=2,
-                               n_positions=256)).save_pretrained(tmp_path / "model")
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=320, n_layer=1, n_head=2, n_positions=256)
+    ).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("\n\n".join(make_story(i, 40) for i in range(6)))  # ~3k tokens
-    result = cli("train", "--data", "notes.txt", "--model", tmp_path / "model", "--minutes", "0.3",
-                 "--train.precision", "fp32", "--eval.reference_tokens", "256")
+    result = cli(
+        "train",
+        "--data",
+        "notes.txt",
+        "--model",
+        tmp_path / "model",
+        "--minutes",
+        "0.3",
+        "--train.precision",
+        "fp32",
+        "--eval.reference_tokens",
+        "256",
+    )
     assert result.returncode == 0, result.stderr
     assert "model.lora (r 16)" in result.stderr and "full fine-tune would overfit" in result.stderr
     assert [line for line in result.stderr.splitlines() if "warning" in line.lower()] == []

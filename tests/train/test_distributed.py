@@ -1,6 +1,7 @@
 """Two processes on CPU (gloo) through the real launcher (`lmtune train --nproc 2`, i.e. torchrun): the
 per-step losses match a one-process run with the same global batch, and the run resumes in one process.
 FSDP checkpoints are sharded (DCP, a file per process) and resume with another number of processes."""
+
 import json
 import os
 import subprocess
@@ -22,19 +23,38 @@ def write_recipe(tmp_path, **train):
     for i in range(12):
         (corpus / f"story{i:02d}.txt").write_text(make_story(i))
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({
-        "objective": "clm", "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(corpus), "block_size": 32},
-        "train": {"lr": 3e-3, "schedule": "constant", "warmup_steps": 0, "log_every": 1, "eval_every": 4,
-                  "precision": "fp32", "early_stopping_patience": None, **train},
-        "report": {"compare_base": False}}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "objective": "clm",
+                "model": {"name": "gpt-tiny", "dropout": 0.0},
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(corpus), "block_size": 32},
+                "train": {
+                    "lr": 3e-3,
+                    "schedule": "constant",
+                    "warmup_steps": 0,
+                    "log_every": 1,
+                    "eval_every": 4,
+                    "precision": "fp32",
+                    "early_stopping_patience": None,
+                    **train,
+                },
+                "report": {"compare_base": False},
+            }
+        )
+    )
     return recipe
 
 
 def lmtune_train(*args):
-    done = subprocess.run([sys.executable, "-m", "lmtune.cli", "train", *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "lmtune.cli", "train", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -49,8 +69,17 @@ def reference(tmp_path_factory):
     """One process, global batch 8, 8 steps: the losses the distributed runs must reproduce."""
     root = tmp_path_factory.mktemp("distributed")
     recipe = write_recipe(root)
-    lmtune_train(recipe, "--output-dir", root / "one", "--train.batch_size", "8", "--train.max_steps", "8",
-                 "--train.threads", "1")
+    lmtune_train(
+        recipe,
+        "--output-dir",
+        root / "one",
+        "--train.batch_size",
+        "8",
+        "--train.max_steps",
+        "8",
+        "--train.threads",
+        "1",
+    )
     result = losses(root / "one")
     assert result[8] < result[1]  # it learns
     return recipe, result
@@ -60,8 +89,19 @@ def reference(tmp_path_factory):
 def test_two_processes_match_one_and_resume_in_one(reference, tmp_path, strategy):
     recipe, expected = reference
     run = tmp_path / strategy
-    two = lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "4", "--train.max_steps", "4",
-                       "--nproc", "2", "--train.distributed", strategy)
+    two = lmtune_train(
+        recipe,
+        "--output-dir",
+        run,
+        "--train.batch_size",
+        "4",
+        "--train.max_steps",
+        "4",
+        "--nproc",
+        "2",
+        "--train.distributed",
+        strategy,
+    )
     assert f"2 x cpu ({strategy})" in two.stderr and "global batch: 8 = 4 per device x 2 device(s)" in two.stderr
     distributed = losses(run)
     assert sorted(distributed) == [1, 2, 3, 4]
@@ -81,8 +121,18 @@ def test_two_processes_match_one_and_resume_in_one(reference, tmp_path, strategy
         assert (step4 / "model.safetensors").exists() and not (step4 / "dcp").exists()
         assert torch.load(step4 / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
     # Resume in one process with the same global batch: it continues where the two left off.
-    lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "8",
-                 "--train.threads", "1", "--resume")
+    lmtune_train(
+        recipe,
+        "--output-dir",
+        run,
+        "--train.batch_size",
+        "8",
+        "--train.max_steps",
+        "8",
+        "--train.threads",
+        "1",
+        "--resume",
+    )
     resumed = losses(run)
     assert sorted(resumed) == list(range(1, 9))
     for step in range(5, 9):
@@ -99,11 +149,37 @@ def test_two_nodes_meeting_by_c10d_rendezvous_match_one_process_and_resume_in_on
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     agents = []
     for node in (0, 1):  # node 0 hosts the rendezvous store, as the first machine of a cluster would
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-                   "--rdzv-conf", f"is_host={node == 0}", "--local-addr", "127.0.0.1", "-m", "lmtune.cli", "train",
-                   str(recipe), "--output-dir", str(run), "--train.batch_size", "4", "--train.max_steps", "4",
-                   "--train.threads", "1"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "two-nodes",
+            "--rdzv-conf",
+            f"is_host={node == 0}",
+            "--local-addr",
+            "127.0.0.1",
+            "-m",
+            "lmtune.cli",
+            "train",
+            str(recipe),
+            "--output-dir",
+            str(run),
+            "--train.batch_size",
+            "4",
+            "--train.max_steps",
+            "4",
+            "--train.threads",
+            "1",
+        ]
         with open(tmp_path / f"node{node}.log", "w") as log:  # a file, not a pipe: neither agent blocks on it
             agents.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
     try:
@@ -119,8 +195,18 @@ def test_two_nodes_meeting_by_c10d_rendezvous_match_one_process_and_resume_in_on
     assert sorted(distributed) == [1, 2, 3, 4]
     for step in distributed:
         assert distributed[step] == pytest.approx(expected[step], rel=TOLERANCE), step
-    lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "8",
-                 "--train.threads", "1", "--resume")
+    lmtune_train(
+        recipe,
+        "--output-dir",
+        run,
+        "--train.batch_size",
+        "8",
+        "--train.max_steps",
+        "8",
+        "--train.threads",
+        "1",
+        "--resume",
+    )
     resumed = losses(run)
     assert sorted(resumed) == list(range(1, 9))
     for step in range(5, 9):
@@ -164,12 +250,25 @@ def test_one_process_checkpoint_resumes_under_fsdp_and_fsdp_under_fsdp(reference
     again (DCP into DTensor shards). The losses go on as in the uninterrupted run."""
     recipe, expected = reference
     run = tmp_path / "run"
-    lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "4",
-                 "--train.threads", "1")
+    lmtune_train(
+        recipe, "--output-dir", run, "--train.batch_size", "8", "--train.max_steps", "4", "--train.threads", "1"
+    )
     assert (run / "checkpoints" / "step-4" / "model.safetensors").exists()
     for max_steps in (6, 8):
-        two = lmtune_train(recipe, "--output-dir", run, "--train.batch_size", "4", "--train.max_steps", max_steps,
-                           "--nproc", "2", "--train.distributed", "fsdp", "--resume")
+        two = lmtune_train(
+            recipe,
+            "--output-dir",
+            run,
+            "--train.batch_size",
+            "4",
+            "--train.max_steps",
+            max_steps,
+            "--nproc",
+            "2",
+            "--train.distributed",
+            "fsdp",
+            "--resume",
+        )
         assert "2 x cpu (fsdp)" in two.stderr
         assert (run / "checkpoints" / f"step-{max_steps}" / "dcp" / "__1_0.distcp").exists()  # sharded
     resumed = losses(run)
@@ -187,8 +286,18 @@ def test_lora_under_fsdp_writes_the_same_merged_final_model_as_one_process(tmp_p
     recipe = write_recipe(tmp_path)
     common = ("--train.max_steps", "3", "--model.lora.r", "4", "--model.lora.dropout", "0", "--train.eval_every", "0")
     lmtune_train(recipe, "--output-dir", tmp_path / "one", "--train.batch_size", "8", "--train.threads", "1", *common)
-    lmtune_train(recipe, "--output-dir", tmp_path / "fsdp", "--train.batch_size", "4", "--nproc", "2",
-                 "--train.distributed", "fsdp", *common)
+    lmtune_train(
+        recipe,
+        "--output-dir",
+        tmp_path / "fsdp",
+        "--train.batch_size",
+        "4",
+        "--nproc",
+        "2",
+        "--train.distributed",
+        "fsdp",
+        *common,
+    )
     assert (tmp_path / "fsdp" / "adapter" / "adapter_config.json").exists()
     one = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final").state_dict()
     sharded = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final").state_dict()
@@ -227,7 +336,9 @@ def test_sharded_state_round_trip_and_a_damaged_shard_is_named(tmp_path):
     fresh, fresh_optimizer = parts(1)
     checkpoint.load_shards(folder, fresh, fresh_optimizer)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
-    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        fresh_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
     shard = folder / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(LmtuneError, match=r"step-1/dcp: cannot read the sharded checkpoint \(.+\); delete "):
@@ -243,9 +354,30 @@ def test_a_killed_process_stops_the_others_with_one_line_each(tmp_path):
     recipe = write_recipe(tmp_path)
     run = tmp_path / "run"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(run), "--train.batch_size", "4",
-         "--train.max_steps", "5000", "--train.eval_every", "0", "--train.save_every", "5", "--nproc", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-m",
+            "lmtune.cli",
+            "train",
+            str(recipe),
+            "--output-dir",
+            str(run),
+            "--train.batch_size",
+            "4",
+            "--train.max_steps",
+            "5000",
+            "--train.eval_every",
+            "0",
+            "--train.save_every",
+            "5",
+            "--nproc",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run / "checkpoints" / "step-5").exists():

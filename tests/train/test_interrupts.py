@@ -1,5 +1,6 @@
 """No training progress is lost: real signals sent to a real `lmtune train` process, then --resume,
 compared step by step with an uninterrupted run of the same recipe."""
+
 import json
 import os
 import signal
@@ -18,20 +19,38 @@ STEPS = 48
 
 def write_recipe(tmp_path, corpus_dir) -> Path:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(json.dumps({
-        "objective": "clm", "model": {"name": "gpt-tiny", "dropout": 0.1},  # dropout: the RNG must resume too
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(corpus_dir), "block_size": 32},
-        "train": {"batch_size": 8, "lr": 3e-3, "max_steps": STEPS, "eval_every": 10, "log_every": 1,
-                  "save_every": 3, "precision": "fp32", "threads": 1},
-        "report": {"compare_base": False}}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "objective": "clm",
+                "model": {"name": "gpt-tiny", "dropout": 0.1},  # dropout: the RNG must resume too
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(corpus_dir), "block_size": 32},
+                "train": {
+                    "batch_size": 8,
+                    "lr": 3e-3,
+                    "max_steps": STEPS,
+                    "eval_every": 10,
+                    "log_every": 1,
+                    "save_every": 3,
+                    "precision": "fp32",
+                    "threads": 1,
+                },
+                "report": {"compare_base": False},
+            }
+        )
+    )
     return recipe
 
 
 def start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(out),
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -72,9 +91,13 @@ def reference(tmp_path_factory):
 
 
 def resume_and_compare(recipe, out: Path, expected: dict[int, float]) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(out),
-                           "--resume"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stderr  # says which checkpoint it uses
     got = losses(out)

@@ -144,8 +144,9 @@ def test_resume_mid_epoch_from_a_streamed_dataset_of_several_shards(tiny_clm_con
     steps_per_epoch = len(train_split) // 8
     assert steps_per_epoch >= 6
     in_memory = tmp_path / "in-memory-data"  # the same folder, its splits rewritten as one in-memory table each
-    DatasetDict({name: Dataset.from_dict(split.to_dict()) for name, split in prepared.dataset.items()}
-                ).save_to_disk(str(in_memory))
+    DatasetDict({name: Dataset.from_dict(split.to_dict()) for name, split in prepared.dataset.items()}).save_to_disk(
+        str(in_memory)
+    )
     shutil.copytree(tmp_path / "streamed" / "tokenizer", in_memory / "tokenizer")
     for name in ("stats.json", "prepare.json", ".lmtune"):
         shutil.copy(tmp_path / "streamed" / name, in_memory / name)

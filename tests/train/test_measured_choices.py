@@ -1,5 +1,6 @@
 """Settings measured instead of guessed: the learning-rate probe (recorded, undone, reproduced by a rerun of
 the saved recipe) and the steps a time budget fits."""
+
 import json
 import time
 
@@ -11,13 +12,26 @@ from lmtune.train.loop import train
 
 
 def recipe(tmp_path, corpus_dir, name="run", **train_settings):
-    return build_config({
-        "objective": "clm", "output_dir": str(tmp_path / name), "model": {"name": "gpt-tiny", "dropout": 0.1},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(corpus_dir), "block_size": 32},
-        "train": {"batch_size": 8, "lr": "auto", "max_steps": 12, "eval_every": 4, "log_every": 1,
-                  "precision": "fp32", "threads": 1, **train_settings},
-        "report": {"compare_base": False}})
+    return build_config(
+        {
+            "objective": "clm",
+            "output_dir": str(tmp_path / name),
+            "model": {"name": "gpt-tiny", "dropout": 0.1},
+            "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+            "data": {"train": str(corpus_dir), "block_size": 32},
+            "train": {
+                "batch_size": 8,
+                "lr": "auto",
+                "max_steps": 12,
+                "eval_every": 4,
+                "log_every": 1,
+                "precision": "fp32",
+                "threads": 1,
+                **train_settings,
+            },
+            "report": {"compare_base": False},
+        }
+    )
 
 
 def losses(run) -> dict[int, float]:
@@ -45,8 +59,16 @@ def test_the_probe_chooses_records_and_a_rerun_of_the_saved_recipe_reproduces_th
 
 
 def test_a_time_budget_plans_the_steps_that_fit_and_keeps_to_it(tmp_path, corpus_dir):
-    config = recipe(tmp_path, corpus_dir, lr=3e-3, max_steps=None, epochs="auto", max_minutes=0.25,
-                    eval_every="auto", early_stopping_patience=None)
+    config = recipe(
+        tmp_path,
+        corpus_dir,
+        lr=3e-3,
+        max_steps=None,
+        epochs="auto",
+        max_minutes=0.25,
+        eval_every="auto",
+        early_stopping_patience=None,
+    )
     began = time.perf_counter()
     summary = train(config, progress=False)
     elapsed = time.perf_counter() - began
@@ -54,8 +76,11 @@ def test_a_time_budget_plans_the_steps_that_fit_and_keeps_to_it(tmp_path, corpus
     assert planned is not None and 10 <= planned <= 30 * summary["data"]["train blocks"]
     assert summary["steps"] == planned or summary["steps"] < planned  # the clock may stop it a little early
     assert elapsed < 0.25 * 60 + 20  # the budget, plus loading, the final evaluation and saving
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-           if json.loads(line)["event"] == "train"]
+    lrs = [
+        json.loads(line)["lr"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == "train"
+    ]
     assert lrs[-1] < 0.5 * lrs[0]  # the schedule decayed over the planned steps
 
 
@@ -93,8 +118,9 @@ def test_replay_mixes_general_text_into_training(tmp_path, corpus_dir):
     general.write_text("The committee met on Tuesday to discuss the budget for the new school year. " * 200)
     tokenizer = load_tokenizer("gpt2-bpe", "gpt-tiny")
     plain = build_config({"data": {"train": str(corpus_dir), "block_size": 32}})
-    mixed = build_config({"data": {"train": str(corpus_dir), "block_size": 32, "replay": 0.5,
-                                   "replay_source": str(general)}})
+    mixed = build_config(
+        {"data": {"train": str(corpus_dir), "block_size": 32, "replay": 0.5, "replay_source": str(general)}}
+    )
     prepare_packed(plain, tokenizer, Framing.eos, tmp_path / "plain")
     _, stats = prepare_packed(mixed, tokenizer, Framing.eos, tmp_path / "mixed")
     columns, with_replay = load_from_disk(str(tmp_path / "plain")), load_from_disk(str(tmp_path / "mixed"))

@@ -4,6 +4,7 @@ Where the installed bitsandbytes runs 4-bit layers on this CPU (0.50.2 does), a 
 falls, only the adapters train, and final/ is a plain full-precision model that computes what the
 trained 4-bit model computed. Elsewhere those tests are skipped with the reason; the error messages
 (no bitsandbytes, no LoRA, FSDP, a preset, a CPU bitsandbytes cannot use) are tested either way."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ def _cpu_qlora_unavailable() -> str | None:
     return None
 
 
-needs_cpu_qlora = pytest.mark.skipif(_cpu_qlora_unavailable() is not None,
-                                     reason=f"QLoRA cannot run here: {_cpu_qlora_unavailable()}")
+needs_cpu_qlora = pytest.mark.skipif(
+    _cpu_qlora_unavailable() is not None, reason=f"QLoRA cannot run here: {_cpu_qlora_unavailable()}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,24 +48,54 @@ def workspace(tmp_path_factory):
     stories.mkdir()
     for i in range(12):
         (stories / f"story{i:02d}.txt").write_text(make_story(i))
-    base = train(build_config({
-        "objective": "clm", "output_dir": str(root / "base"), "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(stories), "block_size": 32},
-        "train": {"batch_size": 8, "lr": 3e-3, "max_steps": 8, "eval_every": 0, "precision": "fp32", "threads": 2},
-        "report": {"compare_base": False}}), progress=False)["final_model"]
+    base = train(
+        build_config(
+            {
+                "objective": "clm",
+                "output_dir": str(root / "base"),
+                "model": {"name": "gpt-tiny", "dropout": 0.0},
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(stories), "block_size": 32},
+                "train": {
+                    "batch_size": 8,
+                    "lr": 3e-3,
+                    "max_steps": 8,
+                    "eval_every": 0,
+                    "precision": "fp32",
+                    "threads": 2,
+                },
+                "report": {"compare_base": False},
+            }
+        ),
+        progress=False,
+    )["final_model"]
     return root, stories, base
 
 
 def _recipe(workspace, run_name: str, **model) -> dict:
     root, stories, base = workspace
-    return {"objective": "clm", "output_dir": str(root / run_name),
-            "model": {"name": base, "dropout": 0.0, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "quantize": "nf4",
-                      **model},
-            "data": {"train": str(stories), "block_size": 32},
-            "train": {"batch_size": 8, "lr": 1e-2, "max_steps": 30, "eval_every": 10, "log_every": 5,
-                      "precision": "fp32", "threads": 2},
-            "report": {"compare_base": False}}
+    return {
+        "objective": "clm",
+        "output_dir": str(root / run_name),
+        "model": {
+            "name": base,
+            "dropout": 0.0,
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "quantize": "nf4",
+            **model,
+        },
+        "data": {"train": str(stories), "block_size": 32},
+        "train": {
+            "batch_size": 8,
+            "lr": 1e-2,
+            "max_steps": 30,
+            "eval_every": 10,
+            "log_every": 5,
+            "precision": "fp32",
+            "threads": 2,
+        },
+        "report": {"compare_base": False},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +108,7 @@ def qlora_run(workspace):
 
 
 # ---- a real run (bitsandbytes' CPU backend) ----------------------------------------------------------
+
 
 @needs_cpu_qlora
 def test_qlora_trains_only_the_adapters_and_the_loss_falls(qlora_run):
@@ -156,8 +189,9 @@ def test_final_is_a_full_precision_model_that_computes_what_was_trained(qlora_ru
     # final/ scores on the held-out split what the run reported for it (evaluated as the 4-bit model)
     recipe = load_config(run / "config.yaml")
     prepared = prepare_data(recipe, run / "data", quiet=True)
-    metrics = get_objective("clm").evaluate(loaded, prepared.dataset["validation"], prepared.tokenizer, recipe,
-                                            contextlib.nullcontext, batch_size=8)
+    metrics = get_objective("clm").evaluate(
+        loaded, prepared.dataset["validation"], prepared.tokenizer, recipe, contextlib.nullcontext, batch_size=8
+    )
     assert metrics["val_loss"] == pytest.approx(qlora_run["final"]["val_loss"], abs=1e-4)
 
 
@@ -182,6 +216,7 @@ def test_export_merges_a_qlora_checkpoint_as_the_run_merged_it(qlora_run, tmp_pa
 
 
 # ---- errors: one line each, whether or not bitsandbytes is installed ------------------------------------
+
 
 def _train_cli(cli, workspace, tmp_path, recipe: dict, *args):
     path = tmp_path / "recipe.yaml"

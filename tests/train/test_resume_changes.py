@@ -1,5 +1,6 @@
 """A resume with settings that change how the data is cut into steps is refused in one line naming what
 changed (it used to spin forever), and the run's own config.yaml stays; steps may still be added."""
+
 import json
 import os
 import subprocess
@@ -13,20 +14,40 @@ from lmtune.outputs import TRAINER_STATE, checkpoint_dirs
 
 def recipe(tmp_path, corpus_dir):
     path = tmp_path / "recipe.yaml"
-    path.write_text(json.dumps({
-        "objective": "clm", "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(corpus_dir), "block_size": 32},
-        "train": {"batch_size": 4, "lr": 3e-3, "max_steps": 12, "epochs": 100, "eval_every": 0, "log_every": 1,
-                  "save_every": 3, "precision": "fp32", "threads": 1},
-        "report": {"compare_base": False}}))
+    path.write_text(
+        json.dumps(
+            {
+                "objective": "clm",
+                "model": {"name": "gpt-tiny", "dropout": 0.0},
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(corpus_dir), "block_size": 32},
+                "train": {
+                    "batch_size": 4,
+                    "lr": 3e-3,
+                    "max_steps": 12,
+                    "epochs": 100,
+                    "eval_every": 0,
+                    "log_every": 1,
+                    "save_every": 3,
+                    "precision": "fp32",
+                    "threads": 1,
+                },
+                "report": {"compare_base": False},
+            }
+        )
+    )
     return path
 
 
 def lmtune_train(*args, timeout=180):
     """A real `lmtune train` process under a timeout: a hang fails the test instead of stalling it."""
-    return subprocess.run([sys.executable, "-m", "lmtune.cli", "train", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune.cli", "train", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def errors(result) -> list[str]:
@@ -39,22 +60,40 @@ def test_resume_with_another_batch_size_or_block_size_is_refused_naming_it(tmp_p
     assert first.returncode == 0, first.stderr[-2000:]
     saved = (run / "config.yaml").read_text()
 
-    bigger = lmtune_train(recipe(tmp_path, corpus_dir), "--output-dir", run, "--resume", "--train.batch_size", "8",
-                          "--train.max_steps", "24")
+    bigger = lmtune_train(
+        recipe(tmp_path, corpus_dir),
+        "--output-dir",
+        run,
+        "--resume",
+        "--train.batch_size",
+        "8",
+        "--train.max_steps",
+        "24",
+    )
     assert bigger.returncode == 1 and len(errors(bigger)) == 1, bigger.stderr[-2000:]
     assert "global batch (train.batch_size x processes) 4 -> 8" in errors(bigger)[0]
     assert "Traceback" not in bigger.stderr
 
-    longer_blocks = lmtune_train(recipe(tmp_path, corpus_dir), "--output-dir", run, "--resume",
-                                 "--data.block_size", "64", "--train.max_steps", "24")
+    longer_blocks = lmtune_train(
+        recipe(tmp_path, corpus_dir),
+        "--output-dir",
+        run,
+        "--resume",
+        "--data.block_size",
+        "64",
+        "--train.max_steps",
+        "24",
+    )
     assert longer_blocks.returncode == 1 and "data.block_size 32 -> 64" in errors(longer_blocks)[0]
     assert (run / "config.yaml").read_text() == saved  # a refused resume leaves the run's own recipe
 
-    more_steps = lmtune_train(recipe(tmp_path, corpus_dir), "--output-dir", run, "--resume",
-                              "--train.max_steps", "15")
+    more_steps = lmtune_train(recipe(tmp_path, corpus_dir), "--output-dir", run, "--resume", "--train.max_steps", "15")
     assert more_steps.returncode == 0, more_steps.stderr[-2000:]
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["event"] == "train"]
+    steps = [
+        json.loads(line)["step"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == "train"
+    ]
     assert steps == list(range(1, 16))
 
 

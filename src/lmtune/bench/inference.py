@@ -1,5 +1,6 @@
 """Inference benches: generation against `model.generate` (and llama.cpp), fill-mask against the
 transformers pipeline."""
+
 from __future__ import annotations
 
 import statistics
@@ -31,13 +32,22 @@ def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str
     for batch in (1, 8):  # sampling (top-k 50), so that 8 sequences from one prompt differ
         with torch.inference_mode():
             start = time.perf_counter()
-            reference.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
-                                     top_k=50, top_p=1.0, temperature=1.0, num_return_sequences=batch,
-                                     pad_token_id=reference.tokenizer.pad_token_id)
+            reference.model.generate(
+                **enc,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=True,
+                top_k=50,
+                top_p=1.0,
+                temperature=1.0,
+                num_return_sequences=batch,
+                pad_token_id=reference.tokenizer.pad_token_id,
+            )
             theirs[batch] = batch * new_tokens / (time.perf_counter() - start)
     reference_texts = _greedy_texts(reference, new_tokens, prompts)
-    sampling = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0, ignore_eos=True,
-                                  seed=0)
+    sampling = GenerationSettings(
+        max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=1.0, ignore_eos=True, seed=0
+    )
     formats = ["bf16", "int8"] if device.type == "cpu" else []
     for weights in formats + ([out["weights"]] if out["weights"] not in formats else []):  # the default too
         loaded = load(model, dtype=weights)
@@ -47,15 +57,21 @@ def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str
             start = time.perf_counter()
             generate(loaded, prompt, sampling.model_copy(update={"num_return_sequences": batch}))
             ours = batch * new_tokens / (time.perf_counter() - start)
-            row[f"batch {batch}"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs[batch],
-                                     "ratio": ours / theirs[batch]}
+            row[f"batch {batch}"] = {
+                "lmtune_tokens_per_s": ours,
+                "hf_generate_tokens_per_s": theirs[batch],
+                "ratio": ours / theirs[batch],
+            }
         # `lmtune generate` streams: the model runs on a generation thread while this one prints
         start = time.perf_counter()
         for _ in stream(loaded, prompt, sampling):
             pass
         ours = new_tokens / (time.perf_counter() - start)  # ignore_eos: exactly new_tokens
-        row["batch 1, streamed"] = {"lmtune_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs[1],
-                                    "ratio": ours / theirs[1]}
+        row["batch 1, streamed"] = {
+            "lmtune_tokens_per_s": ours,
+            "hf_generate_tokens_per_s": theirs[1],
+            "ratio": ours / theirs[1],
+        }
         row["quality"] = weights_quality(loaded, reference, new_tokens, prompts, reference_texts)
         out["formats"][weights] = row
     out.update(out["formats"].get(out["weights"], {}))  # the default's rows at the top, as before
@@ -66,9 +82,11 @@ def bench_generation(model: str, new_tokens: int, prompts: int = 20) -> dict[str
         start = time.perf_counter()
         generate(engine, prompt, settings)
         speed = new_tokens / (time.perf_counter() - start)
-        out["llama.cpp"] = {"tokens_per_s": speed, "ratio": speed / theirs[1],
-                            "greedy_agreement": greedy_agreement(engine, reference, new_tokens, prompts,
-                                                                 reference_texts)[0]}
+        out["llama.cpp"] = {
+            "tokens_per_s": speed,
+            "ratio": speed / theirs[1],
+            "greedy_agreement": greedy_agreement(engine, reference, new_tokens, prompts, reference_texts)[0],
+        }
     return out
 
 
@@ -79,12 +97,15 @@ def _hamlet_prompts(prompts: int) -> list[str]:
 
 
 def _greedy_texts(loaded, new_tokens: int, prompts: int) -> list[str]:
-    return [generate(loaded, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
-            for prompt in _hamlet_prompts(prompts)]
+    return [
+        generate(loaded, prompt, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)[0]
+        for prompt in _hamlet_prompts(prompts)
+    ]
 
 
-def greedy_agreement(loaded, reference, new_tokens: int, prompts: int,
-                     reference_texts: list[str] | None = None) -> tuple[float, int]:
+def greedy_agreement(
+    loaded, reference, new_tokens: int, prompts: int, reference_texts: list[str] | None = None
+) -> tuple[float, int]:
     """The share of greedy tokens generated before the first difference from `reference`, over `prompts`
     Hamlet lines; and how many prompts that was. `reference_texts`: the reference's greedy continuations,
     if already generated."""
@@ -98,16 +119,25 @@ def greedy_agreement(loaded, reference, new_tokens: int, prompts: int,
     return agreed / total, len(ours)
 
 
-def weights_quality(loaded, reference, new_tokens: int, prompts: int,
-                    reference_texts: list[str] | None = None) -> dict[str, float]:
+def weights_quality(
+    loaded, reference, new_tokens: int, prompts: int, reference_texts: list[str] | None = None
+) -> dict[str, float]:
     """Greedy agreement (the share of generated tokens before the first difference, over all prompts) and
     held-out perplexity (each model in its own weights' format, no autocast), of `loaded` against the fp32
     `reference`."""
     agreement, count = greedy_agreement(loaded, reference, new_tokens, prompts, reference_texts)
-    ppl, ppl_fp32 = (held_out_metrics(m.model, m.tokenizer, m.objective, 512, precision="fp32")["val_perplexity"]
-                     for m in (loaded, reference))
-    return {"prompts": count, "new_tokens": new_tokens, "greedy_agreement": agreement,
-            "perplexity": ppl, "perplexity_fp32": ppl_fp32, "perplexity_change": ppl / ppl_fp32 - 1}
+    ppl, ppl_fp32 = (
+        held_out_metrics(m.model, m.tokenizer, m.objective, 512, precision="fp32")["val_perplexity"]
+        for m in (loaded, reference)
+    )
+    return {
+        "prompts": count,
+        "new_tokens": new_tokens,
+        "greedy_agreement": agreement,
+        "perplexity": ppl,
+        "perplexity_fp32": ppl_fp32,
+        "perplexity_change": ppl / ppl_fp32 - 1,
+    }
 
 
 def bench_fill_mask(model: str, calls: int) -> dict[str, Any]:
@@ -135,9 +165,15 @@ def bench_fill_mask(model: str, calls: int) -> dict[str, Any]:
     start = time.perf_counter()
     pipe(batch, top_k=5, batch_size=len(batch))
     pipe_tp = len(batch) / (time.perf_counter() - start)
-    return {"lmtune_p50_ms": ours_p50, "lmtune_p95_ms": ours_p95, "pipeline_p50_ms": pipe_p50,
-            "pipeline_p95_ms": pipe_p95, "p50_ratio": ours_p50 / pipe_p50,
-            "lmtune_sentences_per_s": ours_tp, "pipeline_sentences_per_s": pipe_tp}
+    return {
+        "lmtune_p50_ms": ours_p50,
+        "lmtune_p95_ms": ours_p95,
+        "pipeline_p50_ms": pipe_p50,
+        "pipeline_p95_ms": pipe_p95,
+        "p50_ratio": ours_p50 / pipe_p50,
+        "lmtune_sentences_per_s": ours_tp,
+        "pipeline_sentences_per_s": pipe_tp,
+    }
 
 
 # ---- the report ------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The machine the bench runs on: its measured peak matmul throughput (the roofline MFU is
 reported against), the FLOPs of a training token, and the CPU's name."""
+
 from __future__ import annotations
 
 import time
@@ -22,13 +23,14 @@ def peak_matmul(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> floa
 def train_flops_per_token(model, seq: int) -> float:
     """6 x parameters in matmuls (embedding lookups excluded, tied output layer included) + attention."""
     cfg = model.config
-    params = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "wpe" not in n
-                 and "position" not in n and "token_type" not in n)
+    params = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if p.ndim == 2 and "wpe" not in n and "position" not in n and "token_type" not in n
+    )
     layers = getattr(cfg, "n_layer", None) or cfg.num_hidden_layers
     width = getattr(cfg, "n_embd", None) or cfg.hidden_size
     return 6 * params + 12 * layers * seq * width
-
-
 
 
 def cpu_name() -> str:

@@ -1,5 +1,6 @@
 """The serving bench: a real `lmtune serve` process on loopback, driven by concurrent streaming clients,
 with continuous batching (the default) against one request at a time (`--batch-size 1`)."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,16 @@ import httpx
 
 from lmtune.errors import LmtuneError
 
-PROMPTS = ["HAMLET. To be, or not to be", "The king is dead", "O Romeo, Romeo", "Good night, sweet prince",
-           "What a piece of work is a man", "Now is the winter of our discontent", "All the world's a stage",
-           "Friends, Romans, countrymen"]
+PROMPTS = [
+    "HAMLET. To be, or not to be",
+    "The king is dead",
+    "O Romeo, Romeo",
+    "Good night, sweet prince",
+    "What a piece of work is a man",
+    "Now is the winter of our discontent",
+    "All the world's a stage",
+    "Friends, Romans, countrymen",
+]
 
 
 def _free_port() -> int:
@@ -30,9 +38,13 @@ def _free_port() -> int:
 class _Server:
     def __init__(self, model: str, *options: str):
         self.url = f"http://127.0.0.1:{(port := _free_port())}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "lmtune.cli", "serve", model, "--port", str(port), "--no-ui",
-                                      *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmtune.cli", "serve", model, "--port", str(port), "--no-ui", *options],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")},
+        )
         deadline = time.time() + 300
         while True:
             if self.proc.poll() is not None:
@@ -63,8 +75,14 @@ def _drive(url: str, clients: int, rounds: int, new_tokens: int) -> dict[str, An
     def client(i: int) -> None:
         with httpx.Client(timeout=600) as http:
             for r in range(rounds):
-                body = {"prompt": PROMPTS[(i + r) % len(PROMPTS)], "max_new_tokens": new_tokens, "temperature": 0.8,
-                        "seed": i * 100 + r, "ignore_eos": True, "stream": True}
+                body = {
+                    "prompt": PROMPTS[(i + r) % len(PROMPTS)],
+                    "max_new_tokens": new_tokens,
+                    "temperature": 0.8,
+                    "seed": i * 100 + r,
+                    "ignore_eos": True,
+                    "stream": True,
+                }
                 start, first = time.perf_counter(), None
                 with http.stream("POST", url + "/v1/generate", json=body) as response:
                     for line in response.iter_lines():
@@ -88,9 +106,14 @@ def _drive(url: str, clients: int, rounds: int, new_tokens: int) -> dict[str, An
     def p95(values: list[float]) -> float:
         return values[int(0.95 * (len(values) - 1))]
 
-    return {"requests": len(records), "tokens_per_s": len(records) * new_tokens / elapsed,
-            "p50_s": statistics.median(totals), "p95_s": p95(totals),
-            "first_token_p50_s": statistics.median(firsts), "first_token_p95_s": p95(firsts)}
+    return {
+        "requests": len(records),
+        "tokens_per_s": len(records) * new_tokens / elapsed,
+        "p50_s": statistics.median(totals),
+        "p95_s": p95(totals),
+        "first_token_p50_s": statistics.median(firsts),
+        "first_token_p95_s": p95(firsts),
+    }
 
 
 def bench_serving(model: str, clients: int = 8, rounds: int = 2, new_tokens: int = 32) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """One contender in a fresh process (its peak RSS is its own): `python -m lmtune.bench.worker NAME JSON`."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,11 @@ from lmtune.bench import contenders
 from lmtune.hardware import cpu_has_bf16
 from lmtune.libraries import quiet_libraries
 
-WORKERS = {f"{side}_{kind}": getattr(contenders, f"{side}_{kind}") for side in ("seed", "tuned", "lmtune")
-           for kind in ("causal", "masked", "classifier")}
+WORKERS = {
+    f"{side}_{kind}": getattr(contenders, f"{side}_{kind}")
+    for side in ("seed", "tuned", "lmtune")
+    for kind in ("causal", "masked", "classifier")
+}
 
 
 def run_worker(name: str, **kwargs) -> dict[str, Any]:

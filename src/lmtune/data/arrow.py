@@ -4,6 +4,7 @@ per split `data-0000i-of-0000n.arrow`, `dataset_info.json`, `state.json`), so `d
 memory-maps it like any saved dataset. Nothing is held whole: rows wait in a batch of `BATCH_ROWS`, a shard
 is closed at `SHARD_BYTES`. (Saving a finished `Dataset` instead would write everything twice, and read
 the first copy back through memory-mapped pages that all count as the process's memory.)"""
+
 from __future__ import annotations
 
 import json
@@ -74,9 +75,15 @@ class SplitWriter:
         for shard, name in zip(self.shards, names):
             shard.rename(self.folder / name)
         DatasetInfo(features=TOKENS).write_to_directory(str(self.folder))
-        state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": generate_random_fingerprint(),
-                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-                 "_output_all_columns": False, "_split": None}
+        state = {
+            "_data_files": [{"filename": name} for name in names],
+            "_fingerprint": generate_random_fingerprint(),
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
         state_file = self.folder / datasets_config.DATASET_STATE_JSON_FILENAME
         state_file.write_text(json.dumps(state, indent=2, sort_keys=True))
         return self.rows

@@ -1,5 +1,6 @@
 """Cleaning steps. Each is a small function; `clean_documents` runs the enabled ones in a fixed order
 and counts what each removed, so the user can see what happened to their text."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,11 @@ from lmtune.config import CleanConfig
 from lmtune.data.ingest import Document
 from lmtune.errors import LmtuneError
 
-PAGE_NUMBER = re.compile(r"^\s*[-–—(\[]?\s*(?:page\s*)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?"
-                         r"\s*[-–—)\]]?\s*$", re.I)  # "12", "- 12 -", "Page 3 of 40", "xiv"
+PAGE_NUMBER = re.compile(
+    r"^\s*[-–—(\[]?\s*(?:page\s*)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?"
+    r"\s*[-–—)\]]?\s*$",
+    re.I,
+)  # "12", "- 12 -", "Page 3 of 40", "xiv"
 HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\n[ \t]*(\w)")  # what dehyphenate removes: "exam-\nple" -> "example"
 # The same breaks, found from their hyphen (a literal first character lets `re` skip ahead instead of trying
 # \w at every position): the hyphen and the line break around it, without the letters on either side.
@@ -23,8 +27,10 @@ HYPHEN_AT = re.compile(r"-(?<=\w-)[ \t]*\n[ \t]*(?=\w)")
 SPACES = re.compile(r"[^\S\n]+")
 # What `\s` (and str.split(), str.strip()) count as whitespace, besides " " and "\n"; the ASCII ones apart.
 ASCII_SPACES = "\t\x0b\x0c\r\x1c\x1d\x1e\x1f"
-OTHER_SPACES = ASCII_SPACES + "\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+OTHER_SPACES = (
+    ASCII_SPACES + "\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000"
+)
 BLANK_LINES = re.compile(r"\n\s*\n(?:\s*\n)+")
 PROGRESS_CHARS = 20_000_000  # a progress bar for corpora this large
 NON_SPACE_PAIR = re.compile(r"\S(?=\S)")  # a safe place to cut a long text
@@ -42,7 +48,8 @@ def _masked(line: str) -> str:
 
 def _furniture_keys(line: str, page: int) -> set[tuple]:
     """What makes an edge line a running header/footer: its text (digits masked when it starts or ends
-    with a number) on many pages, or many pages of one parity; and, for a line that starts or ends with a number, that number minus the
+    with a number) on many pages, or many pages of one parity; and, for a line that starts or ends with a
+    number, that number minus the
     page's index (a printed page number: "Chapter 4: Function reference 9", "10", "11", ... on
     consecutive pages), which recurs even when the text changes from chapter to chapter."""
     match = RUNNING_NUMBER.search(line.strip())
@@ -65,14 +72,20 @@ def strip_pdf_page_furniture(pages: list[str], edge_lines: int = 2) -> tuple[lis
         for i in _edge_indices(lines, edge_lines):
             keys |= _furniture_keys(lines[i], page)
         counts.update(keys)
-    needed = {0: max(3, (len(pages[0::2]) + 1) // 2), 1: max(3, (len(pages[1::2]) + 1) // 2),
-              "all": max(3, (len(pages) + 1) // 2)}
+    needed = {
+        0: max(3, (len(pages[0::2]) + 1) // 2),
+        1: max(3, (len(pages[1::2]) + 1) // 2),
+        "all": max(3, (len(pages) + 1) // 2),
+    }
     repeated = {key for key, n in counts.items() if n >= (3 if key[0] == "page number" else needed[key[1]])}
     removed = 0
     cleaned = []
     for page, lines in enumerate(split):
-        drop = {i for i in _edge_indices(lines, edge_lines)
-                if PAGE_NUMBER.match(lines[i]) or _furniture_keys(lines[i], page) & repeated}
+        drop = {
+            i
+            for i in _edge_indices(lines, edge_lines)
+            if PAGE_NUMBER.match(lines[i]) or _furniture_keys(lines[i], page) & repeated
+        }
         removed += len(drop)
         cleaned.append("\n".join(line for i, line in enumerate(lines) if i not in drop))
     return cleaned, removed
@@ -103,7 +116,7 @@ def remove_patterns(text: str, patterns: list[re.Pattern], counts: Counter) -> s
 
 
 def dehyphenate(text: str) -> tuple[str, int]:
-    """"exam-\nple" -> "example": exactly `HYPHEN_BREAK.subn(r"\1\2", text)`, 10-20x faster. As there, a
+    """ "exam-\nple" -> "example": exactly `HYPHEN_BREAK.subn(r"\1\2", text)`, 10-20x faster. As there, a
     letter joined to the word before cannot start the next join ("a-\nb-\nc" -> "ab-\nc"): a break whose
     hyphen directly follows the previous join's last letter is kept."""
     out, start, joined_at = [], 0, -2
@@ -149,8 +162,11 @@ def specials_of(tokenizer) -> dict[str, str]:
     """The tokenizer's special tokens that `delimiters` may map markers to ("eos", "bos", "sep")."""
     if tokenizer is None:  # a tokenizer trained on the cleaned text comes later: no special tokens
         return {}
-    return {k: v for k, v in {"eos": tokenizer.eos_token, "bos": tokenizer.bos_token,
-                              "sep": tokenizer.sep_token}.items() if v}
+    return {
+        k: v
+        for k, v in {"eos": tokenizer.eos_token, "bos": tokenizer.bos_token, "sep": tokenizer.sep_token}.items()
+        if v
+    }
 
 
 def apply_delimiters(text: str, delimiters: dict[str, str], specials: dict[str, str]) -> list[str]:
@@ -232,8 +248,13 @@ class Cleaner:
     def report(self) -> dict[str, int]:
         """What went in, what came out, and each step's count (duplicates last: they were counted last
         when cleaning held the whole corpus)."""
-        report = {"documents in": self.docs_in, "documents out": self.docs_out, "characters in": self.chars_in,
-                  "characters out": self.chars_out, **self.counts}
+        report = {
+            "documents in": self.docs_in,
+            "documents out": self.docs_out,
+            "characters in": self.chars_in,
+            "characters out": self.chars_out,
+            **self.counts,
+        }
         if self.duplicates:
             report["duplicate documents dropped"] = self.duplicates
         return report
@@ -247,8 +268,9 @@ def clean_documents(
     cleaner = Cleaner(config, specials)
     chars_in = sum(len(d.text) for d in docs)
     out: list[Document] = []
-    with tqdm(total=chars_in, unit="B", unit_scale=True, desc="clean", disable=chars_in < PROGRESS_CHARS,
-              leave=False) as bar:
+    with tqdm(
+        total=chars_in, unit="B", unit_scale=True, desc="clean", disable=chars_in < PROGRESS_CHARS, leave=False
+    ) as bar:
         for doc in docs:
             out += cleaner(doc)
             bar.update(len(doc.text))

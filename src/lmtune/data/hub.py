@@ -3,6 +3,7 @@
 of Parquet, JSON, CSV or text). Rows come one at a time (Arrow is memory-mapped), so a dataset of any
 size streams through prepare; `data.streaming: true` also skips the local Arrow copy `load_dataset`
 makes of a Hub dataset and reads it as it downloads."""
+
 from __future__ import annotations
 
 import os
@@ -54,14 +55,18 @@ def hub_rows(ref: str, text_column: str | None, streaming: bool = False) -> Iter
     name, config, split = split_hub_ref(ref)
     if not name:
         raise LmtuneError(f"{ref}: name the dataset, as hf:NAME[:CONFIG][@SPLIT] (e.g. hf:wikitext:wikitext-2-raw-v1)")
-    offline = " (HF_HUB_OFFLINE is set: only datasets already cached or on this machine load)" \
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"} \
-        and not Path(name).expanduser().exists() else ""
+    offline = (
+        " (HF_HUB_OFFLINE is set: only datasets already cached or on this machine load)"
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        and not Path(name).expanduser().exists()
+        else ""
+    )
     try:
         dataset = load_dataset(name, config, split=split, streaming=streaming)
     except Exception as err:  # DatasetNotFoundError, ConnectionError, ValueError (splits, configs), ...
-        raise LmtuneError(f"{ref}: cannot load the dataset ({type(err).__name__}: {_first_line(err)}){offline}"
-                          ) from None
+        raise LmtuneError(
+            f"{ref}: cannot load the dataset ({type(err).__name__}: {_first_line(err)}){offline}"
+        ) from None
     _check_column(dataset, text_column, ref)
     rows = iter(dataset)
     while True:  # a streamed dataset reads (and can fail) as it goes

@@ -5,6 +5,7 @@ Only regular files are read (a FIFO, device or socket would block or never end),
 `max_input_bytes()`, also once decompressed; a folder is walked with each real file and folder read once
 (symlink loops are named and skipped), and lmtune's own output folders inside it (they carry its marker)
 are skipped, so a run or prepared dataset next to the data is never read back as the user's text."""
+
 from __future__ import annotations
 
 import bz2
@@ -40,10 +41,25 @@ TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet"}
 OTHER_SUFFIXES = {".pdf", ".epub", ".html", ".htm", ".xhtml"}
 # Formats people hold text in that lmtune does not read: refused by name, never read as plain text (their
 # markup or binary would become training text).
-FOREIGN_SUFFIXES = {".rtf": "RTF", ".doc": "Word", ".docx": "Word", ".odt": "OpenDocument", ".pages": "Pages",
-                    ".xls": "Excel", ".xlsx": "Excel", ".ods": "OpenDocument spreadsheet", ".ppt": "PowerPoint",
-                    ".pptx": "PowerPoint", ".zip": "zip archive", ".tar": "tar archive", ".7z": "7-Zip archive",
-                    ".rar": "RAR archive", ".mobi": "Kindle", ".azw3": "Kindle", ".djvu": "DjVu"}
+FOREIGN_SUFFIXES = {
+    ".rtf": "RTF",
+    ".doc": "Word",
+    ".docx": "Word",
+    ".odt": "OpenDocument",
+    ".pages": "Pages",
+    ".xls": "Excel",
+    ".xlsx": "Excel",
+    ".ods": "OpenDocument spreadsheet",
+    ".ppt": "PowerPoint",
+    ".pptx": "PowerPoint",
+    ".zip": "zip archive",
+    ".tar": "tar archive",
+    ".7z": "7-Zip archive",
+    ".rar": "RAR archive",
+    ".mobi": "Kindle",
+    ".azw3": "Kindle",
+    ".djvu": "DjVu",
+}
 READABLE = ".txt .md .pdf .epub .html .csv .tsv .jsonl .json .parquet (also .gz/.bz2/.xz), folders of them"
 MAX_INPUT_MB = 4096  # one file, as read (decompressed); LMTUNE_MAX_INPUT_MB changes it
 log = logging.getLogger(__name__)
@@ -72,8 +88,12 @@ def max_input_bytes() -> int:
     return int(float(value) * 2**20) if value.replace(".", "", 1).isdigit() else MAX_INPUT_MB * 2**20
 
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def special_kind(mode: int) -> str | None:
@@ -102,8 +122,10 @@ def check_readable_file(path: Path) -> os.stat_result:
 
 
 def _too_large(path: Path, what: str) -> LmtuneError:
-    return LmtuneError(f"{path} {what}, more than lmtune reads from one file ({max_input_bytes() / 2**20:,.0f} MB); "
-                       "split it into several files, or raise the cap with LMTUNE_MAX_INPUT_MB")
+    return LmtuneError(
+        f"{path} {what}, more than lmtune reads from one file ({max_input_bytes() / 2**20:,.0f} MB); "
+        "split it into several files, or raise the cap with LMTUNE_MAX_INPUT_MB"
+    )
 
 
 def _read_capped(fh, path: Path) -> bytes:
@@ -203,11 +225,15 @@ def read_pdf(path: Path) -> Document:
             reader = PdfReader(io.BytesIO(raw))
             pages = [page.extract_text() or "" for page in reader.pages]
     except FileNotDecryptedError:
-        raise LmtuneError(f"{path}: the PDF is password-protected; save a decrypted copy "
-                          "(e.g. qpdf --decrypt --password=... in.pdf out.pdf)") from None
+        raise LmtuneError(
+            f"{path}: the PDF is password-protected; save a decrypted copy "
+            "(e.g. qpdf --decrypt --password=... in.pdf out.pdf)"
+        ) from None
     except Exception as err:  # pypdf raises many types for broken files (PdfReadError, KeyError, ...)
-        raise LmtuneError(f"{path}: cannot read PDF, the file is damaged or not a PDF "
-                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise LmtuneError(
+            f"{path}: cannot read PDF, the file is damaged or not a PDF "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     if not any(p.strip() for p in pages):
         raise LmtuneError(f"{path}: the PDF has no text layer (scanned images?); run OCR on it first")
     return Document(text="\n".join(pages), source=str(path), pages=pages)
@@ -257,16 +283,16 @@ def read_table(path: Path, text_column: str | None) -> list[Document]:
     rows = table_rows(path)
     if rows and text_column is not None and text_column not in rows[0]:
         raise LmtuneError(
-            f"{path}: no column '{text_column}' (columns: {', '.join(map(str, rows[0].keys()))}); "
-            "set data.text_column"
+            f"{path}: no column '{text_column}' (columns: {', '.join(map(str, rows[0].keys()))}); set data.text_column"
         )
     docs = []
     for n, row in enumerate(rows, 1):
         value = None if text_column is None else row.get(text_column)
         if isinstance(value, (list, dict)):  # str() would train on Python's repr of it
             kind = "list" if isinstance(value, list) else "object"
-            raise LmtuneError(f"{path}: record {n}: '{text_column}' is a JSON {kind}, not text; "
-                              "set data.text_column to a text field")
+            raise LmtuneError(
+                f"{path}: record {n}: '{text_column}' is a JSON {kind}, not text; set data.text_column to a text field"
+            )
         docs.append(Document(text="" if value is None else str(value), source=str(path), fields=dict(row)))
     return docs
 
@@ -279,8 +305,10 @@ def _parquet_rows(path: Path) -> list[dict]:
     try:
         return pq.read_table(pa.BufferReader(raw)).to_pylist()
     except (pa.ArrowException, OSError, ValueError) as err:
-        raise LmtuneError(f"{path}: cannot read Parquet, the file is damaged or not Parquet "
-                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise LmtuneError(
+            f"{path}: cannot read Parquet, the file is damaged or not Parquet "
+            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from None
 
 
 def _jsonl_rows(path: Path, content: str) -> list[dict]:
@@ -293,7 +321,7 @@ def _jsonl_rows(path: Path, content: str) -> list[dict]:
         except json.JSONDecodeError as err:
             raise LmtuneError(f"{path}:{n}: not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
-            raise LmtuneError(f"{path}:{n}: not a JSON object (each line must be one record: {{\"text\": ...}})")
+            raise LmtuneError(f'{path}:{n}: not a JSON object (each line must be one record: {{"text": ...}})')
         rows.append(row)
     return rows
 
@@ -309,23 +337,27 @@ def _json_rows(path: Path, content: str) -> list[dict]:
         return _jsonl_rows(path, content)
     if isinstance(data, dict) and data:
         values = list(data.values())
-        if isinstance(data.get("columns"), list) and isinstance(data.get("data"), list) \
-                and all(isinstance(row, list) for row in data["data"]):  # orient="split"
+        if (
+            isinstance(data.get("columns"), list)
+            and isinstance(data.get("data"), list)
+            and all(isinstance(row, list) for row in data["data"])
+        ):  # orient="split"
             return [dict(zip(data["columns"], row)) for row in data["data"]]
-        if len(data) == 1 and isinstance(values[0], list) and values[0] \
-                and all(isinstance(v, dict) for v in values[0]):  # {"data": [records]}
+        if (
+            len(data) == 1 and isinstance(values[0], list) and values[0] and all(isinstance(v, dict) for v in values[0])
+        ):  # {"data": [records]}
             data = values[0]
         elif all(isinstance(v, list) for v in values):  # columns
             lengths = {k: len(v) for k, v in data.items()}
             if len(set(lengths.values())) > 1:
-                raise LmtuneError(f"{path}: the columns have different lengths "
-                                  f"({', '.join(f'{k}: {n}' for k, n in lengths.items())})")
+                raise LmtuneError(
+                    f"{path}: the columns have different lengths ({', '.join(f'{k}: {n}' for k, n in lengths.items())})"
+                )
             return [dict(zip(data, row)) for row in zip(*values)]
         elif all(isinstance(v, dict) for v in values):
             inner = {tuple(v) for v in values}
             # Row labels are pandas' index ("0", "1", ...): on the inside for orient="columns".
-            if len(inner) == 1 and all(k.isdigit() for k in next(iter(inner))) \
-                    and not all(k.isdigit() for k in data):
+            if len(inner) == 1 and all(k.isdigit() for k in next(iter(inner))) and not all(k.isdigit() for k in data):
                 return [dict(zip(data, row)) for row in zip(*(v.values() for v in values))]
             return values
         else:
@@ -333,8 +365,9 @@ def _json_rows(path: Path, content: str) -> list[dict]:
     if isinstance(data, list):
         bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
         if bad is not None:
-            raise LmtuneError(f"{path}: item {bad} of the JSON list is not an object (expected records like "
-                              f"{{\"text\": ...}})")
+            raise LmtuneError(
+                f'{path}: item {bad} of the JSON list is not an object (expected records like {{"text": ...}})'
+            )
         return data
     raise LmtuneError(f"{path}: expected JSON records (a list of objects, or columns of equal length)")
 
@@ -357,8 +390,10 @@ def read_lines(path: str | Path) -> list[str]:
 def read_file(path: Path, text_column: str | None = "text") -> list[Document]:
     kind, _ = _suffixes(path)
     if kind in FOREIGN_SUFFIXES:
-        raise LmtuneError(f"{path}: lmtune does not read {FOREIGN_SUFFIXES[kind]} files; save it as plain text, "
-                          f"PDF or EPUB (lmtune reads {READABLE})")
+        raise LmtuneError(
+            f"{path}: lmtune does not read {FOREIGN_SUFFIXES[kind]} files; save it as plain text, "
+            f"PDF or EPUB (lmtune reads {READABLE})"
+        )
     if kind == ".pdf":
         return [read_pdf(path)]
     if kind == ".epub":
@@ -470,8 +505,9 @@ def _check_not_output(path: Path) -> None:
 
     kind = marker_kind(path) or "output"
     if kind == "prepared" and not (path / "prepare.json").exists():
-        raise LmtuneError(f"{path} is an unfinished lmtune prepare output (it was interrupted, or failed); run "
-                          "lmtune prepare again")
+        raise LmtuneError(
+            f"{path} is an unfinished lmtune prepare output (it was interrupted, or failed); run lmtune prepare again"
+        )
     if kind != "prepared":
         hint = " (its prepared data is its data/ folder)" if kind == "run" else ""
         raise LmtuneError(f"{path} is an lmtune {kind} folder, not data{hint}; give the files to read")
@@ -500,8 +536,12 @@ def input_bytes(paths: str | Path | list) -> int | None:
     return total
 
 
-def iter_documents(paths: str | Path | list, text_column: str | None = "text", streaming: bool = False,
-                   progress: Callable[[int], None] | None = None) -> Iterator[Document]:
+def iter_documents(
+    paths: str | Path | list,
+    text_column: str | None = "text",
+    streaming: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Document]:
     """Every source's documents in order, one file at a time: a folder contributes its supported files in
     sorted order, a saved dataset folder or `hf:NAME` (data/hub.py; `streaming` for the Hub) its rows.
     `progress(n)` hears the bytes of each file read (of each row's text, for datasets). Memory holds one
@@ -515,15 +555,22 @@ def iter_documents(paths: str | Path | list, text_column: str | None = "text", s
     if text_column is None:
         return
     if not has_text:
-        raise LmtuneError(f"no text found in {', '.join(map(str, paths))}"
-                          + (f" ({len(empty)} files, all empty)" if len(empty) > 1 else ""))
+        raise LmtuneError(
+            f"no text found in {', '.join(map(str, paths))}"
+            + (f" ({len(empty)} files, all empty)" if len(empty) > 1 else "")
+        )
     if empty:
-        log.warning("warning: %d file(s) without text skipped: %s%s", len(empty),
-                    ", ".join(map(str, empty[:3])), ", ..." if len(empty) > 3 else "")
+        log.warning(
+            "warning: %d file(s) without text skipped: %s%s",
+            len(empty),
+            ", ".join(map(str, empty[:3])),
+            ", ..." if len(empty) > 3 else "",
+        )
 
 
-def _documents(paths: list, text_column: str | None, streaming: bool, progress, empty: list[Path]
-               ) -> Iterator[Document]:
+def _documents(
+    paths: list, text_column: str | None, streaming: bool, progress, empty: list[Path]
+) -> Iterator[Document]:
     for ref in paths:
         if is_hub_ref(ref):
             yield from _rows_as_documents(hub_rows(ref, text_column, streaming), text_column, ref, progress)
@@ -552,7 +599,8 @@ def _documents(paths: list, text_column: str | None, streaming: bool, progress, 
             yield from found
 
 
-def read_documents(paths: str | Path | list, text_column: str | None = "text", streaming: bool = False
-                   ) -> list[Document]:
+def read_documents(
+    paths: str | Path | list, text_column: str | None = "text", streaming: bool = False
+) -> list[Document]:
     """Every source's documents, as a list (iter_documents reads them one file at a time)."""
     return list(iter_documents(paths, text_column, streaming))

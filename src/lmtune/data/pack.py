@@ -4,6 +4,7 @@ Documents are joined with a separator token (EOS for causal LMs, [SEP] for BERT-
 cut into `block_size` blocks; the last, shorter block is kept, so no token is lost. An optional stride
 makes consecutive blocks overlap. The split is by document when there are enough of them, otherwise
 by position (the tail of the token stream), so validation text never appears in training."""
+
 from __future__ import annotations
 
 import os
@@ -112,8 +113,9 @@ def tokenize(tokenizer, texts: list[str], batch_size: int = 1024) -> list[np.nda
     total = sum(map(len, texts))
     batch: list[str] = []
     owners: list[int] = []
-    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=total < PROGRESS_CHARS,
-              leave=False) as bar:
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="tokenize", disable=total < PROGRESS_CHARS, leave=False
+    ) as bar:
 
         def flush() -> None:
             for i, piece_ids in zip(owners, encode(batch)):
@@ -180,8 +182,9 @@ class Packer:
         stream = np.concatenate(self.pending)
         # Every block whose end lies before the stream's current end is final; the rest waits.
         count = -(-(len(stream) - self.content) // self.step)
-        blocks = [self._framed(stream[start : start + self.content])
-                  for start in range(0, count * self.step, self.step)]
+        blocks = [
+            self._framed(stream[start : start + self.content]) for start in range(0, count * self.step, self.step)
+        ]
         self.pending, self.pending_tokens = [stream[count * self.step :]], len(stream) - count * self.step
         return blocks
 
@@ -250,8 +253,13 @@ class Splitter:
     def __init__(self, n_docs: int, val_fraction: float, seed: int):
         self.val_fraction = val_fraction
         self.held_out = held_out(n_docs, val_fraction, seed)
-        self.how = ("by document" if self.held_out is not None else
-                    "by position (tail of each document)" if val_fraction > 0 else "none")
+        self.how = (
+            "by document"
+            if self.held_out is not None
+            else "by position (tail of each document)"
+            if val_fraction > 0
+            else "none"
+        )
 
     def cut(self, index: int, length: int) -> int | None:
         """Document `index`'s first `cut` tokens train and the rest validate; None: all of it validates."""
@@ -260,8 +268,9 @@ class Splitter:
         return length - int(length * self.val_fraction)
 
 
-def split_info(how: str, train: Packer, validation: Packer, val_fraction: float, block_size: int,
-               truncated: int) -> dict:
+def split_info(
+    how: str, train: Packer, validation: Packer, val_fraction: float, block_size: int, truncated: int
+) -> dict:
     """How the split was made (`truncated`: documents longer than a block, counted when not packing), and
     a "warning" when the corpus is too small for one block or for a validation split (not an error: a
     short text can still be learnt, but the caller must know)."""
@@ -271,11 +280,15 @@ def split_info(how: str, train: Packer, validation: Packer, val_fraction: float,
     warnings = []
     tokens, val_tokens, content = train.tokens, validation.tokens, train.content
     if train.packing and tokens < content:
-        warnings.append(f"the training text ({tokens} tokens) is shorter than one block ({block_size}): "
-                        "there is one short training block; lower data.block_size or add text")
+        warnings.append(
+            f"the training text ({tokens} tokens) is shorter than one block ({block_size}): "
+            "there is one short training block; lower data.block_size or add text"
+        )
     if val_fraction > 0 and not validation.blocks:
-        warnings.append(f"no validation split: the corpus ({tokens} tokens) is too small to hold out "
-                        f"data.val_fraction {val_fraction:g} of it; held-out metrics cannot be tracked")
+        warnings.append(
+            f"no validation split: the corpus ({tokens} tokens) is too small to hold out "
+            f"data.val_fraction {val_fraction:g} of it; held-out metrics cannot be tracked"
+        )
     elif val_fraction > 0 and val_tokens < min(content, 256):
         warnings.append(f"the validation split holds only {val_tokens} tokens: its metrics will be noisy")
     if warnings:
@@ -283,8 +296,15 @@ def split_info(how: str, train: Packer, validation: Packer, val_fraction: float,
     return info
 
 
-def pack_splits(token_lists: Sequence, block_size: int, framing: Framing, stride: int,
-                val_fraction: float, seed: int, packing: bool = True) -> tuple[dict[str, list[np.ndarray]], dict]:
+def pack_splits(
+    token_lists: Sequence,
+    block_size: int,
+    framing: Framing,
+    stride: int,
+    val_fraction: float,
+    seed: int,
+    packing: bool = True,
+) -> tuple[dict[str, list[np.ndarray]], dict]:
     """Blocks for train and validation (int32 arrays) of documents held in memory, and how the split was
     made (`split_info`). Streaming prepare does the same a document at a time (data/stream.py)."""
     splitter = Splitter(len(token_lists), val_fraction, seed)

@@ -4,6 +4,7 @@ packed text (data/stream.py) so memory does not grow with the corpus.
 The prepared folder is self-contained: `dataset_dict.json` + Arrow files (memory-mapped by `datasets`),
 `tokenizer/`, `stats.json`, and `prepare.json` (what made it, written last; a matching one is reused as a
 cache)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,17 +39,26 @@ def load_prepared(path: Path) -> Prepared:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    return Prepared(load_from_disk(str(path)), AutoTokenizer.from_pretrained(path / "tokenizer"),
-                    json.loads((path / "stats.json").read_text()), path)
+    return Prepared(
+        load_from_disk(str(path)),
+        AutoTokenizer.from_pretrained(path / "tokenizer"),
+        json.loads((path / "stats.json").read_text()),
+        path,
+    )
 
 
 def _fingerprint(config: RunConfig) -> str:
     # How prepare runs (processes, batch memory, streaming a Hub dataset) does not change what it makes.
     data = config.data.model_dump(mode="json", exclude={"num_proc", "buffer_mb", "streaming"})
-    recipe = {"objective": config.objective, "data": data,
-              "tokenizer": config.tokenizer.model_dump(mode="json"), "model": config.model.name,
-              "tasks": [t.model_dump(mode="json") for t in config.tasks],
-              "sft": config.sft.model_dump(mode="json"), "version": 1}
+    recipe = {
+        "objective": config.objective,
+        "data": data,
+        "tokenizer": config.tokenizer.model_dump(mode="json"),
+        "model": config.model.name,
+        "tasks": [t.model_dump(mode="json") for t in config.tasks],
+        "sft": config.sft.model_dump(mode="json"),
+        "version": 1,
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -80,15 +90,24 @@ def write_columns(out_dir: Path, columns: dict[str, dict[str, list]], tokenizer,
     return tokenizer, stats
 
 
-PREPARED_ENTRIES = ("prepare.json", "stats.json", "dataset_dict.json", "train", "validation", "test", "tokenizer",
-                    TOKEN_STORE)
+PREPARED_ENTRIES = (
+    "prepare.json",
+    "stats.json",
+    "dataset_dict.json",
+    "train",
+    "validation",
+    "test",
+    "tokenizer",
+    TOKEN_STORE,
+)
 
 # The objective's writer: (config, tokenizer or None, output folder) -> (tokenizer, stats), the splits on disk.
 SplitFn = Callable[[RunConfig, Any, Path], tuple[Any, dict]]
 
 
-def prepare(config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: Callable[[], Any],
-            quiet: bool = False) -> Prepared:
+def prepare(
+    config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: Callable[[], Any], quiet: bool = False
+) -> Prepared:
     """Prepare `config.data` into `out_dir` with the objective's `split_fn(config, tokenizer, out_dir)`, which
     writes the splits (streamed, for packed text), or reuse an identical earlier result. `tokenizer_fn()`
     gives the tokenizer, only when one is needed.
@@ -102,8 +121,12 @@ def prepare(config: RunConfig, out_dir: Path, split_fn: SplitFn, tokenizer_fn: C
     out_dir = Path(out_dir)
     fingerprint = _fingerprint(config)
     marker = out_dir / "prepare.json"
-    if marker.exists() and is_lmtune_dir(out_dir) and is_prepared(out_dir) \
-            and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+    if (
+        marker.exists()
+        and is_lmtune_dir(out_dir)
+        and is_prepared(out_dir)
+        and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    ):
         return load_prepared(out_dir)
     check_output_dir(out_dir, data_inputs(config), kind="prepared")
     with own_folder(out_dir, "prepared", "prepare"):

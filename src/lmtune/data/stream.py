@@ -7,6 +7,7 @@ the result is the same, block for block, as packing the whole corpus in memory (
 
 `data.num_proc` > 1 tokenizes the batches in that many worker processes (worth it where a process's
 Python work, not the tokenizer's own threads, is the limit: many cores; see docs/performance.md)."""
+
 from __future__ import annotations
 
 import os
@@ -104,8 +105,9 @@ def tokenized(tokenizer, text_batches: Iterable[list[str]], processes: int = 1) 
         yield from (tokenize(tokenizer, batch) for batch in text_batches)
         return
     threads = max(1, tokenizer_threads() // processes)
-    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(tokenizer, threads)) as pool:
+    with ProcessPoolExecutor(
+        processes, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(tokenizer, threads)
+    ) as pool:
         pending: deque[Future] = deque()
         for batch in text_batches:
             pending.append(pool.submit(_tokenize_in_worker, batch))
@@ -120,8 +122,15 @@ def _cleaned(paths, config: RunConfig, cleaner: Cleaner, desc: str) -> Iterator[
     """The documents of `paths`, read and cleaned one file at a time, with a progress bar (bytes, ETA) for
     large inputs."""
     total = input_bytes(paths)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False, delay=2,
-              disable=total is not None and total < PROGRESS_CHARS) as bar:
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        leave=False,
+        delay=2,
+        disable=total is not None and total < PROGRESS_CHARS,
+    ) as bar:
         for doc in iter_documents(paths, config.data.text_column, config.data.streaming, progress=bar.update):
             yield from cleaner(doc)
 
@@ -138,8 +147,9 @@ def _emit(packer: Packer, writer: SplitWriter, ids: np.ndarray, ends_document: b
     writer.write(packer.add(ids, ends_document))
 
 
-def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Framing], out_dir: Path
-                   ) -> tuple[Any, dict]:
+def prepare_packed(
+    config: RunConfig, tokenizer, framing_for: Callable[[Any], Framing], out_dir: Path
+) -> tuple[Any, dict]:
     """Language-model splits of `config.data`, written into `out_dir` as Arrow (train, validation): documents
     read, cleaned, tokenized and packed into blocks framed by `framing_for(tokenizer)` (EOS between documents
     for decoders, [CLS]/[SEP] for encoders). A tokenizer to train (tokenizer None) reads the corpus once
@@ -168,8 +178,12 @@ def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Fr
         store.close()
     truncated = sum(length > train.content for length in store.lengths)
     info = split_info(splitter.how, train, validation, val_fraction, data.block_size, truncated)
-    stats = {"documents": cleaner.docs_out, "characters": cleaner.chars_out, "tokens": sum(store.lengths),
-             "block_size": data.block_size}
+    stats = {
+        "documents": cleaner.docs_out,
+        "characters": cleaner.chars_out,
+        "tokens": sum(store.lengths),
+        "block_size": data.block_size,
+    }
     if data.validation:  # the user's own validation files, packed as they come
         val_cleaner = Cleaner(data.clean, specials)
         for ids in _token_ids(data.validation, config, tokenizer, val_cleaner, "prepare (validation)"):
@@ -185,16 +199,29 @@ def prepare_packed(config: RunConfig, tokenizer, framing_for: Callable[[Any], Fr
     if not rows["train"]:
         raise LmtuneError("the training split is empty: add data or lower data.val_fraction")
     write_dataset_dict(out_dir, [name for name, n in rows.items() if n])  # empty splits are left out
-    stats.update({"train blocks": rows["train"], "validation blocks": rows["validation"],
-                  "train tokens": writers["train"].tokens, "validation tokens": writers["validation"].tokens,
-                  **info, "cleaning": cleaner.report()})
+    stats.update(
+        {
+            "train blocks": rows["train"],
+            "validation blocks": rows["validation"],
+            "train tokens": writers["train"].tokens,
+            "validation tokens": writers["validation"].tokens,
+            **info,
+            "cleaning": cleaner.report(),
+        }
+    )
     if data.validation:
         stats["cleaning (validation)"] = val_cleaner.report()
     return tokenizer, stats
 
 
-def _pack_store(store: TokenStore, splitter: Splitter, train: Packer, validation: Packer,
-                writers: dict[str, SplitWriter], chunk_tokens: int) -> None:
+def _pack_store(
+    store: TokenStore,
+    splitter: Splitter,
+    train: Packer,
+    validation: Packer,
+    writers: dict[str, SplitWriter],
+    chunk_tokens: int,
+) -> None:
     """The stored documents, in order, into the two packers: a document's tokens before its cut train,
     the rest validate (all of it, when the whole document is held out)."""
     done = 0  # tokens of the current document already passed on
@@ -211,7 +238,7 @@ def _pack_store(store: TokenStore, splitter: Splitter, train: Packer, validation
                 train_done = done + len(head) == cut
                 _emit(train, writers["train"], head, ends_document=train_done)
             if len(head) < len(piece):
-                _emit(validation, writers["validation"], piece[len(head):], ends)
+                _emit(validation, writers["validation"], piece[len(head) :], ends)
         done = 0 if ends else done + len(piece)
     writers["train"].write(train.finish())
     writers["validation"].write(validation.finish())

@@ -9,6 +9,7 @@
 
 The folder appears only when complete (written beside it, then renamed), and only where lmtune may
 write: a new or empty folder, or an earlier export with `overwrite`."""
+
 from __future__ import annotations
 
 import functools
@@ -77,28 +78,46 @@ def find_source(name: str, merge: bool = True) -> ExportSource:
     path = Path(name).expanduser()
     if name in ALIASES or not path.exists():
         return ExportSource(name, Path(resolve(name).path), None, False)  # an alias (or a clear error)
-    if path.name.endswith((".tmp", ".old")) or path.parent.name == "checkpoints" and not (path / TRAINER_STATE).exists():
-        raise LmtuneError(f"{path} is an unfinished checkpoint (a save cut off by a stop or a crash), not a model; "
-                          f"export the run folder or a complete checkpoint ({path.parent}/step-N)")
+    if (
+        path.name.endswith((".tmp", ".old"))
+        or path.parent.name == "checkpoints"
+        and not (path / TRAINER_STATE).exists()
+    ):
+        raise LmtuneError(
+            f"{path} is an unfinished checkpoint (a save cut off by a stop or a crash), not a model; "
+            f"export the run folder or a complete checkpoint ({path.parent}/step-N)"
+        )
     if (path / "config.yaml").exists() and not (path / "config.json").exists():  # a run folder
         if not merge and (path / "adapter" / "adapter_config.json").exists():
             return ExportSource(name, path / "adapter", path, True)
         if (path / "final" / "config.json").exists():
             return ExportSource(name, path / "final", path, False)
-        raise LmtuneError(f"{path} is a run without a final model (still training, or interrupted); export one "
-                          f"of its checkpoints ({path}/checkpoints/step-N) or resume it first")
-    run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "config.yaml").exists()
-                    and is_lmtune_dir(p)), None)  # final/, best/, last/, adapter/ or checkpoints/step-N
+        raise LmtuneError(
+            f"{path} is a run without a final model (still training, or interrupted); export one "
+            f"of its checkpoints ({path}/checkpoints/step-N) or resume it first"
+        )
+    run_dir = next(
+        (p for p in (path.parent, path.parent.parent) if (p / "config.yaml").exists() and is_lmtune_dir(p)), None
+    )  # final/, best/, last/, adapter/ or checkpoints/step-N
     if (path / "adapter_config.json").exists():
         return ExportSource(name, path, run_dir, True)
     if (path / "config.json").exists():
         return ExportSource(name, path, run_dir, False)
-    raise LmtuneError(f"{path} is neither a run folder, a model folder (config.json) nor a LoRA adapter "
-                      "(adapter_config.json)")
+    raise LmtuneError(
+        f"{path} is neither a run folder, a model folder (config.json) nor a LoRA adapter (adapter_config.json)"
+    )
 
 
-def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = True, overwrite: bool = False,
-                 gguf_type: str = "f16", converter: str | None = None, push_to_hub: str | None = None) -> Path:
+def export_model(
+    name: str,
+    out: str | Path,
+    format: str = "hf",
+    merge: bool = True,
+    overwrite: bool = False,
+    gguf_type: str = "f16",
+    converter: str | None = None,
+    push_to_hub: str | None = None,
+) -> Path:
     """Export `name` (see `find_source`) into the folder `out`; returns it."""
     if format not in FORMATS:
         raise LmtuneError(f"unknown export format '{format}' (choose from {', '.join(FORMATS)})")
@@ -109,16 +128,19 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
     objective = _objective(source)
     if format not in objective.export_formats:
         kind = {"onnx": "encoders (fill-mask, classification)", "gguf": "causal language models"}.get(format, format)
-        raise LmtuneError(f"{format.upper()} export is for {kind}; this is a {objective.name} model: use --format "
-                          f"{' or '.join(f for f in objective.export_formats if f != format)}")
+        raise LmtuneError(
+            f"{format.upper()} export is for {kind}; this is a {objective.name} model: use --format "
+            f"{' or '.join(f for f in objective.export_formats if f != format)}"
+        )
     if format == "gguf":
         converter_path = find_converter(converter)  # before any work: a missing converter is a one-line error
     if source.adapter and not merge and format != "hf":
         raise LmtuneError("an adapter alone cannot be converted; export the merged model (leave out --no-merge)")
     check_weight_files(source.model_dir)  # a truncated or corrupt weights file: one line, before any work
     if classical.is_classical(source.model_dir) and format != "hf":
-        raise LmtuneError(f"{source.model_dir} is a classical (scikit-learn) model: it exports as its folder, "
-                          "--format hf")
+        raise LmtuneError(
+            f"{source.model_dir} is a classical (scikit-learn) model: it exports as its folder, --format hf"
+        )
 
     def write(folder: Path) -> None:
         model_files = folder if format == "hf" else Path(tempfile.mkdtemp(prefix=".hf-", dir=folder.parent))
@@ -134,8 +156,12 @@ def export_model(name: str, out: str | Path, format: str = "hf", merge: bool = T
             if model_files != folder:
                 shutil.rmtree(model_files, ignore_errors=True)
         (folder / "README.md").write_text(model_card(source, objective, format, extra))
-        (folder / MARKER).write_text(json.dumps({"kind": "export", "note": "made by lmtune export; lmtune may "
-                                                 "replace this folder with --overwrite"}) + "\n")
+        (folder / MARKER).write_text(
+            json.dumps(
+                {"kind": "export", "note": "made by lmtune export; lmtune may replace this folder with --overwrite"}
+            )
+            + "\n"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # One export into a folder at a time; the lock sits beside it, as publish_dir's working copy does.
@@ -167,14 +193,20 @@ def _write_hf(source: ExportSource, objective: Objective, folder: Path, merge: b
         return
     from peft import PeftModel
 
-    model = (source.recipe.get("model") or {})
+    model = source.recipe.get("model") or {}
     tokenizer = transformers.AutoTokenizer.from_pretrained(source.model_dir)
     # A QLoRA run's adapter was trained on the 4-bit base: it is merged into that base, dequantized, as
     # final/ is (so the export computes what the run evaluated), not into the original weights.
     quantize = model.get("quantize")
     device = default_device() if quantize else "cpu"
-    base = load_model(objective, model.get("init_from") or model.get("name"), tokenizer, labels=_labels(source),
-                      quantize=quantize, device=device)
+    base = load_model(
+        objective,
+        model.get("init_from") or model.get("name"),
+        tokenizer,
+        labels=_labels(source),
+        quantize=quantize,
+        device=device,
+    )
     merged = merge_lora(PeftModel.from_pretrained(base, source.model_dir))
     merged.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -192,8 +224,9 @@ def _check_loads(folder: Path, objective: Objective, source: ExportSource) -> No
         getattr(transformers, objective.auto_class).from_pretrained(folder)
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise LmtuneError(f"{source.model_dir} does not load as a {objective.name} model ({first}); nothing was "
-                          "exported") from None
+        raise LmtuneError(
+            f"{source.model_dir} does not load as a {objective.name} model ({first}); nothing was exported"
+        ) from None
 
 
 def _labels(source: ExportSource) -> list[str] | None:

@@ -4,6 +4,7 @@ The converter is not on PyPI as a module: it ships in llama.cpp's source, and so
 llama-cpp-python's source distribution (`vendor/llama.cpp/`, next to its own `gguf-py`). lmtune looks
 for it in `--converter` (the script, a llama.cpp folder, or llama-cpp-python's .tar.gz, unpacked once
 into lmtune's cache), then `$LLAMA_CPP_DIR`, then the copy `make setup` fetches into the venv."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,11 @@ SCRIPT = "convert_hf_to_gguf.py"
 TYPES = ("f32", "f16", "bf16", "q8_0")
 # Where `make setup` puts llama-cpp-python's source distribution (see the Makefile).
 BUNDLED = Path(sys.prefix) / "share" / "llama-cpp-python"
-HOW = ("GGUF export runs llama.cpp's own converter ({script}), which ships in llama-cpp-python's source: "
-       "`pip download --no-binary :all: --no-deps llama-cpp-python -d DIR`, then pass --converter "
-       "DIR/llama_cpp_python-*.tar.gz (or set LLAMA_CPP_DIR to a llama.cpp checkout)")
+HOW = (
+    "GGUF export runs llama.cpp's own converter ({script}), which ships in llama-cpp-python's source: "
+    "`pip download --no-binary :all: --no-deps llama-cpp-python -d DIR`, then pass --converter "
+    "DIR/llama_cpp_python-*.tar.gz (or set LLAMA_CPP_DIR to a llama.cpp checkout)"
+)
 
 
 def _unpack(archive: Path) -> Path:
@@ -32,8 +35,13 @@ def _unpack(archive: Path) -> Path:
         return target
     try:
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and m.isfile() and (
-                m.name.endswith("/" + SCRIPT) or "/gguf-py/" in m.name or "/conversion/" in m.name)]
+            members = [
+                m
+                for m in tar.getmembers()
+                if "/vendor/llama.cpp/" in m.name
+                and m.isfile()
+                and (m.name.endswith("/" + SCRIPT) or "/gguf-py/" in m.name or "/conversion/" in m.name)
+            ]
             if not any(m.name.endswith("/" + SCRIPT) for m in members):
                 raise LmtuneError(f"{archive} has no vendor/llama.cpp/{SCRIPT}; is it llama-cpp-python's source?")
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -78,10 +86,17 @@ def export_gguf(model_dir: Path, folder: Path, converter: Path, out_type: str, n
     target = folder / f"{name}-{out_type}.gguf"
     _add_n_ctx(model_dir)
     gguf_py = converter.parent / "gguf-py"  # the converter's own gguf package, which it is written against
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(gguf_py), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    result = subprocess.run([sys.executable, str(converter), str(model_dir), "--outfile", str(target), "--outtype", out_type],
-                            env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(gguf_py), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    }
+    result = subprocess.run(
+        [sys.executable, str(converter), str(model_dir), "--outfile", str(target), "--outtype", out_type],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0 or not target.exists():
         last = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()][-1:] or ["no output"]
         if "sentencepiece" in last[0]:

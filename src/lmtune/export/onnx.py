@@ -1,6 +1,7 @@
 """ONNX export of encoders (fill-mask, classification) through PyTorch's own exporter (`torch.onnx`),
 checked against PyTorch with ONNX Runtime before the folder is published. (optimum's exporter pins
 transformers 4.x, which lmtune does not run on.)"""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,9 +48,17 @@ def export_onnx(model_dir: Path, objective: Objective, folder: Path) -> dict:
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     path = folder / "model.onnx"
     try:
-        torch.onnx.export(_Logits(model), inputs, str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], dynamo=True, optimize=True, external_data=False,
-                          dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}})
+        torch.onnx.export(
+            _Logits(model),
+            inputs,
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamo=True,
+            optimize=True,
+            external_data=False,
+            dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+        )
     except Exception as err:
         raise LmtuneError(f"torch.onnx could not export this model: {str(err).splitlines()[0]}") from None
     loaded.tokenizer.save_pretrained(folder)
@@ -57,11 +66,14 @@ def export_onnx(model_dir: Path, objective: Objective, folder: Path) -> dict:
     # Checked on other shapes than the exported example: the dynamic axes must really be dynamic.
     check = loaded.tokenizer(CHECK_TEXTS[:1] * 3, return_tensors="pt", padding=True)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input_ids": check["input_ids"].numpy(), "attention_mask": check["attention_mask"].numpy()})[0]
+    got = session.run(
+        None, {"input_ids": check["input_ids"].numpy(), "attention_mask": check["attention_mask"].numpy()}
+    )[0]
     with torch.no_grad():
         want = model(input_ids=check["input_ids"], attention_mask=check["attention_mask"]).logits.numpy()
     difference = float(np.abs(got - want).max())
     if difference > TOLERANCE:
-        raise LmtuneError(f"the ONNX model's logits differ from PyTorch's by {difference:.2g} (> {TOLERANCE}); "
-                          "not exporting it")
+        raise LmtuneError(
+            f"the ONNX model's logits differ from PyTorch's by {difference:.2g} (> {TOLERANCE}); not exporting it"
+        )
     return {"onnx_max_abs_difference": difference}

@@ -1,4 +1,5 @@
 """Using a model: load once, then generate, fill masks, or classify."""
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,8 @@ def weights_format(dtype: str, device: torch.device, objective: Objective | None
     """The weights' number format for inference (fp32, bf16, fp16 or int8). auto: on GPUs bf16 where they
     have it, else fp16; on CPUs where bf16 matmuls measure clearly faster than fp32 (`cpu_has_bf16`), the
     objective's `cpu_weights`: int8 weights with bf16 activations for causal LMs (decoding is memory-bound;
-    the default without an objective) and bf16 for encoders; fp32 on other CPUs (int8's kernel is slow with fp32 activations). Measured on SmolLM2-135M (2 vCPUs, AMD EPYC
+    the default without an objective) and bf16 for encoders; fp32 on other CPUs (int8's kernel is slow with
+    fp32 activations). Measured on SmolLM2-135M (2 vCPUs, AMD EPYC
     with avx512_bf16), batch-1 decoding against fp32: bf16 1.4x, int8 3x; held-out perplexity +0.004% and
     +0.4% (docs/performance.md; `lmtune bench` re-measures both and their greedy agreement)."""
     if dtype != "auto":
@@ -69,8 +71,9 @@ ENGINES = ("auto", "torch", "llama.cpp")
 
 
 @functools.lru_cache(maxsize=4)
-def load(name: str, objective: str | None = None, device: str | None = None, dtype: str = "auto",
-         engine: str = "auto") -> LoadedModel:
+def load(
+    name: str, objective: str | None = None, device: str | None = None, dtype: str = "auto", engine: str = "auto"
+) -> LoadedModel:
     """Load a model for inference from a run folder, model folder, alias or .gguf; cached per process.
     `objective`: load it as that (e.g. "mlm" for an encoder); default: what its config.json says.
     `dtype`: auto, fp32, bf16, fp16 or int8 (see `weights_format`); measurements (`lmtune eval`) use fp32.
@@ -79,15 +82,23 @@ def load(name: str, objective: str | None = None, device: str | None = None, dty
     if engine not in ENGINES:
         raise LmtuneError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
     gguf = gguf_file(name)
-    if engine == "llama.cpp" or (engine == "auto" and gguf is not None and name.endswith(".gguf") and llama_cpp.available()):
+    if engine == "llama.cpp" or (
+        engine == "auto" and gguf is not None and name.endswith(".gguf") and llama_cpp.available()
+    ):
         return _load_llama_cpp(name, gguf, objective)
     source = resolve(name)
     if source.kind == "preset":
         raise LmtuneError(f"'{name}' is an untrained preset; train it first (lmtune train)")
     if source.kind == "folder" and classical.is_classical(source.path):  # a TF-IDF model a run kept (baseline/)
         # (its tokenizer only counts tokens when a labelled file is prepared for `lmtune eval`)
-        return LoadedModel(name, classical.ClassicalClassifier(source.path), load_tokenizer(GPT2_BPE, GPT2_BPE),
-                           objective_for("classify"), source.path, "sklearn")
+        return LoadedModel(
+            name,
+            classical.ClassicalClassifier(source.path),
+            load_tokenizer(GPT2_BPE, GPT2_BPE),
+            objective_for("classify"),
+            source.path,
+            "sklearn",
+        )
     try:
         config = transformers.AutoConfig.from_pretrained(source.path)
     except (OSError, ValueError) as err:
@@ -109,8 +120,10 @@ def load(name: str, objective: str | None = None, device: str | None = None, dty
 
 def _load_llama_cpp(name: str, gguf: Path | None, objective: str | None) -> LoadedModel:
     if gguf is None:
-        raise LmtuneError(f"the llama.cpp engine runs GGUF files; '{name}' is not one (export it: lmtune export "
-                          f"{name} --out DIR --format gguf)")
+        raise LmtuneError(
+            f"the llama.cpp engine runs GGUF files; '{name}' is not one (export it: lmtune export "
+            f"{name} --out DIR --format gguf)"
+        )
     generating = objective_for("generate")
     if objective is not None and "generate" not in get_objective(objective).capabilities:
         raise LmtuneError("the llama.cpp engine generates text only")
@@ -128,6 +141,8 @@ def as_loaded(model: str | LoadedModel, capability: str | None = None) -> Loaded
     """A loaded model (loading it by name if need be) that can do `capability` ("generate", ...)."""
     loaded = model if isinstance(model, LoadedModel) else load(str(model))
     if capability is not None and capability not in loaded.capabilities:
-        raise LmtuneError(f"{loaded.name} is a {loaded.objective.name} model: it cannot {capability} "
-                          f"(it can: {', '.join(loaded.capabilities)})")
+        raise LmtuneError(
+            f"{loaded.name} is a {loaded.objective.name} model: it cannot {capability} "
+            f"(it can: {', '.join(loaded.capabilities)})"
+        )
     return loaded

@@ -1,4 +1,5 @@
 """Classification: the label and the probability of every class, for one text or many."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,13 @@ from lmtune.outputs import write_file_atomic
 
 
 @torch.inference_mode()
-def classify(model: str | LoadedModel, texts: str | list[str], batch_size: int = 32, max_length: int = 512,
-             progress: bool = False) -> list[dict]:
+def classify(
+    model: str | LoadedModel,
+    texts: str | list[str],
+    batch_size: int = 32,
+    max_length: int = 512,
+    progress: bool = False,
+) -> list[dict]:
     """`[{"label": ..., "score": p, "scores": {label: p, ...}}]`, one per text, in input order."""
     loaded = as_loaded(model, "classify")
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -28,9 +34,12 @@ def classify(model: str | LoadedModel, texts: str | list[str], batch_size: int =
 
     for start in tqdm(range(0, len(order), batch_size), desc="classify", unit="batch", disable=not progress):
         idx = order[start : start + batch_size]
-        enc = loaded.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                               max_length=max_length).to(device)
-        probs = loaded.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float().softmax(-1)
+        enc = loaded.tokenizer(
+            [texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        ).to(device)
+        probs = (
+            loaded.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float().softmax(-1)
+        )
         for i, row in zip(idx, probs.tolist()):
             results[i] = _result(labels, row)
     return results
@@ -56,8 +65,10 @@ def write_predictions(path: Path, rows: list[dict], results: list[dict], input_p
     output's suffix names (else the input's: JSONL in, JSONL out). Nested values stay JSON, never a
     Python repr. Written to a temporary file and renamed: a crash never leaves half a file."""
     fmt = _format_of(Path(path)) or _format_of(input_path) or "csv"
-    records = [{**row, "predicted_label": result["label"], "score": result["score"],
-                "scores": result["scores"]} for row, result in zip(rows, results)]
+    records = [
+        {**row, "predicted_label": result["label"], "score": result["score"], "scores": result["scores"]}
+        for row, result in zip(rows, results)
+    ]
 
     def write(fh) -> None:
         if fmt == "jsonl":
@@ -71,8 +82,11 @@ def write_predictions(path: Path, rows: list[dict], results: list[dict], input_p
             writer = csv.DictWriter(fh, fieldnames=fields, delimiter="\t" if fmt == "tsv" else ",")
             writer.writeheader()
             for record in records:
-                flat = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
-                        for k, v in record.items() if k != "scores"}
+                flat = {
+                    k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+                    for k, v in record.items()
+                    if k != "scores"
+                }
                 flat["score"] = f"{record['score']:.6f}"
                 flat.update({f"p_{k}": f"{v:.6f}" for k, v in record["scores"].items()})
                 writer.writerow(flat)

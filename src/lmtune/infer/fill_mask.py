@@ -1,4 +1,5 @@
 """Fill-mask: for each mask in the input, the top-k tokens with their probabilities."""
+
 from __future__ import annotations
 
 import torch
@@ -50,7 +51,9 @@ def _mask_logits(model, enc, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def fill_mask(model: str | LoadedModel, texts: str | list[str], top_k: int = 5) -> list[list[dict]] | list[list[list[dict]]]:
+def fill_mask(
+    model: str | LoadedModel, texts: str | list[str], top_k: int = 5
+) -> list[list[dict]] | list[list[list[dict]]]:
     """For one text: a list (one per mask, in order) of top-k predictions
     `{"token", "score", "continues_word", "sequence"}` sorted by score. For a list of texts: one such list each."""
     loaded = as_loaded(model, "fill-mask")
@@ -75,8 +78,15 @@ def fill_mask(model: str | LoadedModel, texts: str | list[str], top_k: int = 5) 
                 filled = ids.clone()
                 filled[position] = token_id
                 token, continues = _display(tok, token_id, marks_starts)
-                preds.append({"token": token, "score": score, "continues_word": continues, "token_id": token_id,
-                              "sequence": tok.decode(filled[enc["attention_mask"][row].bool()], skip_special_tokens=True)})
+                preds.append(
+                    {
+                        "token": token,
+                        "score": score,
+                        "continues_word": continues,
+                        "token_id": token_id,
+                        "sequence": tok.decode(filled[enc["attention_mask"][row].bool()], skip_special_tokens=True),
+                    }
+                )
             per_mask.append(preds)
         results.append(per_mask)
     return results[0] if single else results

@@ -3,6 +3,7 @@
 `SamplingSettings` is the one definition of the sampling values and their valid ranges: the CLI builds a
 `GenerationSettings` from its options, the server's request bodies extend `SamplingSettings` (and take
 their OpenAI fields' ranges from the same types), so the two can never disagree about what is valid."""
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ class SamplingSettings(BaseModel):
     max_new_tokens: NewTokens = Field(64, description="tokens to generate")
     temperature: Temperature = Field(0.8, description="0 = greedy; higher = more varied")
     top_k: int | None = Field(50, ge=0, description="sample from the k most likely tokens (0 or null: off)")
-    top_p: TopP | None = Field(0.95, description="nucleus sampling: the smallest set of tokens with this much "
-                               "probability")
+    top_p: TopP | None = Field(
+        0.95, description="nucleus sampling: the smallest set of tokens with this much probability"
+    )
     # Below 0.01 a penalty multiplies logits past what float32 holds.
     repetition_penalty: float = Field(1.0, ge=0.01, le=10.0, description=">1 discourages repeats")
     num_return_sequences: Sequences = Field(1, description="continuations to return")
@@ -56,8 +58,12 @@ _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "
 def describe(error: dict) -> str:
     """One pydantic error as one line naming the field: 'temperature must be >= 0 (got -1)'. The field's
     path leaves out FastAPI's 'body' and pydantic's names of union branches ('str', 'list[str]')."""
-    where = ".".join(str(part) for part in error.get("loc", ())
-                     if not (isinstance(part, str) and _NOT_A_FIELD.search(part))) or "body"
+    where = (
+        ".".join(
+            str(part) for part in error.get("loc", ()) if not (isinstance(part, str) and _NOT_A_FIELD.search(part))
+        )
+        or "body"
+    )
     if error.get("type") in _BOUNDS:
         limit = next(iter(error["ctx"].values()))
         limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
@@ -84,10 +90,14 @@ class GenerationSettings(SamplingSettings):
 
     def generate_kwargs(self, tokenizer) -> dict:
         sample = self.sampled
-        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
-                  "repetition_penalty": self.repetition_penalty, "num_return_sequences": self.num_return_sequences,
-                  "pad_token_id": tokenizer.pad_token_id,
-                  "eos_token_id": None if self.ignore_eos else tokenizer.eos_token_id}
+        kwargs = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": sample,
+            "repetition_penalty": self.repetition_penalty,
+            "num_return_sequences": self.num_return_sequences,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": None if self.ignore_eos else tokenizer.eos_token_id,
+        }
         if sample:
             kwargs.update(temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p or 1.0)
         else:
@@ -100,8 +110,10 @@ def room_for_prompt(loaded: LoadedModel, max_new_tokens: int) -> int | None:
     LmtuneError when none do."""
     limit = context_length_of(loaded.model.config)
     if limit is not None and max_new_tokens >= limit:
-        raise LmtuneError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's "
-                          f"context of {limit} tokens; ask for fewer")
+        raise LmtuneError(
+            f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's "
+            f"context of {limit} tokens; ask for fewer"
+        )
     return None if limit is None else limit - max_new_tokens
 
 
@@ -110,10 +122,18 @@ def prompt_ids(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> list[in
     room = room_for_prompt(loaded, max_new_tokens)
     ids = loaded.tokenizer(prompt).input_ids
     if not ids:  # an empty prompt: start from the BOS/EOS token
-        ids = [loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else loaded.tokenizer.eos_token_id]
+        ids = [
+            loaded.tokenizer.bos_token_id
+            if loaded.tokenizer.bos_token_id is not None
+            else loaded.tokenizer.eos_token_id
+        ]
     if room is not None and len(ids) > room:
-        log.warning("warning: the prompt has %d tokens; only its last %d fit the model's context with %d new "
-                    "tokens", len(ids), room, max_new_tokens)
+        log.warning(
+            "warning: the prompt has %d tokens; only its last %d fit the model's context with %d new tokens",
+            len(ids),
+            room,
+            max_new_tokens,
+        )
         ids = ids[-room:]
     return ids
 
@@ -128,8 +148,13 @@ def _llama_cpp(loaded: LoadedModel) -> bool:
     return getattr(loaded.model, "engine", "torch") == "llama.cpp"
 
 
-def _llama_cpp_pieces(loaded: LoadedModel, prompt: str, settings: GenerationSettings, seed: int | None,
-                      stop: threading.Event | None = None) -> Iterator[str]:
+def _llama_cpp_pieces(
+    loaded: LoadedModel,
+    prompt: str,
+    settings: GenerationSettings,
+    seed: int | None,
+    stop: threading.Event | None = None,
+) -> Iterator[str]:
     ids = prompt_ids(loaded, prompt, settings.max_new_tokens)
     return loaded.model.generate_pieces(ids, settings, loaded.tokenizer.eos_token_id, seed, stop)
 
@@ -149,16 +174,25 @@ class _StopWhenSet(StoppingCriteria):
 
 
 @torch.inference_mode()
-def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None,
-             stop: threading.Event | None = None, **overrides) -> list[str]:
+def generate(
+    model: str | LoadedModel,
+    prompt: str,
+    settings: GenerationSettings | None = None,
+    stop: threading.Event | None = None,
+    **overrides,
+) -> list[str]:
     """Continuations of `prompt` (without the prompt), one per returned sequence. Setting `stop` (from
     another thread) ends the generation at the next token."""
     loaded = as_loaded(model, "generate")
     settings = _settings(settings, overrides)
     if _llama_cpp(loaded):  # one sequence at a time; greedy ones are all the same
         sampled, n = settings.sampled, settings.num_return_sequences
-        texts = ["".join(_llama_cpp_pieces(loaded, prompt, settings, None if settings.seed is None else settings.seed + i,
-                                           stop)) for i in range(n if sampled else 1)]
+        texts = [
+            "".join(
+                _llama_cpp_pieces(loaded, prompt, settings, None if settings.seed is None else settings.seed + i, stop)
+            )
+            for i in range(n if sampled else 1)
+        ]
         return texts if sampled else texts * n
     enc = encode_prompt(loaded, prompt, settings.max_new_tokens)
     if settings.seed is not None:
@@ -169,7 +203,7 @@ def generate(model: str | LoadedModel, prompt: str, settings: GenerationSettings
         copies, kwargs["num_return_sequences"] = kwargs["num_return_sequences"], 1
     stopping = StoppingCriteriaList([_StopWhenSet(stop)] if stop is not None else [])
     out = loaded.model.generate(**enc, **kwargs, stopping_criteria=stopping)
-    new = out[:, enc["input_ids"].shape[1]:]
+    new = out[:, enc["input_ids"].shape[1] :]
     return loaded.tokenizer.batch_decode(new, skip_special_tokens=True) * copies
 
 
@@ -177,8 +211,7 @@ class Stream:
     """Text pieces as they are generated (one sequence), from a generation thread. `close()` (or leaving
     a `with` block) stops the generation within a token and waits for the thread."""
 
-    def __init__(self, model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None,
-                 **overrides):
+    def __init__(self, model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None, **overrides):
         loaded = as_loaded(model, "generate")
         settings = _settings(settings, overrides).model_copy(update={"num_return_sequences": 1})
         self.stop = threading.Event()
@@ -188,8 +221,12 @@ class Stream:
             return
         enc = encode_prompt(loaded, prompt, settings.max_new_tokens)
         self.streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**enc, **settings.generate_kwargs(loaded.tokenizer), "streamer": self.streamer,
-                  "stopping_criteria": StoppingCriteriaList([_StopWhenSet(self.stop)])}
+        kwargs = {
+            **enc,
+            **settings.generate_kwargs(loaded.tokenizer),
+            "streamer": self.streamer,
+            "stopping_criteria": StoppingCriteriaList([_StopWhenSet(self.stop)]),
+        }
 
         def work():
             try:
@@ -237,7 +274,9 @@ class Stream:
         self.close()
 
 
-def stream(model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None, **overrides) -> Iterator[str]:
+def stream(
+    model: str | LoadedModel, prompt: str, settings: GenerationSettings | None = None, **overrides
+) -> Iterator[str]:
     """Yield text pieces as they are generated (one sequence)."""
     with Stream(model, prompt, settings, **overrides) as pieces:
         yield from pieces

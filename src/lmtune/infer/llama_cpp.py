@@ -7,6 +7,7 @@ SmolLM2-135M Q4_1 (2 vCPUs): ~9x the PyTorch path's batch-1 decode (docs/perform
 
 The prompt is tokenized by the model's Hugging Face tokenizer (read from the GGUF file), so prompts,
 chat templates, truncation and token counts are the same as on the PyTorch path; llama.cpp gets the ids."""
+
 from __future__ import annotations
 
 import os
@@ -46,27 +47,45 @@ class LlamaCppModel:
 
     def __init__(self, path: Path, threads: int | None = None):
         if not available():
-            raise LmtuneError("running GGUF models with llama.cpp needs llama-cpp-python: "
-                              "pip install 'lmtune[llama-cpp]' (or --engine torch)")
+            raise LmtuneError(
+                "running GGUF models with llama.cpp needs llama-cpp-python: "
+                "pip install 'lmtune[llama-cpp]' (or --engine torch)"
+            )
         from llama_cpp import Llama
 
         self.path = path
-        self.llm = Llama(model_path=str(path), n_ctx=min(_trained_context(path), N_CTX), n_threads=threads or os.cpu_count(),
-                         verbose=False)
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=min(_trained_context(path), N_CTX),
+            n_threads=threads or os.cpu_count(),
+            verbose=False,
+        )
         self.config = SimpleNamespace(n_ctx=self.llm.n_ctx(), model_type="gguf", name_or_path=str(path))
         self.lock = threading.Lock()
 
     def eval(self) -> "LlamaCppModel":
         return self
 
-    def generate_pieces(self, prompt_ids: list[int], settings, eos_token_id: int | None, seed: int | None,
-                        stop: threading.Event | None = None) -> Iterator[str]:
+    def generate_pieces(
+        self,
+        prompt_ids: list[int],
+        settings,
+        eos_token_id: int | None,
+        seed: int | None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
         """Text pieces of one continuation, as llama.cpp samples it with `settings`."""
         sample = settings.sampled
-        kwargs = dict(max_tokens=settings.max_new_tokens, temperature=settings.temperature if sample else 0.0,
-                      top_k=(settings.top_k or 0) if sample else 1, top_p=(settings.top_p or 1.0) if sample else 1.0,
-                      min_p=0.0, repeat_penalty=settings.repetition_penalty, seed=seed if seed is not None else -1,
-                      stream=True)
+        kwargs = dict(
+            max_tokens=settings.max_new_tokens,
+            temperature=settings.temperature if sample else 0.0,
+            top_k=(settings.top_k or 0) if sample else 1,
+            top_p=(settings.top_p or 1.0) if sample else 1.0,
+            min_p=0.0,
+            repeat_penalty=settings.repetition_penalty,
+            seed=seed if seed is not None else -1,
+            stream=True,
+        )
         if settings.ignore_eos and eos_token_id is not None:
             kwargs["logit_bias"] = {eos_token_id: float("-inf")}
         with self.lock:

@@ -5,6 +5,7 @@ token + position embeddings -> n_layer x [LayerNorm -> causal self-attention -> 
 
 Selected with `model.impl: native`. `save_pretrained` writes a folder that `GPT2LMHeadModel` loads as-is,
 and `from_pretrained` reads any HF GPT-2 folder, so runs interoperate with the transformers ecosystem."""
+
 from __future__ import annotations
 
 import json
@@ -33,17 +34,33 @@ class GPTConfig:
     def to_hf(self):
         from transformers import GPT2Config
 
-        return GPT2Config(vocab_size=self.vocab_size, n_positions=self.n_positions, n_layer=self.n_layer,
-                          n_head=self.n_head, n_embd=self.n_embd, resid_pdrop=self.dropout, embd_pdrop=self.dropout,
-                          attn_pdrop=self.dropout, layer_norm_epsilon=self.layer_norm_epsilon,
-                          bos_token_id=self.eos_token_id, eos_token_id=self.eos_token_id,
-                          architectures=["GPT2LMHeadModel"])
+        return GPT2Config(
+            vocab_size=self.vocab_size,
+            n_positions=self.n_positions,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            resid_pdrop=self.dropout,
+            embd_pdrop=self.dropout,
+            attn_pdrop=self.dropout,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            bos_token_id=self.eos_token_id,
+            eos_token_id=self.eos_token_id,
+            architectures=["GPT2LMHeadModel"],
+        )
 
     @classmethod
     def from_hf(cls, hf) -> "GPTConfig":
-        return cls(vocab_size=hf.vocab_size, n_positions=hf.n_positions, n_layer=hf.n_layer, n_head=hf.n_head,
-                   n_embd=hf.n_embd, dropout=hf.resid_pdrop, layer_norm_epsilon=hf.layer_norm_epsilon,
-                   eos_token_id=hf.eos_token_id)
+        return cls(
+            vocab_size=hf.vocab_size,
+            n_positions=hf.n_positions,
+            n_layer=hf.n_layer,
+            n_head=hf.n_head,
+            n_embd=hf.n_embd,
+            dropout=hf.resid_pdrop,
+            layer_norm_epsilon=hf.layer_norm_epsilon,
+            eos_token_id=hf.eos_token_id,
+        )
 
 
 @dataclass
@@ -123,8 +140,9 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> GPTOutput:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> GPTOutput:
         B, T = input_ids.shape
         if T > self.config.n_positions:
             raise ValueError(f"sequence of {T} tokens is longer than n_positions={self.config.n_positions}")

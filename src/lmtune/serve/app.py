@@ -6,6 +6,7 @@ the server's caps (schemas.py), a function from `infer/` run on a worker thread 
 micro-batched), a JSON body or server-sent events (streams.py). No request holds a model after its client
 is gone, and a shutdown cancels requests the same way. Every error is a JSON body (errors.py). The routes
 live in routes.py (lmtune's own) and openai.py; this module loads the models and puts the app together."""
+
 import contextlib
 import functools
 import hmac
@@ -29,12 +30,21 @@ from lmtune.serve.schemas import EVENT_BODIES, Limits, request_bodies
 from lmtune.serve.ui import build_ui
 
 # Requests of these capabilities that arrive while their model is busy are answered by one call.
-MICRO_BATCHED = {"fill-mask": lambda loaded, texts, top_k: fill_mask(loaded, texts, top_k),
-                 "classify": lambda loaded, texts, _: classify(loaded, texts)}
+MICRO_BATCHED = {
+    "fill-mask": lambda loaded, texts, top_k: fill_mask(loaded, texts, top_k),
+    "classify": lambda loaded, texts, _: classify(loaded, texts),
+}
 
 
-def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None = None, limits: Limits | None = None,
-               ui: bool = True, device: str | None = None, dtype: str = "auto", engine: str = "auto") -> FastAPI:
+def create_app(
+    models: list[str] | dict[str, LoadedModel],
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    ui: bool = True,
+    device: str | None = None,
+    dtype: str = "auto",
+    engine: str = "auto",
+) -> FastAPI:
     limits = limits or Limits()
     if not isinstance(models, dict):
         models = {name: load(name, device=device, dtype=dtype, engine=engine) for name in models}
@@ -57,8 +67,12 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
             if model.batcher is not None:
                 await anyio.to_thread.run_sync(model.batcher.close)
 
-    app = FastAPI(title="lmtune", version="0.1.0", lifespan=lifespan,
-                  description="Fill-mask, generation and classification with tuned models; OpenAI-compatible routes.")
+    app = FastAPI(
+        title="lmtune",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Fill-mask, generation and classification with tuned models; OpenAI-compatible routes.",
+    )
     app.state.served, app.state.limits, app.state.api_key = served, limits, api_key
     install_error_handlers(app, ClientGone)
     bodies = request_bodies(limits)
@@ -70,10 +84,18 @@ def create_app(models: list[str] | dict[str, LoadedModel], api_key: str | None =
 
         # The web UI and Gradio's own API routes sit behind the same key: its login form (any user name, the
         # key as password) sets the session cookie every Gradio route then asks for.
-        auth = None if api_key is None else (lambda _user, password: hmac.compare_digest(password.encode(),
-                                                                                        api_key.encode()))
-        app = gr.mount_gradio_app(app, build_ui(served, limits), path="/", auth=auth,
-                                  auth_message="This server needs its API key: any user name, the key as password.")
+        auth = (
+            None
+            if api_key is None
+            else (lambda _user, password: hmac.compare_digest(password.encode(), api_key.encode()))
+        )
+        app = gr.mount_gradio_app(
+            app,
+            build_ui(served, limits),
+            path="/",
+            auth=auth,
+            auth_message="This server needs its API key: any user name, the key as password.",
+        )
     return app
 
 
@@ -83,8 +105,9 @@ def _document_event_bodies(app: FastAPI) -> None:
 
     def with_event_bodies() -> dict:
         schema = openapi()
-        _, defs = models_json_schema([(m, "serialization") for m in EVENT_BODIES],
-                                     ref_template="#/components/schemas/{model}")
+        _, defs = models_json_schema(
+            [(m, "serialization") for m in EVENT_BODIES], ref_template="#/components/schemas/{model}"
+        )
         schema["components"]["schemas"].update(defs["$defs"])
         return schema
 
@@ -103,8 +126,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except PermissionError:
-            raise LmtuneError(f"no permission to serve on port {port} (ports below 1024 need root); "
-                              "choose another with --port") from None
+            raise LmtuneError(
+                f"no permission to serve on port {port} (ports below 1024 need root); choose another with --port"
+            ) from None
         except OSError as err:
-            raise LmtuneError(f"cannot serve on {host}:{port}: {err.strerror} (is another server running? "
-                              "choose another with --port)") from None
+            raise LmtuneError(
+                f"cannot serve on {host}:{port}: {err.strerror} (is another server running? choose another with --port)"
+            ) from None

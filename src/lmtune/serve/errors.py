@@ -1,5 +1,6 @@
 """Every error a client gets is one JSON body, `{"error": {"message", "type"}}`: 4xx for anything the client
 sent (validation, unknown route, wrong key), 499 for a client that left, 500 (still JSON) for a bug."""
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,8 +45,9 @@ def install_error_handlers(app: FastAPI, client_gone: type[Exception]) -> None:
         if problems[0].get("type") == "json_invalid":
             return error_response(422, "request body is not valid JSON")
         # For `str | list[str]` pydantic reports each branch; the type mismatch of the branch not taken is noise.
-        return error_response(422, describe(next((p for p in problems if not p.get("type", "").endswith("_type")),
-                                                 problems[0])))
+        return error_response(
+            422, describe(next((p for p in problems if not p.get("type", "").endswith("_type")), problems[0]))
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):  # unknown path, wrong method: the same JSON shape

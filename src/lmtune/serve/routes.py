@@ -1,6 +1,7 @@
 """lmtune's own REST routes, request -> predict -> response: /health, /v1/models, /v1/fill-mask, /v1/classify,
 /v1/generate. Shared state (the served models, the caps, the API key) reaches them through FastAPI
 dependencies on the app's state."""
+
 import hmac
 from types import SimpleNamespace
 from typing import Annotated
@@ -40,8 +41,11 @@ def check_key(request: Request) -> None:
         return
     given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     if not hmac.compare_digest(given.encode(), api_key.encode()):
-        raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
-                       "authentication_error")
+        raise ApiError(
+            401,
+            "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
+            "authentication_error",
+        )
 
 
 Models = Annotated[dict[str, Served], Depends(served_models)]
@@ -58,8 +62,17 @@ def rest_router(bodies: SimpleNamespace) -> APIRouter:
 
     @router.get("/v1/models", dependencies=KEYED, response_model=ModelList, responses=ERRORS)
     async def list_models(served: Models):
-        return {"data": [{"id": m.name, "objective": m.loaded.objective.name, "capabilities": m.capabilities,
-                          "labels": m.loaded.labels or None} for m in served.values()]}
+        return {
+            "data": [
+                {
+                    "id": m.name,
+                    "objective": m.loaded.objective.name,
+                    "capabilities": m.capabilities,
+                    "labels": m.loaded.labels or None,
+                }
+                for m in served.values()
+            ]
+        }
 
     @router.post("/v1/fill-mask", dependencies=KEYED, response_model=FillMaskResponse, responses=ERRORS)
     async def fill_mask_route(body: bodies.FillMaskRequest, request: Request, served: Models):

@@ -2,6 +2,7 @@
 event loop, leaves the line when its client goes, and runs off the event loop; fill-mask and classify
 requests that arrive while their model is busy are answered together (`MicroBatcher`); continuous batching
 of generation is infer/batching.py's `Batcher`."""
+
 import asyncio
 import contextlib
 import itertools
@@ -38,7 +39,9 @@ class Served:
     def load(self) -> dict:
         batched = self.batcher is not None
         running = self.batcher.running if batched else int(self.lock.locked())
-        waiting = len(self.line) + (self.batcher.waiting if batched else 0) + (len(self.micro.pending) if self.micro else 0)
+        waiting = (
+            len(self.line) + (self.batcher.waiting if batched else 0) + (len(self.micro.pending) if self.micro else 0)
+        )
         return {"busy": running > 0 or self.lock.locked(), "running": running, "waiting": waiting}
 
     @contextlib.contextmanager
@@ -116,14 +119,17 @@ class MicroBatcher:
             async with self.model.turn():
                 group, size = [], 0
                 for asked in list(self.pending):
-                    if asked.options == self.pending[0].options and (not group or size + len(asked.texts) <= self.max_texts):
+                    if asked.options == self.pending[0].options and (
+                        not group or size + len(asked.texts) <= self.max_texts
+                    ):
                         group.append(asked)
                         size += len(asked.texts)
                 for asked in group:
                     self.pending.remove(asked)
                 try:
-                    results = await anyio.to_thread.run_sync(on_worker, self.run, [t for a in group for t in a.texts],
-                                                             group[0].options)
+                    results = await anyio.to_thread.run_sync(
+                        on_worker, self.run, [t for a in group for t in a.texts], group[0].options
+                    )
                 except Exception as err:
                     for asked in group:
                         if not asked.answer.done():
@@ -132,7 +138,7 @@ class MicroBatcher:
                 start = 0
                 for asked in group:
                     if not asked.answer.done():
-                        asked.answer.set_result(results[start:start + len(asked.texts)])
+                        asked.answer.set_result(results[start : start + len(asked.texts)])
                     start += len(asked.texts)
 
 

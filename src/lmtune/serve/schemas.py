@@ -1,6 +1,7 @@
 """What the server's routes take and give: request bodies whose schema carries this server's caps (so
 `/docs` and clients see them, and anything beyond them is a 422 before any work), response bodies, and
 the events a stream sends."""
+
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
@@ -26,8 +27,9 @@ class Limits:
     batch_size: int = 8  # sequences generated together per model (continuous batching); 1: one at a time
 
 
-ModelName = Annotated[str | None, Field(description="a served model's name (GET /v1/models); default: the first "
-                                                   "that can")]
+ModelName = Annotated[
+    str | None, Field(description="a served model's name (GET /v1/models); default: the first that can")
+]
 
 
 class _OpenAIBody(BaseModel):
@@ -84,15 +86,26 @@ def request_bodies(limits: Limits) -> SimpleNamespace:
         messages: list[ChatMessage] = Field(min_length=1, max_length=limits.max_batch)
         max_tokens: Tokens = min(128, cap)
 
-    return SimpleNamespace(FillMaskRequest=FillMaskRequest, ClassifyRequest=ClassifyRequest, GenerateRequest=GenerateRequest,
-                           CompletionRequest=CompletionRequest, ChatRequest=ChatRequest)
+    return SimpleNamespace(
+        FillMaskRequest=FillMaskRequest,
+        ClassifyRequest=ClassifyRequest,
+        GenerateRequest=GenerateRequest,
+        CompletionRequest=CompletionRequest,
+        ChatRequest=ChatRequest,
+    )
 
 
 def generation_settings(body: BaseModel) -> GenerationSettings:
     """The one place a request body becomes generation settings (validated again there, as the CLI's are)."""
     if isinstance(body, _OpenAIBody):
-        return GenerationSettings(max_new_tokens=body.max_tokens, temperature=body.temperature, top_k=None,
-                                  top_p=body.top_p, num_return_sequences=body.n, seed=body.seed)
+        return GenerationSettings(
+            max_new_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_k=None,
+            top_p=body.top_p,
+            num_return_sequences=body.n,
+            seed=body.seed,
+        )
     return GenerationSettings(**body.model_dump(include=set(SamplingSettings.model_fields)))
 
 
@@ -249,9 +262,20 @@ EVENT_BODIES = (GenerateChunk, CompletionChunk, ChatChunk, ErrorBody)
 def streamed(chunk: type[BaseModel]) -> dict:
     """The 200 of a route that streams when asked: server-sent events, each `data:` a `chunk` (or, when the
     stream fails, an error), the last `[DONE]`. OpenAPI 3.1: the schema describes one event."""
-    payload = {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, {"$ref": "#/components/schemas/ErrorBody"}]}
-    data = {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": "application/json",
-                                             "contentSchema": payload}]}
+    payload = {
+        "anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, {"$ref": "#/components/schemas/ErrorBody"}]
+    }
+    data = {
+        "anyOf": [
+            {"const": "[DONE]"},
+            {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+        ]
+    }
     event = {"type": "object", "required": ["data"], "properties": {"data": data}}
-    return {**ERRORS, 200: {"description": "JSON, or server-sent events when `stream` is true",
-                            "content": {"text/event-stream": {"schema": event}}}}
+    return {
+        **ERRORS,
+        200: {
+            "description": "JSON, or server-sent events when `stream` is true",
+            "content": {"text/event-stream": {"schema": event}},
+        },
+    }

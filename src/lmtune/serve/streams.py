@@ -1,7 +1,9 @@
 """Generation for the routes: server-sent events as tokens come (through the model's batcher, or holding the
 model in its line), or each prompt's finished generations; either stops within a token once its client
 is gone. A stream that fails sends an SSE error event, then `[DONE]`."""
+
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,8 +34,14 @@ class EventStream(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
-def stream_events(model: Served, prompt: str, settings: GenerationSettings, event: Callable[[str], dict],
-                  first: dict | None = None, last: dict | None = None) -> EventStream:
+def stream_events(
+    model: Served,
+    prompt: str,
+    settings: GenerationSettings,
+    event: Callable[[str], dict],
+    first: dict | None = None,
+    last: dict | None = None,
+) -> EventStream:
     room_for_prompt(model.loaded, settings.max_new_tokens)  # a request that cannot fit: a 400, not a stream
 
     async def batched() -> AsyncIterator[str]:
@@ -61,8 +69,9 @@ def stream_events(model: Served, prompt: str, settings: GenerationSettings, even
                     if first is not None:
                         yield _sse(first)
                     # A cancelled wait (client gone) abandons `next` at once; close() below ends the thread.
-                    while (piece := await asyncio.get_running_loop().run_in_executor(
-                            None, next, pieces, None)) is not None:
+                    while (
+                        piece := await asyncio.get_running_loop().run_in_executor(None, next, pieces, None)
+                    ) is not None:
                         yield _sse(event(piece))
                 finally:  # the end, a client that left, or a shutdown: stop generating, then free the model
                     with anyio.CancelScope(shield=True):
@@ -76,16 +85,16 @@ def stream_events(model: Served, prompt: str, settings: GenerationSettings, even
     return EventStream(events())
 
 
-
-async def completions_of(model: Served, prompts: list[str], settings: GenerationSettings,
-                         request: Request) -> list[list[Job]]:
+async def completions_of(
+    model: Served, prompts: list[str], settings: GenerationSettings, request: Request
+) -> list[list[Job]]:
     """Each prompt's finished jobs (n per prompt), generated through the batcher when the model has
     one (all at once), else one prompt at a time in the model's line."""
     n = settings.num_return_sequences
     if model.batcher is None:
         done = []
         for prompt in prompts:
-            texts = await predict(model, request, lambda stop: generate(model.loaded, prompt, settings, stop=stop))
+            texts = await predict(model, request, functools.partial(_generate_until, model.loaded, prompt, settings))
             done.append([_Finished(model.loaded, prompt, text, settings.max_new_tokens) for text in texts])
         return done
     one = settings.model_copy(update={"num_return_sequences": 1})
@@ -96,8 +105,12 @@ async def completions_of(model: Served, prompts: list[str], settings: Generation
     texts = None
     try:
         for prompt in prompts:  # a prompt that cannot fit raises here: the finally cancels those before it
-            jobs.append([model.batcher.submit(prompt, one, None if one.seed is None else one.seed + i, loop=loop)
-                         for i in range(n if sampled else 1)])  # greedy: n copies of one
+            jobs.append(
+                [
+                    model.batcher.submit(prompt, one, None if one.seed is None else one.seed + i, loop=loop)
+                    for i in range(n if sampled else 1)
+                ]
+            )  # greedy: n copies of one
             flat += jobs[-1]
         texts = asyncio.gather(*(_text_of(job) for job in flat))
         while not (await asyncio.wait({texts}, timeout=0.05))[0]:
@@ -135,3 +148,7 @@ async def _text_of(job: Job) -> None:
 
 def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
+
+
+def _generate_until(loaded: LoadedModel, prompt: str, settings: GenerationSettings, stop) -> list[str]:
+    return generate(loaded, prompt, settings, stop=stop)

@@ -1,4 +1,5 @@
 """The browser UI (Gradio), a tab per capability of the served models, and one for the training runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,9 @@ def _within_limits(limits, text: str, new_tokens: int | None = None, top_k: int 
     if limits is None:
         return
     if len(text) > limits.max_input_chars:
-        raise LmtuneError(f"the text has {len(text):,} characters; this server takes at most {limits.max_input_chars:,}")
+        raise LmtuneError(
+            f"the text has {len(text):,} characters; this server takes at most {limits.max_input_chars:,}"
+        )
     if new_tokens is not None and not 1 <= new_tokens <= limits.max_new_tokens:
         raise LmtuneError(f"max new tokens must be between 1 and {limits.max_new_tokens} on this server")
     if top_k is not None and not 1 <= top_k <= 100:
@@ -46,8 +49,11 @@ def build_ui(served: dict, limits=None):
         gr.Markdown("# lmtune\nTry the served models. The REST API is at `/v1/...` (schema: `/openapi.json`).")
         if masked:
             with gr.Tab("Fill-mask"):
-                text = gr.Textbox(label="Text with [MASK]", value="To be, or not to be, that is the [MASK].",
-                                  elem_id="fill-mask-input")
+                text = gr.Textbox(
+                    label="Text with [MASK]",
+                    value="To be, or not to be, that is the [MASK].",
+                    elem_id="fill-mask-input",
+                )
                 top_k = gr.Slider(1, 20, value=5, step=1, label="top-k")
                 button = gr.Button("Predict", variant="primary", elem_id="fill-mask-submit")
                 # One column per masked model: base vs tuned side by side when two are served.
@@ -56,8 +62,13 @@ def build_ui(served: dict, limits=None):
                     for name in masked:
                         with gr.Column():
                             gr.Markdown(f"**{name}**")
-                            tables.append(gr.Dataframe(headers=["mask", "rank", "token", "probability"],
-                                                       label="predictions", elem_classes=["fill-mask-table"]))
+                            tables.append(
+                                gr.Dataframe(
+                                    headers=["mask", "rank", "token", "probability"],
+                                    label="predictions",
+                                    elem_classes=["fill-mask-table"],
+                                )
+                            )
                             charts.append(gr.Label(label="first mask", num_top_classes=20))
 
                 def predict(sentence, k):
@@ -66,8 +77,11 @@ def build_ui(served: dict, limits=None):
                         _within_limits(limits, sentence, top_k=int(k))
                         for name in masked:
                             masks = run_locked(name, fill_mask, sentence, int(k))
-                            rows = [[m + 1, r + 1, p["token"], round(p["score"], 4)]
-                                    for m, preds in enumerate(masks) for r, p in enumerate(preds)]
+                            rows = [
+                                [m + 1, r + 1, p["token"], round(p["score"], 4)]
+                                for m, preds in enumerate(masks)
+                                for r, p in enumerate(preds)
+                            ]
                             outputs += [rows, {p["token"]: p["score"] for p in masks[0]}]
                     except LmtuneError as err:
                         raise gr.Error(str(err)) from None
@@ -92,8 +106,9 @@ def build_ui(served: dict, limits=None):
                     result = text
                     try:
                         _within_limits(limits, text, new_tokens=int(n))
-                        settings = GenerationSettings(max_new_tokens=int(n), temperature=temp, top_k=int(k) or None,
-                                                      top_p=p)
+                        settings = GenerationSettings(
+                            max_new_tokens=int(n), temperature=temp, top_k=int(k) or None, top_p=p
+                        )
                         with served[name].pieces(text, settings) as pieces:
                             for piece in pieces:
                                 result += piece
@@ -153,8 +168,10 @@ def _runs_tab(gr) -> None:
                 raise gr.Error(f"no runs in {path}")
             columns, rows = run_table(runs)
             names = [run.path for run in runs]
-            return (gr.Dataframe(value=rows, headers=[c.replace("\n", " ") for c in columns]),
-                    gr.CheckboxGroup(choices=names, value=names[-2:]))
+            return (
+                gr.Dataframe(value=rows, headers=[c.replace("\n", " ") for c in columns]),
+                gr.CheckboxGroup(choices=names, value=names[-2:]),
+            )
 
         def compare(paths, metric_name):
             if not paths:

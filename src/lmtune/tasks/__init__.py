@@ -1,6 +1,7 @@
 """One module per training objective, each an `Objective` (tasks/base.py): what differs between
 objectives (data splits, collator, loss, metrics, the HF class, LoRA task type, how a saved model is
 recognised, what inference offers) lives there. Register a new one here (or, from outside, `register`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ from lmtune.errors import LmtuneError
 from lmtune.tasks import classify, clm, mlm, sft
 from lmtune.tasks.base import Objective
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (clm.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE,
-                                                         sft.OBJECTIVE)}
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o for o in (clm.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE, sft.OBJECTIVE)
+}
 # Inference: a model lmtune did not train is the first of these that recognises its config (the causal LM,
 # last, is the fallback). A model lmtune trained names its objective in its config (`CONFIG_KEY`).
 INFERENCE_ORDER: list[Objective] = [classify.OBJECTIVE, mlm.OBJECTIVE, clm.OBJECTIVE]
@@ -57,8 +59,9 @@ def objective_for(capability: str) -> Objective:
 def task_prompt(model_dir, tokenizer, task: str, prompt: str) -> str:
     """A multi-task model's prompt for `task`, formatted as in training: asked of the objective whose
     metadata file the model folder holds."""
-    owner = next((o for o in OBJECTIVES.values() if o.metadata_file and (Path(model_dir) / o.metadata_file).exists()),
-                 None)
+    owner = next(
+        (o for o in OBJECTIVES.values() if o.metadata_file and (Path(model_dir) / o.metadata_file).exists()), None
+    )
     if owner is None:
         raise LmtuneError(f"{model_dir} was not trained on tasks (no task metadata in the model folder)")
     return owner.task_prompt(model_dir, tokenizer, task, prompt)
@@ -85,10 +88,13 @@ def ignored_keys(config: RunConfig) -> list[str]:
     """Keys the recipe sets, to other than their defaults, that belong to another objective: they would
     silently do nothing. (A run's saved config.yaml lists every key at its value: defaults are not news.)"""
     objective = get_objective(config.objective)
-    return [f"{key} is for objective {owner.name}; objective {objective.name} ignores it"
-            for key in sorted(keys_set(config)) if (owner := owner_of_key(key)) not in (None, objective)
-            and not any(key.startswith(own + ".") for own in owner.own_keys)  # name a section once
-            and not _is_default(config, key)]
+    return [
+        f"{key} is for objective {owner.name}; objective {objective.name} ignores it"
+        for key in sorted(keys_set(config))
+        if (owner := owner_of_key(key)) not in (None, objective)
+        and not any(key.startswith(own + ".") for own in owner.own_keys)  # name a section once
+        and not _is_default(config, key)
+    ]
 
 
 def _is_default(config: RunConfig, key: str) -> bool:
@@ -99,5 +105,17 @@ def _is_default(config: RunConfig, key: str) -> bool:
     return getattr(parent, name) == type(parent).model_fields[name].get_default(call_default_factory=True)
 
 
-__all__ = ["CONFIG_KEY", "OBJECTIVES", "Objective", "get_objective", "ignored_keys", "objective_for", "objective_of",
-           "owner_of_key", "register", "selection_metric", "serving_objective", "task_prompt"]
+__all__ = [
+    "CONFIG_KEY",
+    "OBJECTIVES",
+    "Objective",
+    "get_objective",
+    "ignored_keys",
+    "objective_for",
+    "objective_of",
+    "owner_of_key",
+    "register",
+    "selection_metric",
+    "serving_objective",
+    "task_prompt",
+]

@@ -4,6 +4,7 @@ report and the server ask the objective instead of switching on its name.
 
 Adding an objective = one module in `tasks/` with an `Objective` subclass + one line in the registry
 (`tasks/__init__.py`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -90,8 +91,16 @@ class Objective:
         return default_loss
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, model, dataset, tokenizer, config: RunConfig, autocast, batch_size: int = 8,
-                 max_batches: int | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model,
+        dataset,
+        tokenizer,
+        config: RunConfig,
+        autocast,
+        batch_size: int = 8,
+        max_batches: int | None = None,
+    ) -> dict[str, Any]:
         """Validation metrics; keys start with `val_`."""
         raise NotImplementedError
 

@@ -2,6 +2,7 @@
 same validation rows, and, when one of them beats the fine-tuned model, a model of its own: saved with skops
 (a format that loads without running pickled code) beside a config.json naming its labels, so `lmtune
 classify` and `lmtune serve` use it like any classifier."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def tuned_tfidf(texts: list[str], labels: list[int]):
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.pipeline import make_pipeline, make_union
 
-    features = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2))
+    features = make_union(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
+    )
     matrix = features.fit_transform(texts)
     folds = min(5, min(np.bincount(labels)[np.bincount(labels) > 0]))
     if folds >= 2:
@@ -48,10 +51,18 @@ def save(pipeline, folder: Path, labels: list[str]) -> None:
     import skops.io
 
     skops.io.dump(pipeline, folder / SKOPS_FILE)
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": [ARCHITECTURE], "model_type": "sklearn", "lmtune_objective": "classify",
-        "id2label": {str(i): label for i, label in enumerate(labels)},
-        "label2id": {label: i for i, label in enumerate(labels)}}, indent=2))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": [ARCHITECTURE],
+                "model_type": "sklearn",
+                "lmtune_objective": "classify",
+                "id2label": {str(i): label for i, label in enumerate(labels)},
+                "label2id": {label: i for i, label in enumerate(labels)},
+            },
+            indent=2,
+        )
+    )
 
 
 def is_classical(folder: str | Path) -> bool:
@@ -71,8 +82,9 @@ class ClassicalClassifier:
         path = folder / SKOPS_FILE
         trusted = [t for t in skops.io.get_untrusted_types(file=path) if t.startswith(("sklearn.", "numpy.", "scipy."))]
         self.pipeline = skops.io.load(path, trusted=trusted)
-        self.config = SimpleNamespace(id2label={int(k): v for k, v in config["id2label"].items()},
-                                      architectures=config["architectures"])
+        self.config = SimpleNamespace(
+            id2label={int(k): v for k, v in config["id2label"].items()}, architectures=config["architectures"]
+        )
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """[texts, labels] class probabilities, columns in label id order (a label the training rows lacked: 0)."""

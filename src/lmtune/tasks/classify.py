@@ -1,5 +1,6 @@
 """Sequence classification: labelled rows from CSV/JSONL/datasets, stratified split, length-grouped
 dynamic padding, optional class weights; accuracy, macro-F1, per-class P/R/F1, confusion matrix."""
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,9 @@ def read_labelled(paths, config: RunConfig, tokenizer):
     docs, report = read_clean(paths, config, tokenizer)
     column = config.data.label_column
     if docs and column not in docs[0].fields:
-        raise LmtuneError(f"no label column '{column}' (columns: {', '.join(map(str, docs[0].fields))}); "
-                          "set data.label_column")
+        raise LmtuneError(
+            f"no label column '{column}' (columns: {', '.join(map(str, docs[0].fields))}); set data.label_column"
+        )
     labelled = [(d.text, label_of(d.fields.get(column))) for d in docs]
     rows = [(text, label) for text, label in labelled if label is not None]
     if len(rows) < len(labelled):
@@ -85,8 +87,9 @@ def prepare_splits(config: RunConfig, tokenizer):
         raise LmtuneError(f"no labelled rows in {data.train} (label column '{data.label_column}')")
     labels = [str(v) for v in data.keep_labels] if data.keep_labels else _label_order([r[1] for r in rows])
     if len(set(r[1] for r in rows)) < 2:
-        raise LmtuneError(f"only one class ({rows[0][1]!r}) in column '{data.label_column}': "
-                          "classification needs at least two")
+        raise LmtuneError(
+            f"only one class ({rows[0][1]!r}) in column '{data.label_column}': classification needs at least two"
+        )
     if data.validation:
         val_rows, _ = read_labelled(data.validation, config, tokenizer)
         named = {"train": rows, "validation": val_rows}
@@ -105,12 +108,21 @@ def prepare_splits(config: RunConfig, tokenizer):
         enc = tokenizer([r[0] for r in split_rows], truncation=False)["input_ids"] if split_rows else []
         truncated += sum(len(ids) > data.block_size for ids in enc)
         ids = [x[: data.block_size - 1] + x[-1:] if len(x) > data.block_size else x for x in enc]  # keep [SEP]
-        columns[name] = {"input_ids": ids, "label": [label_id[r[1]] for r in split_rows],
-                         "text": [r[0] for r in split_rows]}  # for the baselines
-    stats = {"labels": labels, "rows": len(rows), "split": how,
-             **{f"{name} rows": len(c["label"]) for name, c in columns.items()},
-             "class counts (train)": {labels[k]: v for k, v in sorted(Counter(columns["train"]["label"]).items())},
-             "max length": data.block_size, "truncated samples": truncated, "cleaning": report}
+        columns[name] = {
+            "input_ids": ids,
+            "label": [label_id[r[1]] for r in split_rows],
+            "text": [r[0] for r in split_rows],
+        }  # for the baselines
+    stats = {
+        "labels": labels,
+        "rows": len(rows),
+        "split": how,
+        **{f"{name} rows": len(c["label"]) for name, c in columns.items()},
+        "class counts (train)": {labels[k]: v for k, v in sorted(Counter(columns["train"]["label"]).items())},
+        "max length": data.block_size,
+        "truncated samples": truncated,
+        "cleaning": report,
+    }
     return columns, tokenizer, stats
 
 
@@ -162,10 +174,19 @@ def scores_from_confusion(confusion: list[list[int]], labels: list[str]) -> dict
     precision = tp / cm.sum(0).clamp(min=1)
     recall = tp / cm.sum(1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {"val_accuracy": float(tp.sum() / cm.sum().clamp(min=1)), "val_macro_f1": float(f1.mean()),
-            "val_per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]),
-                                      "f1": float(f1[i]), "support": int(cm[i].sum())}
-                              for i, label in enumerate(labels)}}
+    return {
+        "val_accuracy": float(tp.sum() / cm.sum().clamp(min=1)),
+        "val_macro_f1": float(f1.mean()),
+        "val_per_class": {
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(cm[i].sum()),
+            }
+            for i, label in enumerate(labels)
+        },
+    }
 
 
 def baselines(train_set, val_set, labels: list[str]) -> dict[str, Baseline]:
@@ -190,8 +211,9 @@ def baselines(train_set, val_set, labels: list[str]) -> dict[str, Baseline]:
         plain = classical.default_tfidf(texts, y_train)
         found["TF-IDF + logistic regression"] = Baseline(scores(plain.predict(val_set["text"])))
         tuned = classical.tuned_tfidf(texts, y_train)
-    found["TF-IDF + logistic regression (tuned)"] = Baseline(scores(tuned.predict(val_set["text"])),
-                                                             lambda folder: classical.save(tuned, folder, labels))
+    found["TF-IDF + logistic regression (tuned)"] = Baseline(
+        scores(tuned.predict(val_set["text"])), lambda folder: classical.save(tuned, folder, labels)
+    )
     return found
 
 
@@ -218,8 +240,13 @@ def _scores(labels: list[str], logits: torch.Tensor, truth: torch.Tensor) -> dic
     for true, pred in zip(truth.tolist(), logits.argmax(-1).tolist()):
         confusion[true][pred] += 1
     loss = float(torch.nn.functional.cross_entropy(logits.float(), truth, reduction="mean")) if len(truth) else 0.0
-    return {"val_loss": loss, **scores_from_confusion(confusion, labels), "val_confusion_matrix": confusion,
-            "val_labels": labels, "val_samples": len(truth)}
+    return {
+        "val_loss": loss,
+        **scores_from_confusion(confusion, labels),
+        "val_confusion_matrix": confusion,
+        "val_labels": labels,
+        "val_samples": len(truth),
+    }
 
 
 class Classification(Objective):
@@ -233,7 +260,13 @@ class Classification(Objective):
     export_formats = ("hf", "onnx")
     default_model = "minilm-l6"
     reference_metric = False  # its texts are labelled rows or prompts, not language to keep
-    own_keys = ("data.label_column", "data.keep_labels", "data.test_fraction", "train.class_weights", "model.freeze_encoder")
+    own_keys = (
+        "data.label_column",
+        "data.keep_labels",
+        "data.test_fraction",
+        "train.class_weights",
+        "model.freeze_encoder",
+    )
     table_columns = frozenset({"label"})
 
     selection_metric = "val_accuracy"

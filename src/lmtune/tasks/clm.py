@@ -1,4 +1,5 @@
 """Causal language modelling: predict each next token of packed blocks."""
+
 from __future__ import annotations
 
 import math

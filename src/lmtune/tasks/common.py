@@ -1,4 +1,5 @@
 """Pieces the objectives share: padding a batch, and iterating a split in fixed order."""
+
 from __future__ import annotations
 
 import torch

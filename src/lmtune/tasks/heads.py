@@ -1,6 +1,7 @@
 """The output layer run only where it is read: an encoder's vocabulary logits at the masked positions alone,
 for masked-LM training, evaluation and fill-mask (the output layer is the largest matmul of a small
 encoder, and masked LM reads ~15% of its rows)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ def _output_head(model) -> torch.nn.Module | None:
         return None
     if hasattr(inner, "get_base_model"):  # peft
         inner = inner.get_base_model()
-    return next((m for m in (getattr(inner, n, None) for n in ("cls", "lm_head")) if isinstance(m, torch.nn.Module)),
-                None)
+    return next(
+        (m for m in (getattr(inner, n, None) for n in ("cls", "lm_head")) if isinstance(m, torch.nn.Module)), None
+    )
 
 
 def masked_logits(model, inputs: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
@@ -27,6 +29,7 @@ def masked_logits(model, inputs: dict[str, torch.Tensor], where: torch.Tensor) -
     head = _output_head(model)
     handle = None
     if head is not None:
+
         def selected_rows(module, args):
             if args and torch.is_tensor(args[0]) and args[0].shape[:2] == where.shape:
                 return (args[0][where], *args[1:])

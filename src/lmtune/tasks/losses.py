@@ -6,6 +6,7 @@ it to bf16: measured on a 2-vCPU EPYC, as long as the output layer's matmuls the
 11 s SmolLM2-135M step). Here the loss and its gradient come out of one pass over the logits, a few rows
 at a time (fp32 work that stays in cache), and the gradient is written over the logits, which nothing
 else needs once the loss is known. The backward is then one multiply."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Masked language modelling: BERT-style 15% masking (80% [MASK] / 10% random / 10% unchanged),
 optionally whole-word, applied in the collator so every epoch sees fresh masks."""
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,9 @@ def word_start_table(tokenizer) -> torch.Tensor:
 class MaskingCollator:
     """Pads a batch and masks it. `generator` None: the global RNG (saved in checkpoints, so resume is exact)."""
 
-    def __init__(self, tokenizer, probability: float = 0.15, whole_word: bool = False,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self, tokenizer, probability: float = 0.15, whole_word: bool = False, generator: torch.Generator | None = None
+    ):
         if tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no mask token")
         self.tokenizer = tokenizer
@@ -62,7 +64,9 @@ class MaskingCollator:
         inputs = input_ids.clone()
         inputs[masked & (decide < 0.8)] = self.tokenizer.mask_token_id
         random_slots = masked & (decide >= 0.8) & (decide < 0.9)
-        inputs[random_slots] = torch.randint(len(self.tokenizer), input_ids.shape, generator=self.generator)[random_slots]
+        inputs[random_slots] = torch.randint(len(self.tokenizer), input_ids.shape, generator=self.generator)[
+            random_slots
+        ]
         return inputs, labels
 
     def __call__(self, examples):
@@ -93,8 +97,9 @@ def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, m
     for batch in eval_batches(dataset, collate, batch_size, max_batches):
         where = batch["labels"] != IGNORE_INDEX
         with autocast():
-            logits = masked_logits(model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-                                   where)
+            logits = masked_logits(
+                model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, where
+            )
         picked, targets = logits.float(), batch["labels"][where]
         total_loss += float(torch.nn.functional.cross_entropy(picked, targets, reduction="sum"))
         best = picked.topk(5, dim=-1).indices
@@ -102,8 +107,13 @@ def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, m
         top5 += int((best == targets[:, None]).any(-1).sum())
         count += int(where.sum())
     mean = total_loss / max(count, 1)
-    return {"val_loss": mean, "val_perplexity": math.exp(min(mean, 50)), "val_top1_accuracy": top1 / max(count, 1),
-            "val_top5_accuracy": top5 / max(count, 1), "val_masked_tokens": count}
+    return {
+        "val_loss": mean,
+        "val_perplexity": math.exp(min(mean, 50)),
+        "val_top1_accuracy": top1 / max(count, 1),
+        "val_top5_accuracy": top5 / max(count, 1),
+        "val_masked_tokens": count,
+    }
 
 
 def init_missing_mlm_head(model, missing_keys: list[str], mode: str = "identity") -> None:
@@ -127,12 +137,26 @@ def init_missing_mlm_head(model, missing_keys: list[str], mode: str = "identity"
                 p.fill_(1.0)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    log.warning("%s has no masked-LM head; initialised one (%s transform, decoder tied to embeddings). "
-                "Its predictions mean little until it is MLM-trained.", type(model).__name__, mode)
+    log.warning(
+        "%s has no masked-LM head; initialised one (%s transform, decoder tied to embeddings). "
+        "Its predictions mean little until it is MLM-trained.",
+        type(model).__name__,
+        mode,
+    )
 
 
-ENCODER_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "albert", "camembert",
-                 "mpnet", "modernbert"}
+ENCODER_TYPES = {
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "deberta-v2",
+    "albert",
+    "camembert",
+    "mpnet",
+    "modernbert",
+}
 
 
 class MaskedLM(Objective):

@@ -3,6 +3,7 @@
 Each example is `template(prefix, prompt)` + completion + EOS; the loss covers the completion (and its EOS)
 only. Examples are batched one per row with dynamic padding, so they never attend to each other. Per-task
 validation loss, and exact match of greedy completions for tasks scored that way."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def format_prompt(tokenizer, sft: SftConfig, prefix: str, prompt: str) -> str:
         if not getattr(tokenizer, "chat_template", None):
             raise LmtuneError("sft.chat is set but the tokenizer has no chat template")
         content = f"{prefix} {prompt}".strip()
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
     return sft.template.format(prefix=prefix, prompt=prompt).lstrip()
 
 
@@ -39,7 +41,7 @@ def encode(tokenizer, sft: SftConfig, prefix: str, prompt: str, completion: str,
     prompt_ids = tokenizer(format_prompt(tokenizer, sft, prefix, prompt), add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     completion_ids = completion_ids[: max_len - 1]
-    prompt_ids = prompt_ids[-(max_len - len(completion_ids)):]
+    prompt_ids = prompt_ids[-(max_len - len(completion_ids)) :]
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
@@ -49,8 +51,10 @@ def _rows(paths, config: RunConfig) -> list[dict]:
     rows = [d.fields for d in docs]
     need = {config.data.prompt_column, config.data.completion_column}
     if rows and not need <= set(rows[0]):
-        raise LmtuneError(f"{paths}: needs columns {sorted(need)} (has {', '.join(map(str, rows[0]))}); "
-                          "set data.prompt_column / data.completion_column")
+        raise LmtuneError(
+            f"{paths}: needs columns {sorted(need)} (has {', '.join(map(str, rows[0]))}); "
+            "set data.prompt_column / data.completion_column"
+        )
     return [r for r in rows if str(r.get(config.data.completion_column) or "").strip()]
 
 
@@ -100,22 +104,38 @@ def prepare_splits(config: RunConfig, tokenizer):
         ids, prompt_lens, task_ids, weights, names, metrics = [], [], [], [], [], []
         for t, task in enumerate(tasks):
             for row in named.get(task.name, []):
-                x, n = encode(tokenizer, config.sft, task.prefix, str(row[config.data.prompt_column]),
-                              str(row[config.data.completion_column]).strip(), config.data.block_size)
+                x, n = encode(
+                    tokenizer,
+                    config.sft,
+                    task.prefix,
+                    str(row[config.data.prompt_column]),
+                    str(row[config.data.completion_column]).strip(),
+                    config.data.block_size,
+                )
                 ids.append(x)
                 prompt_lens.append(n)
                 task_ids.append(t)
                 weights.append(task.weight)
                 names.append(task.name)
                 metrics.append(task.metric)
-        columns[split] = {"input_ids": ids, "prompt_length": prompt_lens, "task": task_ids, "weight": weights,
-                          "task_name": names, "metric": metrics}
-    stats = {"tasks": [t.model_dump(mode="json", include={"name", "prefix", "metric", "weight"}) for t in tasks],
-             "template": config.sft.template, "chat": config.sft.chat,
-             "train examples": {t.name: len(train[t.name]) for t in tasks},
-             "validation examples": {t.name: len(val.get(t.name, [])) for t in tasks},
-             "example (train)": format_prompt(tokenizer, config.sft, tasks[0].prefix,
-                                              str(train[tasks[0].name][0][config.data.prompt_column]))}
+        columns[split] = {
+            "input_ids": ids,
+            "prompt_length": prompt_lens,
+            "task": task_ids,
+            "weight": weights,
+            "task_name": names,
+            "metric": metrics,
+        }
+    stats = {
+        "tasks": [t.model_dump(mode="json", include={"name", "prefix", "metric", "weight"}) for t in tasks],
+        "template": config.sft.template,
+        "chat": config.sft.chat,
+        "train examples": {t.name: len(train[t.name]) for t in tasks},
+        "validation examples": {t.name: len(val.get(t.name, [])) for t in tasks},
+        "example (train)": format_prompt(
+            tokenizer, config.sft, tasks[0].prefix, str(train[tasks[0].name][0][config.data.prompt_column])
+        ),
+    }
     return columns, tokenizer, stats
 
 
@@ -169,8 +189,9 @@ def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, m
         with autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         shifted = batch["labels"][:, 1:]
-        per_token = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted,
-                                                      reduction="none", ignore_index=-100)
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), shifted, reduction="none", ignore_index=-100
+        )
         task_ids = task_col[start : start + len(shifted)]
         start += len(shifted)
         for row, t in enumerate(task_ids):
@@ -194,7 +215,7 @@ def evaluate(model, dataset, tokenizer, config, autocast, batch_size: int = 8, m
         for i in indices:
             example = dataset[i]
             prompt = example["input_ids"][: example["prompt_length"]]
-            reference = tokenizer.decode(example["input_ids"][example["prompt_length"]:-1], skip_special_tokens=True)
+            reference = tokenizer.decode(example["input_ids"][example["prompt_length"] : -1], skip_special_tokens=True)
             with autocast():
                 produced = greedy_completion(model, prompt, tokenizer.eos_token_id, config.sft.max_new_tokens)
             hits += tokenizer.decode(produced, skip_special_tokens=True).strip() == reference.strip()

@@ -1,5 +1,6 @@
 """Training batches: each epoch's order is a fixed function of (seed, epoch), so a resume continues with
 exactly the batches the interrupted run would have seen; collated on the training thread or by workers."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -37,8 +38,16 @@ def host_batches(dataset, collate, index_lists: list[list[int]], workers: int, p
     DataLoader worker processes, ahead of the step that needs them."""
     if workers == 0:
         return (collate(rows(dataset, indices)) for indices in index_lists)
-    return iter(torch.utils.data.DataLoader(TrainSplit(dataset), batch_sampler=index_lists, collate_fn=collate,
-                                            num_workers=workers, pin_memory=pin, prefetch_factor=2))
+    return iter(
+        torch.utils.data.DataLoader(
+            TrainSplit(dataset),
+            batch_sampler=index_lists,
+            collate_fn=collate,
+            num_workers=workers,
+            pin_memory=pin,
+            prefetch_factor=2,
+        )
+    )
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -2,14 +2,16 @@
 minutes left once the base model is evaluated and the learning rate probed, counting the evaluations along
 the way; the learning-rate schedule then decays over exactly those steps (a run cut short by the clock
 would stop with its rate still high). Early stopping ends the run sooner when validation stops improving."""
+
 from __future__ import annotations
 
 from lmtune.train.selection import eval_interval
 from lmtune.train.setup import AUTO_MAX_EPOCHS
 
 
-def steps_within(seconds_left: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int,
-                 setting: int | str = "auto") -> int:
+def steps_within(
+    seconds_left: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int, setting: int | str = "auto"
+) -> int:
     """The most steps (at most AUTO_MAX_EPOCHS epochs) whose training and evaluations fit in `seconds_left`."""
     most = AUTO_MAX_EPOCHS * steps_per_epoch
 
@@ -25,6 +27,7 @@ def steps_within(seconds_left: float, step_seconds: float, eval_seconds: float, 
 
 
 def describe_plan(steps: int, steps_per_epoch: int, minutes_left: float) -> str:
-    return (f"time budget: {steps} steps ({steps / steps_per_epoch:.1f} epochs) fit in the {minutes_left:.1f} minutes "
-            f"left; early stopping ends the run sooner if validation stops improving")
-
+    return (
+        f"time budget: {steps} steps ({steps / steps_per_epoch:.1f} epochs) fit in the {minutes_left:.1f} minutes "
+        f"left; early stopping ends the run sooner if validation stops improving"
+    )

@@ -7,6 +7,7 @@ optimizer state as torch.distributed.checkpoint (DCP) wrote them, one file per p
 so nothing is gathered on one process; `trainer_state.pt` keeps the rest, and there is no safetensors
 file (final/, best/ and last/ stay full Hugging Face folders). DCP reshards on load: such a checkpoint
 resumes under FSDP with any number of processes, under DDP, and in one process."""
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,9 @@ def save(run_dir: Path, model, tokenizer, optimizer, scheduler, state: dict[str,
     return path
 
 
-def save_sharded(run_dir: Path, cluster, model, tokenizer, optimizer, scheduler, state: dict[str, Any],
-                 keep: int = 2) -> Path:
+def save_sharded(
+    run_dir: Path, cluster, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int = 2
+) -> Path:
     """FSDP: `checkpoints/step-N` with the weights and optimizer state in `dcp/`, each process writing its
     own shard. Every process calls this. The main process makes the temporary folder and tells the others
     where it is; after the shards (dcp.save returns on every process only once all of them and the
@@ -100,20 +102,33 @@ def saved_bytes(model, optimizer=None) -> int:
     tensors = [p for p in model.parameters() if p.requires_grad] if is_peft(model) else model.state_dict().values()
     total = sum(t.numel() * t.element_size() for t in tensors)
     if optimizer is not None:
-        total += sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values()
-                     if torch.is_tensor(v))
+        total += sum(
+            v.numel() * v.element_size()
+            for state in optimizer.state.values()
+            for v in state.values()
+            if torch.is_tensor(v)
+        )
     return total
 
 
 def _write_trainer_state(folder: Path, optimizer: dict, scheduler, state: dict[str, Any]) -> None:
-    torch.save({**optimizer, "scheduler": scheduler.state_dict(), "state": state,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-               folder / TRAINER_STATE)
+    torch.save(
+        {
+            **optimizer,
+            "scheduler": scheduler.state_dict(),
+            "state": state,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        },
+        folder / TRAINER_STATE,
+    )
 
 
 def _rotate(run_dir: Path, keep: int) -> None:
-    for old in checkpoint_dirs(run_dir)[:-max(1, keep)]:
+    for old in checkpoint_dirs(run_dir)[: -max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -160,15 +175,21 @@ def load_shards(folder: Path, model, optimizer) -> None:
     except CheckpointException as err:  # a shard missing or damaged, or another model: name it in one line
         cause = next((exc for exc, _ in err.failures.values()), err)  # (exception, traceback) per process
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
-        raise LmtuneError(f"{folder}: cannot read the sharded checkpoint ({first}); delete {folder.parent} "
-                          "to resume from the one before it") from None
-    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"],
-                   options=_shard_options())
+        raise LmtuneError(
+            f"{folder}: cannot read the sharded checkpoint ({first}); delete {folder.parent} "
+            "to resume from the one before it"
+        ) from None
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=shards["model"],
+        optim_state_dict=shards["optimizer"],
+        options=_shard_options(),
+    )
 
 
 def load_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
-
 
     check_weight_files(folder)
     if hasattr(model, "load_pretrained_weights"):  # lmtune's own GPT: HF GPT-2 layout on disk
@@ -185,8 +206,9 @@ def load_weights(model, folder: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k or "decoder" in k}  # tied to the input embeddings
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"checkpoint {folder} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     if hasattr(model, "tie_weights"):
         model.tie_weights()
 
@@ -198,14 +220,18 @@ def load_trainer_state(folder: Path, optimizer, scheduler, load_optimizer=None, 
     try:
         saved = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle/zip errors of a damaged file: name it, keep the traceback out
-        raise LmtuneError(f"{folder / TRAINER_STATE}: cannot read the checkpoint ({type(err).__name__}); "
-                          f"delete {folder} to resume from the one before it") from None
+        raise LmtuneError(
+            f"{folder / TRAINER_STATE}: cannot read the checkpoint ({type(err).__name__}); "
+            f"delete {folder} to resume from the one before it"
+        ) from None
     if saved.get("shards"):
         if model is None:
             raise LmtuneError(f"{folder}: a sharded checkpoint; its weights need the model to load into")
         if not is_sharded(folder):
-            raise LmtuneError(f"{folder / saved['shards']}: the sharded weights are missing; delete {folder} to "
-                              "resume from the one before it")
+            raise LmtuneError(
+                f"{folder / saved['shards']}: the sharded weights are missing; delete {folder} to "
+                "resume from the one before it"
+            )
         load_shards(folder / saved["shards"], model, optimizer)
     else:
         (load_optimizer or optimizer.load_state_dict)(saved["optimizer"])
@@ -226,6 +252,7 @@ def _save_pretrained(model, folder: Path, model_state: dict | None = None) -> No
 
 def save_model(folder: Path, model, tokenizer, model_state: dict | None = None) -> Path:
     """A model as it is now, as a Hugging Face folder (LoRA: the adapter only), replaced atomically."""
+
     def write(tmp: Path) -> None:
         _save_pretrained(model, tmp, model_state)
         tokenizer.save_pretrained(tmp)

@@ -1,4 +1,5 @@
 """Data for a run: the objective's splits with the model's tokenizer, prepared once and cached."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from lmtune.tasks import get_objective
 def prepare_data(config: RunConfig, out_dir: Path, tokenizer=None, quiet: bool = False) -> Prepared:
     """`lmtune prepare` and the first step of `lmtune train`. `tokenizer`: use this one (evaluation of a
     loaded model) instead of the recipe's."""
+
     def tokenizer_fn():
         return tokenizer or load_tokenizer(config.tokenizer.name, config.model.init_from or config.model.name)
 

@@ -18,6 +18,7 @@ its reasons and saved as the run's config.yaml, so the run is reproducible):
 The corpus size is estimated from file sizes (about 4 bytes of text per token; PDF and EPUB files hold
 roughly a fifth of their size as text; compressed files expand about 3x) without reading the files.
 Measurements behind these choices: docs/learning.md."""
+
 from __future__ import annotations
 
 import json
@@ -85,9 +86,14 @@ def model_parameters(name: str) -> int | None:
 DEFAULT_MINUTES = 10  # `--minutes`: enough for a book-sized corpus on 2 CPU cores (docs/learning.md)
 
 
-def recipe_for_data(data: list[str], model: str | None = None, objective: str | None = None,
-                    output_dir: str | None = None, device: str = "cpu", minutes: float | None = None
-                    ) -> tuple[dict[str, Any], list[str]]:
+def recipe_for_data(
+    data: list[str],
+    model: str | None = None,
+    objective: str | None = None,
+    output_dir: str | None = None,
+    device: str = "cpu",
+    minutes: float | None = None,
+) -> tuple[dict[str, Any], list[str]]:
     """The recipe (as a plain dict, before overrides) that `lmtune train --data` uses, and why, in a few lines.
     Measured rather than guessed where a measurement is cheap: the learning rate (a short probe), the steps
     (as many as the time budget fits; early stopping ends the run when validation stops improving)."""
@@ -102,18 +108,32 @@ def recipe_for_data(data: list[str], model: str | None = None, objective: str | 
     params = model_parameters(model)
     rows = sum(_table(resolve_data_path(ref))[1] for ref in data)
     minutes = minutes or DEFAULT_MINUTES
-    why = [f"train.max_minutes {minutes:g}: the time budget (--minutes); as many epochs as fit (at most 30), "
-           "evaluated twice an epoch, the best model kept, stopped early when validation stops improving",
-           "train.lr auto: a short probe of 3 learning rates on the validation split picks it (lr_probe.json)"]
+    why = [
+        f"train.max_minutes {minutes:g}: the time budget (--minutes); as many epochs as fit (at most 30), "
+        "evaluated twice an epoch, the best model kept, stopped early when validation stops improving",
+        "train.lr auto: a short probe of 3 learning rates on the validation split picks it (lr_probe.json)",
+    ]
     lora = params is not None and (params > LORA_ABOVE or params > LORA_ABOVE_TOKENS * max(tokens, 1) / 2)
     if lora:
-        why.append(f"model.lora (r 16): {params / 1e6:.0f}M parameters " + (
-            "need ~16 bytes each to fine-tune in full" if params > LORA_ABOVE else
-            f"against ~{tokens:,} tokens of text: a full fine-tune would overfit at once") + "; LoRA trains ~1% of them")
+        why.append(
+            f"model.lora (r 16): {params / 1e6:.0f}M parameters "
+            + (
+                "need ~16 bytes each to fine-tune in full"
+                if params > LORA_ABOVE
+                else f"against ~{tokens:,} tokens of text: a full fine-tune would overfit at once"
+            )
+            + "; LoRA trains ~1% of them"
+        )
     blocks = max(1, int(0.9 * tokens / block))  # what the training split will hold, about
-    train = {"epochs": "auto", "max_minutes": minutes, "lr": "auto",
-             "batch_size": min(16 if device == "cuda" else 8, blocks),
-             "warmup_steps": 0, "schedule": "cosine", **chosen.default_train_settings(rows, params)}
+    train = {
+        "epochs": "auto",
+        "max_minutes": minutes,
+        "lr": "auto",
+        "batch_size": min(16 if device == "cuda" else 8, blocks),
+        "warmup_steps": 0,
+        "schedule": "cosine",
+        **chosen.default_train_settings(rows, params),
+    }
     stem = Path(str(data[0]).split(":")[-1]).name.split(".")[0] or "data"
     recipe: dict[str, Any] = {
         "objective": chosen.name,
@@ -130,5 +150,3 @@ def describe(config: RunConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
-
-

@@ -4,6 +4,7 @@ Plain torch.distributed (not accelerate): the loop stays the one readable loop, 
 than one process is a handful of calls here. CPU processes talk over gloo, GPUs over NCCL. DDP by default;
 FSDP2 (`fully_shard` per transformer block) with `train.distributed: fsdp` for models that do not fit
 one device. Outside torchrun everything here is a no-op (world size 1)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -66,8 +67,16 @@ class Cluster:
             return False
         text = str(err)
         return isinstance(err, getattr(dist, "DistBackendError", ())) or any(
-            sign in text for sign in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
-                                      "remote process exited", "Timed out", "NCCL communicator was aborted"))
+            sign in text
+            for sign in (
+                "Connection reset by peer",
+                "Connection closed by peer",
+                "Broken pipe",
+                "remote process exited",
+                "Timed out",
+                "NCCL communicator was aborted",
+            )
+        )
 
     def close(self) -> None:
         if self.active and dist.is_initialized():
@@ -81,7 +90,9 @@ class Cluster:
         if not self.active:
             return model
         if self.strategy == "ddp":
-            return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            return DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
         blocks = set(getattr(model, "_no_split_modules", None) or [])
@@ -139,8 +150,12 @@ class Cluster:
         )
 
         model = self.unwrap(model)  # names without torch.compile's prefix
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=_keyed_by_name(model, optimizer, state_dict),
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            model,
+            optimizer,
+            optim_state_dict=_keyed_by_name(model, optimizer, state_dict),
+            options=StateDictOptions(full_state_dict=True),
+        )
 
     # ---- agreeing ---------------------------------------------------------------------------------
     def agree(self, values: list, op: str = "sum") -> list[float]:
@@ -177,14 +192,21 @@ def _keyed_by_name(model, optimizer, state_dict: dict) -> dict:
         return state_dict
     names = {id(param): name for name, param in model.named_parameters()}
     if len(state_dict["param_groups"]) != len(optimizer.param_groups) or any(
-            len(saved["params"]) != len(group["params"])
-            for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)):
+        len(saved["params"]) != len(group["params"])
+        for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)
+    ):
         raise LmtuneError("the checkpoint's optimizer state does not match this model's parameters")
-    name_of = {key: names[id(param)] for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)
-               for key, param in zip(saved["params"], group["params"])}
-    return {"state": {name_of[key]: value for key, value in state_dict["state"].items()},
-            "param_groups": [{**group, "params": [name_of[key] for key in group["params"]]}
-                             for group in state_dict["param_groups"]]}
+    name_of = {
+        key: names[id(param)]
+        for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)
+        for key, param in zip(saved["params"], group["params"])
+    }
+    return {
+        "state": {name_of[key]: value for key, value in state_dict["state"].items()},
+        "param_groups": [
+            {**group, "params": [name_of[key] for key in group["params"]]} for group in state_dict["param_groups"]
+        ],
+    }
 
 
 @contextlib.contextmanager

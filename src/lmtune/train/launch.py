@@ -1,6 +1,7 @@
 """`lmtune train --nproc N`: torchrun itself (torch.distributed.run), supervised, with its failure report cut
 to one line. When a training process dies, torchrun stops the others within seconds; this names the process
 that failed first and how, instead of torchrun's traceback."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,10 @@ def launch_torchrun(nproc: int, args: list[str], oversubscribe: bool = False) ->
     if nproc > devices and not oversubscribe:
         from lmtune.errors import LmtuneError
 
-        raise LmtuneError(f"--nproc {nproc} starts more training processes than this machine has {kind} "
-                          f"({devices}); use --nproc {devices} or fewer (--oversubscribe to insist)")
+        raise LmtuneError(
+            f"--nproc {nproc} starts more training processes than this machine has {kind} "
+            f"({devices}); use --nproc {devices} or fewer (--oversubscribe to insist)"
+        )
     args = [arg for arg in args if arg != "--oversubscribe"]
     for i, arg in enumerate(args):  # drop --nproc N / --nproc=N: each worker is one process
         if arg == "--nproc":
@@ -35,10 +38,21 @@ def launch_torchrun(nproc: int, args: list[str], oversubscribe: bool = False) ->
         if arg.startswith("--nproc="):
             del args[i]
             break
-    sys.stderr.write(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m lmtune.cli "
-                     f"{' '.join(args)}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "lmtune.train.launch", "--standalone",
-                             f"--nproc-per-node={nproc}", "-m", "lmtune.cli", *args])
+    sys.stderr.write(
+        f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m lmtune.cli {' '.join(args)}\n"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmtune.train.launch",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "lmtune.cli",
+            *args,
+        ]
+    )
     # Ctrl-C reaches the workers too (same terminal): they finish the step, save and exit; wait for that.
     signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     while True:
@@ -58,8 +72,10 @@ def describe_failure(err: ChildFailedError, world: int | None = None) -> str:
     else:
         how = f"failed (exit status {failure.exitcode})"
     of = f" of {world}" if world else ""
-    return (f"training process {rank}{of} {how}; the others were stopped. Its own error, if it printed one, is "
-            "above; continue from the last checkpoint with --resume")
+    return (
+        f"training process {rank}{of} {how}; the others were stopped. Its own error, if it printed one, is "
+        "above; continue from the last checkpoint with --resume"
+    )
 
 
 def main(args: list[str] | None = None) -> None:
@@ -74,8 +90,10 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
     except SignalException as err:  # SIGTERM/SIGINT to torchrun: it has stopped the processes (each saves first)
         name = signal.Signals(err.sigval).name
-        sys.stderr.write(f"error: stopped by {name}; the training processes were stopped (each saves a checkpoint "
-                         "when it can): continue with --resume\n")
+        sys.stderr.write(
+            f"error: stopped by {name}; the training processes were stopped (each saves a checkpoint "
+            "when it can): continue with --resume\n"
+        )
         sys.exit(128 + int(err.sigval))
 
 

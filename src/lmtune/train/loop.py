@@ -3,6 +3,7 @@
 check and lock the run folder -> set up (data, model, AdamW + schedule, resume: train/setup.py) -> evaluate
 the base -> steps (`train_step`: gradient accumulation, clipping, bf16 autocast, one exchange between
 processes) -> periodic log / eval (best model kept) / checkpoint / early stop -> final model and summary."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,15 +54,18 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True, overwr
             if cluster.main:
                 prepare_run_dir(config, resume, overwrite)
                 # One writer per run folder; a run that fails before training began leaves no folder behind.
-                held.enter_context(own_folder(out, "run", "train",
-                                              keep=lambda: (out / "metrics.jsonl").exists() or run_has_model(out)))
+                held.enter_context(
+                    own_folder(out, "run", "train", keep=lambda: (out / "metrics.jsonl").exists() or run_has_model(out))
+                )
                 claim_run_dir(config, resume, overwrite)
             cluster.barrier()
             return _train_tracked(config, out, resume, progress, cluster)
     except BaseException as err:
         if cluster.lost_a_peer(err):
-            raise LmtuneError("lost contact with another training process (it crashed or was killed); "
-                              "the last checkpoint is kept: continue with --resume") from None
+            raise LmtuneError(
+                "lost contact with another training process (it crashed or was killed); "
+                "the last checkpoint is kept: continue with --resume"
+            ) from None
         raise
     finally:
         cluster.close()
@@ -86,19 +90,25 @@ def _train_tracked(config: RunConfig, out: Path, resume: bool, progress: bool, c
         close_trackers(trackers, status)
 
 
-def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: Cluster,
-           trackers: list[Tracker]) -> dict[str, Any]:
+def _train(
+    config: RunConfig, out: Path, resume: bool, progress: bool, cluster: Cluster, trackers: list[Tracker]
+) -> dict[str, Any]:
     tc, main = config.train, cluster.main
     if main:
         for warning in ignored_keys(config):
             log.warning("warning: %s", warning)
     run = setup_run(config, out, resume, cluster)
     state = run.state
-    metrics_log = (MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if run.resumed_from else None,
-                              trackers=trackers) if main else NoLog())
+    metrics_log = (
+        MetricsLog(out / "metrics.jsonl", keep_until_step=state.step if run.resumed_from else None, trackers=trackers)
+        if main
+        else NoLog()
+    )
     budget_started = time.perf_counter()  # train.max_minutes counts from here
     # e.g. classification: the majority class and TF-IDF + logistic regression on the same split
-    baselines = run.objective.baselines(run.train_set, run.val_set, run.prepared.stats.get("labels") or []) if main else {}
+    baselines = (
+        run.objective.baselines(run.train_set, run.val_set, run.prepared.stats.get("labels") or []) if main else {}
+    )
     if state.step == 0:
         for name, baseline in baselines.items():
             metrics_log.write({"step": 0, "event": "baseline", "model": name, **baseline.metrics})
@@ -107,8 +117,9 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
         metrics_log.write({"step": 0, "event": "eval", "model": "base", **state.base_metrics})
         reference = reference_split(run)
         if reference is not None:
-            state.base_reference = reference_metrics(run, run.cluster.unwrap(run.model), run.prepared.tokenizer,
-                                                     reference)
+            state.base_reference = reference_metrics(
+                run, run.cluster.unwrap(run.model), run.prepared.tokenizer, reference
+            )
             metrics_log.write({"step": 0, "event": "reference", "model": "base", **state.base_reference})
         _measured_choices(run, time.perf_counter() - budget_started, budget_started, metrics_log)
     _announce(run)
@@ -117,8 +128,14 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
     every = eval_interval(tc.eval_every, run.total_steps, run.steps_per_epoch)
     patience = (4 if len(run.val_set) else None) if tc.early_stopping_patience == "auto" else tc.early_stopping_patience
 
-    bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", disable=not (progress and main),
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=run.total_steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not (progress and main),
+        dynamic_ncols=True,
+    )
     run.model.train()
     started = last_save = time.perf_counter()
     deadline = budget_started + tc.max_minutes * 60 if tc.max_minutes else math.inf
@@ -147,8 +164,12 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
             if every and state.step % every == 0 and state.step < run.total_steps:
                 track_evaluation(state, run.evaluate(), metric, mode, patience, metrics_log, run.save_best)
                 if state.stopped_early:
-                    log.info("early stopping at step %d: no improvement in %s for %d evaluations",
-                             state.step, metric, state.evals_without_improvement)
+                    log.info(
+                        "early stopping at step %d: no improvement in %s for %d evaluations",
+                        state.step,
+                        metric,
+                        state.evals_without_improvement,
+                    )
             if state.batches_done_in_epoch >= epoch_length:  # the epoch's end belongs to this step's state
                 state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
             due_by_steps = tc.save_every and state.step % tc.save_every == 0
@@ -158,16 +179,21 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, cluster: 
                 if signalled:
                     bar.close()
                     signum = stop.signum or signal.SIGTERM  # another process may have been the one signalled
-                    raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {state.step}; "
-                                      f"saved {path} (continue with --resume)", signum)
+                    raise Interrupted(
+                        f"stopped by {signal.Signals(signum).name} at step {state.step}; "
+                        f"saved {path} (continue with --resume)",
+                        signum,
+                    )
             if late:
                 log.info("time limit of %.1f minutes reached at step %d", tc.max_minutes, state.step)
                 run.total_steps = state.step
         bar.close()
         train_seconds = time.perf_counter() - started
         if phases.enabled:
-            log.info("where the step time went: %s", ", ".join(f"{phase} {share:.0%}"
-                                                               for phase, share in phases.shares().items()))
+            log.info(
+                "where the step time went: %s",
+                ", ".join(f"{phase} {share:.0%}" for phase, share in phases.shares().items()),
+            )
         # The run may have just been evaluated (early stopping): that evaluation is the last one.
         if not (state.step > 0 and state.evaluated_step == state.step):
             last_metrics = run.evaluate()
@@ -226,8 +252,9 @@ def train_step(run: Run, micro: list[dict], phases: StepPhases, flags: list[bool
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, reduced over the shards
             grad_norm = grad_norm.full_tensor()
         finite = finite & torch.isfinite(grad_norm)
-    loss_sum, tokens, not_finite, *agreed = cluster.agree([torch.where(finite, step_loss, 0.0), step_tokens, ~finite,
-                                                           *flags])
+    loss_sum, tokens, not_finite, *agreed = cluster.agree(
+        [torch.where(finite, step_loss, 0.0), step_tokens, ~finite, *flags]
+    )
     phases.mark("other")  # clipping, the exchange between processes
     if not not_finite:
         scaler.step(run.optimizer)
@@ -236,8 +263,13 @@ def train_step(run: Run, micro: list[dict], phases: StepPhases, flags: list[bool
     run.optimizer.zero_grad(set_to_none=True)
     phases.mark("optimizer")
     own = float(step_loss)
-    return StepOutcome(float(loss_sum) / cluster.world / len(micro), int(tokens), bool(not_finite),
-                       own if not math.isfinite(own) else float("nan"), [bool(flag) for flag in agreed])
+    return StepOutcome(
+        float(loss_sum) / cluster.world / len(micro),
+        int(tokens),
+        bool(not_finite),
+        own if not math.isfinite(own) else float("nan"),
+        [bool(flag) for flag in agreed],
+    )
 
 
 def _steps(run: Run) -> Iterator[tuple[list[dict], int]]:
@@ -247,8 +279,11 @@ def _steps(run: Run) -> Iterator[tuple[list[dict], int]]:
     tc, state = run.config.train, run.state
     workers = tc.num_workers
     if workers and run.objective.random_collate:  # its draws come from the checkpointed RNG of this process
-        log.info("collating on the training thread: %s batches draw random numbers (train.num_workers ignored, so "
-                 "that resume stays exact)", run.objective.name)
+        log.info(
+            "collating on the training thread: %s batches draw random numbers (train.num_workers ignored, so "
+            "that resume stays exact)",
+            run.objective.name,
+        )
         workers = 0
     while state.step < run.total_steps and not state.stopped_early:
         usable = run.epoch_order(state.epoch)
@@ -256,8 +291,13 @@ def _steps(run: Run) -> Iterator[tuple[list[dict], int]]:
             state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
             continue
         epoch, start = state.epoch, state.batches_done_in_epoch
-        stream = host_batches(run.train_set, run.collate, [run.cluster.shard(b, tc.batch_size) for b in usable[start:]],
-                              workers, run.cluster.device.type == "cuda")
+        stream = host_batches(
+            run.train_set,
+            run.collate,
+            [run.cluster.shard(b, tc.batch_size) for b in usable[start:]],
+            workers,
+            run.cluster.device.type == "cuda",
+        )
         for first in range(start, len(usable), tc.grad_accum):
             if state.step >= run.total_steps or state.stopped_early or state.epoch != epoch:
                 break
@@ -277,8 +317,14 @@ class _Window:
 
     def record(self, state, lr: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - self.start
-        record = {"step": state.step, "event": "train", "epoch": state.epoch, "train_loss": self.loss / max(self.micro, 1),
-                  "lr": lr, "tokens_per_s": self.tokens / max(elapsed, 1e-9)}
+        record = {
+            "step": state.step,
+            "event": "train",
+            "epoch": state.epoch,
+            "train_loss": self.loss / max(self.micro, 1),
+            "lr": lr,
+            "tokens_per_s": self.tokens / max(elapsed, 1e-9),
+        }
         self.__init__()
         return record
 
@@ -305,8 +351,9 @@ def _measured_choices(run: Run, eval_seconds: float, budget_started: float, metr
         # The processes plan alike: each takes the slowest step and evaluation any of them measured.
         step_cost, eval_seconds = cluster.agree([step_cost, eval_seconds], op="max")
         left = tc.max_minutes * 60 - (time.perf_counter() - budget_started) - eval_seconds  # the last evaluation
-        run.total_steps = run.state.planned_steps = steps_within(left, step_cost, eval_seconds, run.steps_per_epoch,
-                                                                 tc.eval_every)
+        run.total_steps = run.state.planned_steps = steps_within(
+            left, step_cost, eval_seconds, run.steps_per_epoch, tc.eval_every
+        )
         log.info(describe_plan(run.total_steps, run.steps_per_epoch, left / 60))
     run.optimizer = make_optimizer(run.model, run.config, cluster.device)
     run.scheduler = make_scheduler(run.optimizer, run.config, run.total_steps)
@@ -316,44 +363,90 @@ def _measured_choices(run: Run, eval_seconds: float, budget_started: float, metr
 
 def _record_probe(run: Run, found: dict[str, Any], metrics_log) -> None:
     rows = ", ".join(f"{row['lr']:g} -> {row['val_loss']:.4f}" for row in found["table"])
-    log.info("learning rate %g chosen by the probe (%d steps each; validation loss: %s)", found["chosen"],
-             found["steps"], rows)
+    log.info(
+        "learning rate %g chosen by the probe (%d steps each; validation loss: %s)",
+        found["chosen"],
+        found["steps"],
+        rows,
+    )
     if run.cluster.main:
         (run.out / "lr_probe.json").write_text(json.dumps(found, indent=2))
-        metrics_log.write({"step": 0, "event": "lr_probe", "lr": found["chosen"],
-                           **{f"probe/{row['lr']:g}/val_loss": row["val_loss"] for row in found["table"]}})
+        metrics_log.write(
+            {
+                "step": 0,
+                "event": "lr_probe",
+                "lr": found["chosen"],
+                **{f"probe/{row['lr']:g}/val_loss": row["val_loss"] for row in found["table"]},
+            }
+        )
 
 
 def _announce(run: Run) -> None:
     """What is about to happen, and the plan's likely problems, before the first step."""
     cluster, tc, device = run.cluster, run.config.train, run.cluster.device
-    log.info("training %s on %s (%s), %d steps, %d train / %d validation samples", run.objective.name,
-             f"{cluster.world} x {device.type} ({cluster.strategy})" if cluster.active else device, run.precision,
-             run.total_steps, len(run.train_set), len(run.val_set))
-    log.info("global batch: %d = %d per device x %d device(s) x %d accumulation step(s)",
-             run.global_batch * tc.grad_accum, tc.batch_size, cluster.world, tc.grad_accum)
+    log.info(
+        "training %s on %s (%s), %d steps, %d train / %d validation samples",
+        run.objective.name,
+        f"{cluster.world} x {device.type} ({cluster.strategy})" if cluster.active else device,
+        run.precision,
+        run.total_steps,
+        len(run.train_set),
+        len(run.val_set),
+    )
+    log.info(
+        "global batch: %d = %d per device x %d device(s) x %d accumulation step(s)",
+        run.global_batch * tc.grad_accum,
+        tc.batch_size,
+        cluster.world,
+        tc.grad_accum,
+    )
     if len(run.val_set) == 0:
-        log.warning("warning: no validation split (the corpus is too small for data.val_fraction %.2f, or it is "
-                    "0): held-out metrics cannot be tracked, and final/ is the last model", run.config.data.val_fraction)
+        log.warning(
+            "warning: no validation split (the corpus is too small for data.val_fraction %.2f, or it is "
+            "0): held-out metrics cannot be tracked, and final/ is the last model",
+            run.config.data.val_fraction,
+        )
     if cluster.main:
-        for warning in plan_warnings(run.config, run.model, run.prepared.stats.get("train tokens") or 0,
-                                     len(run.train_set), run.total_steps, validated=len(run.val_set) > 0):
+        for warning in plan_warnings(
+            run.config,
+            run.model,
+            run.prepared.stats.get("train tokens") or 0,
+            len(run.train_set),
+            run.total_steps,
+            validated=len(run.val_set) > 0,
+        ):
             log.warning("warning: %s", warning)
 
 
-def _summary(run: Run, final_dir: Path, train_seconds: float, tokens_seen: int, baselines: dict, mode: str,
-             phases: StepPhases) -> dict[str, Any]:
+def _summary(
+    run: Run, final_dir: Path, train_seconds: float, tokens_seen: int, baselines: dict, mode: str, phases: StepPhases
+) -> dict[str, Any]:
     tc, state = run.config.train, run.state
     kept_best = tc.keep == "best" and state.best_step is not None
-    return {"run": str(run.out), "final_model": str(final_dir), "steps": state.step, "precision": run.precision,
-            "planned_steps": state.planned_steps,
-            "train_seconds": train_seconds, "train_tokens": tokens_seen, "keep": tc.keep,
-            "processes": run.cluster.world, "global_batch": run.global_batch * tc.grad_accum,
-            "parameters": run.parameters, "baselines": {name: b.metrics for name, b in baselines.items()},
-            "base": state.base_metrics,
-            "final": state.best_metrics if kept_best else state.last_metrics,
-            "best": state.best_metrics, "best_step": state.best_step, "last": state.last_metrics,
-            "selection_metric": selection_metric(run.config), "selection_mode": mode, "lr": tc.lr,
-            "beats_base": beats_base(state, selection_metric(run.config), mode), "plots": [],
-            "stopped_early": state.stopped_early, "step_phases": phases.shares(),
-            "data": {k: v for k, v in run.prepared.stats.items() if not isinstance(v, dict)}}
+    return {
+        "run": str(run.out),
+        "final_model": str(final_dir),
+        "steps": state.step,
+        "precision": run.precision,
+        "planned_steps": state.planned_steps,
+        "train_seconds": train_seconds,
+        "train_tokens": tokens_seen,
+        "keep": tc.keep,
+        "processes": run.cluster.world,
+        "global_batch": run.global_batch * tc.grad_accum,
+        "parameters": run.parameters,
+        "baselines": {name: b.metrics for name, b in baselines.items()},
+        "base": state.base_metrics,
+        "final": state.best_metrics if kept_best else state.last_metrics,
+        "best": state.best_metrics,
+        "best_step": state.best_step,
+        "last": state.last_metrics,
+        "selection_metric": selection_metric(run.config),
+        "selection_mode": mode,
+        "lr": tc.lr,
+        "beats_base": beats_base(state, selection_metric(run.config), mode),
+        "plots": [],
+        "stopped_early": state.stopped_early,
+        "step_phases": phases.shares(),
+        "data": {k: v for k, v in run.prepared.stats.items() if not isinstance(v, dict)},
+    }

@@ -1,4 +1,5 @@
 """metrics.jsonl: the run's record, one JSON object per log or evaluation event."""
+
 from __future__ import annotations
 
 import json

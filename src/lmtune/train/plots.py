@@ -1,4 +1,5 @@
 """Plots of a run, from its metrics.jsonl: training/validation loss curves."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,13 @@ def plot_run(run_dir: Path) -> list[Path]:
     paths = []
     confusion = [r for r in records if r.get("event") == "eval" and "val_confusion_matrix" in r]
     if confusion:
-        paths.append(plot_confusion(confusion[-1]["val_confusion_matrix"], confusion[-1]["val_labels"],
-                                    Path(run_dir) / "confusion_matrix.png"))
+        paths.append(
+            plot_confusion(
+                confusion[-1]["val_confusion_matrix"],
+                confusion[-1]["val_labels"],
+                Path(run_dir) / "confusion_matrix.png",
+            )
+        )
     if not train and not val:
         return paths
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -1,4 +1,5 @@
 """Which number format a run computes in, decided by what the hardware does fast."""
+
 from __future__ import annotations
 
 import contextlib

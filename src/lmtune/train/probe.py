@@ -4,6 +4,7 @@ from the same starting weights and the same first batches, scored by the validat
 the run. `train.epochs: auto` with a time budget: what a step costs, to plan how many fit. The weights and the
 random state are put back afterwards, so the run that follows is the run `train.lr: <chosen>` would give
 (config.yaml records the choice; lr_probe.json the table)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,11 @@ def step_seconds(run: Run, train_step, steps: int = 2) -> float:
 
 def _trial_steps(run: Run, batches: list[list[dict]], lr: float, train_step) -> tuple[float, bool]:
     """`batches` trained at a constant `lr` with an optimizer of their own; (seconds, whether it diverged)."""
-    trial = dataclasses.replace(run, optimizer=make_optimizer(run.model, run.config, run.cluster.device, lr=lr),
-                                scaler=torch.amp.GradScaler(run.cluster.device.type, enabled=run.scaler.is_enabled()))
+    trial = dataclasses.replace(
+        run,
+        optimizer=make_optimizer(run.model, run.config, run.cluster.device, lr=lr),
+        scaler=torch.amp.GradScaler(run.cluster.device.type, enabled=run.scaler.is_enabled()),
+    )
     trial.scheduler = torch.optim.lr_scheduler.LambdaLR(trial.optimizer, lambda step: 1.0)
     run.model.train()
     began, diverged = time.perf_counter(), False
@@ -79,8 +83,11 @@ def _undone(run: Run):
     function giving the first N steps' batches of the run's first epoch."""
     trainable = {name: p for name, p in run.model.named_parameters() if p.requires_grad}
     start = {name: p.detach().clone() for name, p in trainable.items()}
-    rng = (torch.get_rng_state(), random.getstate(),
-           torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    rng = (
+        torch.get_rng_state(),
+        random.getstate(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
     try:
         yield lambda steps: _first_batches(run, steps)
     finally:
@@ -97,16 +104,24 @@ def _first_batches(run: Run, steps: int) -> list[list[dict]]:
         order += run.epoch_order(epoch)
         epoch += 1
     order = order[: steps * tc.grad_accum]
-    stream = list(host_batches(run.train_set, run.collate, [run.cluster.shard(b, tc.batch_size) for b in order], 0,
-                               False))
+    stream = list(
+        host_batches(run.train_set, run.collate, [run.cluster.shard(b, tc.batch_size) for b in order], 0, False)
+    )
     return [stream[i : i + tc.grad_accum] for i in range(0, len(stream), tc.grad_accum)]
 
 
 def _validation_loss(run: Run) -> float:
     tc = run.config.train
     limit = min(tc.eval_max_batches or EVAL_BATCHES, EVAL_BATCHES)
-    metrics = run.objective.evaluate(run.cluster.unwrap(run.model), run.val_set, run.prepared.tokenizer, run.config,
-                                     run.autocast, batch_size=tc.batch_size, max_batches=limit)
+    metrics = run.objective.evaluate(
+        run.cluster.unwrap(run.model),
+        run.val_set,
+        run.prepared.tokenizer,
+        run.config,
+        run.autocast,
+        batch_size=tc.batch_size,
+        max_batches=limit,
+    )
     return float(metrics["val_loss"])
 
 

@@ -3,6 +3,7 @@
 Wall-clock marks at the phase boundaries of the loop. On a GPU, work is queued asynchronously, so each mark
 first waits for the device (a synchronization the hot path otherwise avoids): profiling slows a GPU run a
 little and is off by default. On a CPU the marks cost nothing measurable."""
+
 from __future__ import annotations
 
 import time

@@ -1,6 +1,7 @@
 """`eval.reference`: what a run traded for the domain. General text (not the user's) scored by the base model
 before training and by the tuned model in final/ after it, with the objective's own metrics (`ref_loss`,
 `ref_perplexity`, ...), so the report shows the domain gained beside the general language lost."""
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,13 @@ def reference_split(run) -> Any | None:
         return None
     source = REFERENCE if config.eval.reference == "auto" else config.eval.reference
     try:
-        blocks = general_blocks(source, run.prepared.tokenizer, run.objective.framing(run.prepared.tokenizer),
-                                config.data.block_size, config.eval.reference_tokens)
+        blocks = general_blocks(
+            source,
+            run.prepared.tokenizer,
+            run.objective.framing(run.prepared.tokenizer),
+            config.data.block_size,
+            config.eval.reference_tokens,
+        )
     except LmtuneError as err:
         raise LmtuneError(f"eval.reference: {err}") from None
     return Dataset.from_dict({"input_ids": [block.tolist() for block in blocks]})
@@ -36,8 +42,9 @@ def reference_metrics(run, model, tokenizer, split) -> dict[str, float]:
     metrics = run.objective.evaluate(model, split, tokenizer, run.config, run.autocast, batch_size=tc.batch_size)
     if hasattr(run.model, "train"):
         run.model.train()
-    return {"ref_" + key.removeprefix("val_"): value for key, value in metrics.items()
-            if isinstance(value, (int, float))}
+    return {
+        "ref_" + key.removeprefix("val_"): value for key, value in metrics.items() if isinstance(value, (int, float))
+    }
 
 
 def tuned_reference_metrics(run, final_dir, split) -> dict[str, float]:

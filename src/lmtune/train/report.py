@@ -1,4 +1,5 @@
 """The end-of-run report: base vs tuned metrics on held-out text, and the same prompts through both."""
+
 from __future__ import annotations
 
 from rich.console import Console
@@ -24,10 +25,12 @@ def print_report(config: RunConfig, summary: dict) -> None:
     table.add_column("base model", justify="right")
     show_both = bool(best) and best_step != summary["steps"]
     if show_both:
-        table.add_column(f"best (step {best_step})" + (" = final/" if summary.get("keep") == "best" else ""),
-                         justify="right")
-        table.add_column(f"last (step {summary['steps']})" + (" = final/" if summary.get("keep") == "last" else ""),
-                         justify="right")
+        table.add_column(
+            f"best (step {best_step})" + (" = final/" if summary.get("keep") == "best" else ""), justify="right"
+        )
+        table.add_column(
+            f"last (step {summary['steps']})" + (" = final/" if summary.get("keep") == "last" else ""), justify="right"
+        )
     else:
         table.add_column("tuned", justify="right")
         if best:
@@ -40,13 +43,19 @@ def print_report(config: RunConfig, summary: dict) -> None:
     for key, value in (reference.get("final") or {}).items():  # general text: what was traded for the domain
         if "loss" in key or "perplexity" in key or "accuracy" in key:
             tuned = _fmt(value) + (" (final/)" if show_both else "")
-            table.add_row(f"{key} [dim](general text)[/dim]", _fmt(reference["base"].get(key, "-")), tuned,
-                          *(["-"] if show_both else []))
+            table.add_row(
+                f"{key} [dim](general text)[/dim]",
+                _fmt(reference["base"].get(key, "-")),
+                tuned,
+                *(["-"] if show_both else []),
+            )
     if final:
         console.print(table)
     else:
-        console.print("[yellow]no held-out metrics: the corpus was too small for a validation split "
-                      "(add text, or give data.validation files)[/yellow]")
+        console.print(
+            "[yellow]no held-out metrics: the corpus was too small for a validation split "
+            "(add text, or give data.validation files)[/yellow]"
+        )
     baselines = summary.get("baselines") or {}
     if baselines:  # what fine-tuning must beat, on the same held-out rows
         compared = Table(title="baselines on the same validation rows", box=None)
@@ -70,8 +79,10 @@ def print_report(config: RunConfig, summary: dict) -> None:
         console.print(confusion)
     parameters = summary.get("parameters")
     if parameters and parameters["trainable"] < parameters["total"]:
-        console.print(f"trainable parameters: {parameters['trainable']:,} of {parameters['total']:,} "
-                      f"({parameters['trainable'] / parameters['total']:.2%})")
+        console.print(
+            f"trainable parameters: {parameters['trainable']:,} of {parameters['total']:,} "
+            f"({parameters['trainable'] / parameters['total']:.2%})"
+        )
     console.print(f"model: [bold]{summary['final_model']}[/bold]", soft_wrap=True)
     for plot in summary.get("plots", []):
         console.print(f"plot:  {plot}", soft_wrap=True)
@@ -90,39 +101,60 @@ def next_steps(config: RunConfig, summary: dict) -> list[str]:
     baseline, still improving when it ended, too little text, much general language lost."""
     lines, metric = [], summary.get("selection_metric", "val_loss")
     if summary.get("beats_base") is False:
-        lines.append(f"[bold red]no tuned model beat the base model on {metric}[/bold red]: the base model is better "
-                     "on held-out text. Likely fixes: a lower learning rate (--train.lr), LoRA (--model.lora.r 8), or "
-                     "more text.")
+        lines.append(
+            f"[bold red]no tuned model beat the base model on {metric}[/bold red]: the base model is better "
+            "on held-out text. Likely fixes: a lower learning rate (--train.lr), LoRA (--model.lora.r 8), or "
+            "more text."
+        )
     kept = summary.get("baseline_model")
     if kept:
-        lines.append(f"[bold yellow]the {kept['name']} baseline beats the fine-tuned model on {metric} "
-                     f"({_fmt(kept.get(metric))} vs {_fmt((summary.get('final') or {}).get(metric))})[/bold yellow]: "
-                     f"it is saved as a model in {kept['path']}: lmtune classify {kept['path']} \"some text\" (or "
-                     f"serve, export it). Long texts truncated to data.block_size often cause this: try "
-                     f"--data.block_size {min(512, 2 * config.data.block_size)}.")
+        lines.append(
+            f"[bold yellow]the {kept['name']} baseline beats the fine-tuned model on {metric} "
+            f"({_fmt(kept.get(metric))} vs {_fmt((summary.get('final') or {}).get(metric))})[/bold yellow]: "
+            f'it is saved as a model in {kept["path"]}: lmtune classify {kept["path"]} "some text" (or '
+            f"serve, export it). Long texts truncated to data.block_size often cause this: try "
+            f"--data.block_size {min(512, 2 * config.data.block_size)}."
+        )
     stopped_by_time = summary.get("steps", 0) and not summary.get("stopped_early")
     if summary.get("best_step") and summary.get("best_step") == summary.get("steps") and stopped_by_time:
-        more = (f"--minutes {2 * config.train.max_minutes:g}" if config.train.max_minutes
-                else "more epochs (--train.epochs)")
-        lines.append(f"[yellow]still improving when the run ended[/yellow] (its best model was its last): give it "
-                     f"more time, {more}.")
+        more = (
+            f"--minutes {2 * config.train.max_minutes:g}"
+            if config.train.max_minutes
+            else "more epochs (--train.epochs)"
+        )
+        lines.append(
+            f"[yellow]still improving when the run ended[/yellow] (its best model was its last): give it "
+            f"more time, {more}."
+        )
     tokens = (summary.get("data") or {}).get("train tokens")
     if isinstance(tokens, int) and 0 < tokens < 20_000:
-        lines.append(f"[yellow]only {tokens:,} tokens of training text[/yellow]: more text of the same kind helps more "
-                     "than more training.")
+        lines.append(
+            f"[yellow]only {tokens:,} tokens of training text[/yellow]: more text of the same kind helps more "
+            "than more training."
+        )
     reference = summary.get("reference") or {}
-    before, after = (reference.get("base") or {}).get("ref_perplexity"), (reference.get("final") or {}).get(
-        "ref_perplexity")
+    before, after = (
+        (reference.get("base") or {}).get("ref_perplexity"),
+        (reference.get("final") or {}).get("ref_perplexity"),
+    )
     if before and after and after > 1.2 * before:
-        lines.append(f"[yellow]general-text perplexity rose {after / before - 1:.0%}[/yellow] ({before:.1f} -> "
-                     f"{after:.1f}): the price of the domain. To keep more of it, mix general text in "
-                     "(--data.replay 0.1) or train LoRA adapters (--model.lora.r 16).")
+        lines.append(
+            f"[yellow]general-text perplexity rose {after / before - 1:.0%}[/yellow] ({before:.1f} -> "
+            f"{after:.1f}): the price of the domain. To keep more of it, mix general text in "
+            "(--data.replay 0.1) or train LoRA adapters (--model.lora.r 16)."
+        )
     return lines
 
 
 def _compare_generations(console, config: RunConfig, summary: dict) -> None:
-    settings = GenerationSettings(max_new_tokens=config.report.max_new_tokens, temperature=0.7, top_p=0.9,
-                                  top_k=50, repetition_penalty=1.15, seed=0)
+    settings = GenerationSettings(
+        max_new_tokens=config.report.max_new_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=50,
+        repetition_penalty=1.15,
+        seed=0,
+    )
     base_name = config.model.init_from or config.model.name
     table = Table(title="the same prompt, base vs tuned", show_lines=True)
     table.add_column("prompt", max_width=24)
@@ -136,5 +168,8 @@ def _compare_generations(console, config: RunConfig, summary: dict) -> None:
 
 
 def _compare_fill_mask(console, config: RunConfig, summary: dict) -> None:
-    console.print(compare_table(config.report.fill_mask, config.model.init_from or config.model.name,
-                                summary["final_model"], top_k=5))
+    console.print(
+        compare_table(
+            config.report.fill_mask, config.model.init_from or config.model.name, summary["final_model"], top_k=5
+        )
+    )

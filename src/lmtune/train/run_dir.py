@@ -1,5 +1,6 @@
 """The run folder before training: checked before any work, locked (one writer), emptied of an earlier
 run's own files on --overwrite, and compared with the run's own recipe on --resume."""
+
 from __future__ import annotations
 
 import logging
@@ -32,21 +33,37 @@ def claim_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
     if resume:
         conflicts = resume_conflicts(out, config)
         if conflicts:
-            raise LmtuneError(f"cannot resume {out} with other settings: {'; '.join(conflicts)}. Resume with the "
-                              f"run's own settings (lmtune train {out / 'config.yaml'} --resume), or start a new "
-                              "run (--overwrite, or another --output-dir)")
+            raise LmtuneError(
+                f"cannot resume {out} with other settings: {'; '.join(conflicts)}. Resume with the "
+                f"run's own settings (lmtune train {out / 'config.yaml'} --resume), or start a new "
+                "run (--overwrite, or another --output-dir)"
+            )
     elif run_has_model(out):
         if not overwrite:
-            raise LmtuneError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
-                              "it, or choose another output_dir")
+            raise LmtuneError(
+                f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
+                "it, or choose another output_dir"
+            )
         log.info("replacing the run in %s (--overwrite)", out.resolve())
         remove_own(out, RUN_ENTRIES)
 
 
 # What defines a run's data and steps: a resume must not change them (the saved position in the epoch,
 # the batches and the optimizer state would no longer fit). Steps, epochs and the time budget may grow.
-RESUME_KEYS = ("objective", "model.name", "model.init_from", "model.impl", "model.lora", "model.quantize",
-               "tokenizer", "data", "train.grad_accum", "train.seed", "tasks", "sft")
+RESUME_KEYS = (
+    "objective",
+    "model.name",
+    "model.init_from",
+    "model.impl",
+    "model.lora",
+    "model.quantize",
+    "tokenizer",
+    "data",
+    "train.grad_accum",
+    "train.seed",
+    "tasks",
+    "sft",
+)
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:
@@ -71,8 +88,11 @@ def resume_conflicts(out: Path, config: RunConfig) -> list[str]:
             old = old.get(part) if isinstance(old, dict) else None
             new = new.get(part) if isinstance(new, dict) else None
         old_flat, new_flat = _flat(old, key), _flat(new, key)
-        changed += [f"{name} {old_flat.get(name)!r} -> {new_flat.get(name)!r}"
-                    for name in dict.fromkeys([*old_flat, *new_flat]) if old_flat.get(name) != new_flat.get(name)]
+        changed += [
+            f"{name} {old_flat.get(name)!r} -> {new_flat.get(name)!r}"
+            for name in dict.fromkeys([*old_flat, *new_flat])
+            if old_flat.get(name) != new_flat.get(name)
+        ]
     return changed
 
 
@@ -84,6 +104,8 @@ def check_recipe_targets_its_run(recipe: Path, output_dir: str) -> None:
     folder = recipe.resolve().parent
     target = Path(output_dir).expanduser().resolve()
     if recipe.name == "config.yaml" and marker_kind(folder) == "run" and target != folder:
-        raise LmtuneError(f"{recipe} is the saved recipe of the run in {folder}, but its output_dir names another "
-                          f"folder ({output_dir}); pass --output-dir {folder} to act on this run, or --output-dir "
-                          f"{output_dir} to act on that one")
+        raise LmtuneError(
+            f"{recipe} is the saved recipe of the run in {folder}, but its output_dir names another "
+            f"folder ({output_dir}); pass --output-dir {folder} to act on this run, or --output-dir "
+            f"{output_dir} to act on that one"
+        )

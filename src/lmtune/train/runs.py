@@ -4,6 +4,7 @@ whether it finished), and draw their validation curves in one plot to compare th
 Read-only and forgiving: a run still going, killed mid-write (a torn last line in metrics.jsonl), or
 missing files is summarised from what can be read; only bad input (no such folder, no runs, a run
 without metrics to plot) is an error."""
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,9 @@ def metric_mode(metric: str, objective: str | None = None) -> str:
 
 def is_run_dir(path: str | Path) -> bool:
     path = Path(path)
-    return (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "summary.json").is_file())
+    return (path / "config.yaml").is_file() and (
+        (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file()
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -143,8 +146,11 @@ def run_info(run_dir: str | Path) -> RunInfo:
             pass
     if times.get("metrics.jsonl", 0) > times.get("summary.json", 0) + STALE_SECONDS:
         summary = {}  # a finished run resumed (e.g. with more steps): summary.json is the old run's
-    mode = (summary.get("selection_mode") if summary.get("selection_mode") in ("min", "max")
-            else metric_mode(metric, config.get("objective")))
+    mode = (
+        summary.get("selection_mode")
+        if summary.get("selection_mode") in ("min", "max")
+        else metric_mode(metric, config.get("objective"))
+    )
     if summary:
         base = _number(_section(summary, "base").get(metric))
         best = _number(_section(summary, "best").get(metric))
@@ -157,25 +163,43 @@ def run_info(run_dir: str | Path) -> RunInfo:
             state = STOPPED_EARLY if summary.get("stopped_early") else DONE
     else:  # still going, or stopped before writing summary.json: what metrics.jsonl holds so far
         records = read_metrics(run_dir)
-        base = next((_number(r.get(metric)) for r in records
-                     if r.get("event") == "eval" and r.get("model") == "base" and _number(r.get(metric)) is not None),
-                    None)
+        base = next(
+            (
+                _number(r.get(metric))
+                for r in records
+                if r.get("event") == "eval" and r.get("model") == "base" and _number(r.get(metric)) is not None
+            ),
+            None,
+        )
         best, best_step = None, None
         for record in records:
             value = _number(record.get(metric))
-            if _is_tuned_eval(record) and value is not None and (
-                    best is None or (value < best if mode == "min" else value > best)):
+            if (
+                _is_tuned_eval(record)
+                and value is not None
+                and (best is None or (value < best if mode == "min" else value > best))
+            ):
                 best, best_step = value, _step(record)
         steps = max((s for r in records if (s := _step(r)) is not None), default=None)
         seconds, state = None, INTERRUPTED
     if is_locked(run_dir / LOCK_FILE):  # a live `lmtune train` writes it now (a resumed run too)
         state = RUNNING
     objective, model = config.get("objective"), _section(config, "model").get("name")
-    return RunInfo(path=str(run_dir), objective=objective if isinstance(objective, str) else None,
-                   model=model if isinstance(model, str) else None,
-                   data=_short_data(_section(config, "data").get("train")), steps=steps, metric=metric, mode=mode,
-                   base=base, best=best, best_step=best_step, state=state, train_seconds=seconds,
-                   modified=max(times.values(), default=0.0))
+    return RunInfo(
+        path=str(run_dir),
+        objective=objective if isinstance(objective, str) else None,
+        model=model if isinstance(model, str) else None,
+        data=_short_data(_section(config, "data").get("train")),
+        steps=steps,
+        metric=metric,
+        mode=mode,
+        base=base,
+        best=best,
+        best_step=best_step,
+        state=state,
+        train_seconds=seconds,
+        modified=max(times.values(), default=0.0),
+    )
 
 
 def find_runs(folder: str | Path = "runs") -> list[RunInfo]:
@@ -194,13 +218,20 @@ def find_runs(folder: str | Path = "runs") -> list[RunInfo]:
         if is_run:
             found.append(run_info(here))
         depth = len(here.relative_to(folder).parts)
-        subdirs[:] = [] if depth >= MAX_DEPTH else sorted(
-            d for d in subdirs if not d.startswith(".") and not d.endswith((".tmp", ".old"))
-            and not (is_run and d in skip))
+        subdirs[:] = (
+            []
+            if depth >= MAX_DEPTH
+            else sorted(
+                d
+                for d in subdirs
+                if not d.startswith(".") and not d.endswith((".tmp", ".old")) and not (is_run and d in skip)
+            )
+        )
     return sorted(found, key=lambda run: (run.modified, run.path))
 
 
 # ---- comparing runs -------------------------------------------------------------------------------
+
 
 def _run_names(paths: list[Path]) -> list[str]:
     """Legend labels: the folder names, with parent folders added where two would read the same."""
@@ -217,8 +248,10 @@ def _smooth(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     hide the trend."""
     window = max(1, min(25, len(points) // 8))
     values = [v for _, v in points]
-    return [(step, sum(values[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)))
-            for i, (step, _) in enumerate(points)]
+    return [
+        (step, sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)))
+        for i, (step, _) in enumerate(points)
+    ]
 
 
 def compare_figure(paths: list[str | Path], metric: str | None = None):
@@ -232,22 +265,45 @@ def compare_figure(paths: list[str | Path], metric: str | None = None):
         if not run.exists():
             raise LmtuneError(f"no such run folder: {run}")
         if not is_run_dir(run):
-            raise LmtuneError(f"{run} is not a run folder (it has no config.yaml and metrics.jsonl made by lmtune train)")
+            raise LmtuneError(
+                f"{run} is not a run folder (it has no config.yaml and metrics.jsonl made by lmtune train)"
+            )
     metric = metric or selection_metric(runs[0])
     curves = []
     for run in runs:
         records = read_metrics(run)
         if not records:
             raise LmtuneError(f"{run} has no metrics to plot (metrics.jsonl is missing or empty)")
-        points = sorted({s: float(r[metric]) for r in records if r.get("event") == "eval"
-                         and (s := _step(r)) is not None and _number(r.get(metric)) is not None}.items())
+        points = sorted(
+            {
+                s: float(r[metric])
+                for r in records
+                if r.get("event") == "eval" and (s := _step(r)) is not None and _number(r.get(metric)) is not None
+            }.items()
+        )
         if not points:
-            others = sorted({k for r in records if r.get("event") == "eval" for k, v in r.items()
-                             if k not in ("step", "event", "model") and _number(v) is not None})
-            raise LmtuneError(f"{run} has no {metric} evaluations in metrics.jsonl"
-                              + (f" (it has {', '.join(others)}; choose one with --metric)" if others else ""))
-        train = sorted({s: float(r["train_loss"]) for r in records if r.get("event") == "train"
-                        and (s := _step(r)) is not None and _number(r.get("train_loss")) is not None}.items())
+            others = sorted(
+                {
+                    k
+                    for r in records
+                    if r.get("event") == "eval"
+                    for k, v in r.items()
+                    if k not in ("step", "event", "model") and _number(v) is not None
+                }
+            )
+            raise LmtuneError(
+                f"{run} has no {metric} evaluations in metrics.jsonl"
+                + (f" (it has {', '.join(others)}; choose one with --metric)" if others else "")
+            )
+        train = sorted(
+            {
+                s: float(r["train_loss"])
+                for r in records
+                if r.get("event") == "train"
+                and (s := _step(r)) is not None
+                and _number(r.get("train_loss")) is not None
+            }.items()
+        )
         curves.append((points, _smooth(train) if "loss" in metric else []))
 
     import matplotlib
@@ -264,7 +320,7 @@ def compare_figure(paths: list[str | Path], metric: str | None = None):
         shown += [v for _, v in points]
         if train:
             ax.plot(*zip(*train), "--", color=color, linewidth=1, alpha=0.5)
-            shown += [v for _, v in train[len(train) // 10:]]  # not the first steps' spike: it would flatten the rest
+            shown += [v for _, v in train[len(train) // 10 :]]  # not the first steps' spike: it would flatten the rest
     low, high = min(shown), max(shown)
     pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0
     ax.set_ylim(low - pad, high + pad)
@@ -275,15 +331,18 @@ def compare_figure(paths: list[str | Path], metric: str | None = None):
     ax.legend(handles, labels, fontsize="small")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(metric)
-    better = "lower" if metric_mode(metric, _read_config(runs[0] / "config.yaml").get("objective")) == "min" else "higher"
+    better = (
+        "lower" if metric_mode(metric, _read_config(runs[0] / "config.yaml").get("objective")) == "min" else "higher"
+    )
     ax.set_title(f"{metric} on held-out data ({better} is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def compare_runs(paths: list[str | Path], out_png: str | Path, metric: str | None = None,
-                 overwrite: bool = False) -> Path:
+def compare_runs(
+    paths: list[str | Path], out_png: str | Path, metric: str | None = None, overwrite: bool = False
+) -> Path:
     """Write the comparison plot of `paths` (run folders) to `out_png` (.png, .svg or .pdf). An existing
     file is kept unless `overwrite`; a run's own files are never written over."""
     out = Path(out_png)
@@ -318,9 +377,18 @@ def run_table(runs: list[RunInfo]) -> tuple[list[str], list[list[str]]]:
     metrics = {run.metric for run in runs}
     shared = metrics.pop() if len(metrics) == 1 else None
     columns = ["run", "objective", "model", "steps", f"{shared or 'metric'}\nbase → best", "state", "time"]
-    rows = [[run.path, run.objective or "?", run.model or "?", "-" if run.steps is None else str(run.steps),
-             ("" if shared else f"{run.metric} ") + f"{format_value(run.base)} → {format_value(run.best)}",
-             run.state, format_seconds(run.train_seconds)] for run in runs]
+    rows = [
+        [
+            run.path,
+            run.objective or "?",
+            run.model or "?",
+            "-" if run.steps is None else str(run.steps),
+            ("" if shared else f"{run.metric} ") + f"{format_value(run.base)} → {format_value(run.best)}",
+            run.state,
+            format_seconds(run.train_seconds),
+        ]
+        for run in runs
+    ]
     return columns, rows
 
 

@@ -1,5 +1,6 @@
 """The best model, not the last one: each evaluation of the tuned model is compared with the best so far
 (kept in best/), patience is counted for early stopping, and final/ gets the best (last/ keeps the other)."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ def improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
-def track_evaluation(state: TrainState, metrics: dict[str, float], metric: str, mode: str,
-                     patience: int | None, metrics_log, save_best) -> None:
+def track_evaluation(
+    state: TrainState, metrics: dict[str, float], metric: str, mode: str, patience: int | None, metrics_log, save_best
+) -> None:
     """Record an evaluation of the tuned model; on a new best, keep that model (best/); count patience."""
     if not metrics:
         return
@@ -62,8 +64,9 @@ def save_final_model(out: Path, model, tokenizer, state: TrainState, keep: str, 
             shutil.rmtree(best_dir, ignore_errors=True)
         else:
             final_dir = swap_in(best_dir, out / "final")
-        log.info("final/ holds the best model (step %d); the last one (step %d) is in last/",
-                 state.best_step, state.step)
+        log.info(
+            "final/ holds the best model (step %d); the last one (step %d) is in last/", state.best_step, state.step
+        )
         return final_dir
     final_dir = checkpoint.save_final(out, model, tokenizer, model_state=model_state)
     if state.best_step == state.step or keep == "last" and state.best_step is None:
@@ -83,13 +86,21 @@ def keep_better_baseline(out: Path, baselines: dict, final: dict, metric: str, m
     TF-IDF classifier on long documents, say) is written to `baseline/`, so the better model is at hand; what
     it is, where, and its score. None when the fine-tuned model is at least as good."""
     ours = final.get(metric)
-    candidates = [(name, b) for name, b in baselines.items() if b.save is not None and b.metrics.get(metric) is not None]
+    candidates = [
+        (name, b) for name, b in baselines.items() if b.save is not None and b.metrics.get(metric) is not None
+    ]
     if ours is None or not candidates:
         return None
     name, best = min(candidates, key=lambda c: -c[1].metrics[metric] if mode == "max" else c[1].metrics[metric])
     if not improved(best.metrics[metric], ours, mode):
         return None
     folder = replace_dir(out / "baseline", best.save)
-    log.info("the %s baseline beats the fine-tuned model on %s (%.4f vs %.4f): saved as a model in %s", name, metric,
-             best.metrics[metric], ours, folder)
+    log.info(
+        "the %s baseline beats the fine-tuned model on %s (%.4f vs %.4f): saved as a model in %s",
+        name,
+        metric,
+        best.metrics[metric],
+        ours,
+        folder,
+    )
     return {"name": name, "path": str(folder), metric: best.metrics[metric]}

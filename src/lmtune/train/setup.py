@@ -2,6 +2,7 @@
 LoRA or QLoRA, as the objective's own keys want it), AdamW and the learning-rate schedule, the number
 format and threads, and, on --resume, where the run stands. `Run` holds them, with the few things the loop
 asks of them: evaluate, save a checkpoint, keep the best model, write final/."""
+
 from __future__ import annotations
 
 import logging
@@ -88,9 +89,15 @@ class Run:
         if len(self.val_set) == 0:
             return {}
         tc = self.config.train
-        metrics = self.objective.evaluate(self.cluster.unwrap(self.model), self.val_set, self.prepared.tokenizer,
-                                          self.config, self.autocast, batch_size=tc.batch_size,
-                                          max_batches=tc.eval_max_batches)
+        metrics = self.objective.evaluate(
+            self.cluster.unwrap(self.model),
+            self.val_set,
+            self.prepared.tokenizer,
+            self.config,
+            self.autocast,
+            batch_size=tc.batch_size,
+            max_batches=tc.eval_max_batches,
+        )
         self.model.train()
         return metrics
 
@@ -100,11 +107,26 @@ class Run:
         tc, cluster, unwrapped = self.config.train, self.cluster, self.cluster.unwrap(self.model)
         path = self.out / "checkpoints" / f"step-{self.state.step}"
         if cluster.sharded:
-            path = checkpoint.save_sharded(self.out, cluster, unwrapped, self.prepared.tokenizer, self.optimizer,
-                                           self.scheduler, asdict(self.state), keep=tc.keep_checkpoints)
+            path = checkpoint.save_sharded(
+                self.out,
+                cluster,
+                unwrapped,
+                self.prepared.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                asdict(self.state),
+                keep=tc.keep_checkpoints,
+            )
         elif cluster.main:
-            path = checkpoint.save(self.out, unwrapped, self.prepared.tokenizer, self.optimizer, self.scheduler,
-                                   asdict(self.state), keep=tc.keep_checkpoints)
+            path = checkpoint.save(
+                self.out,
+                unwrapped,
+                self.prepared.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                asdict(self.state),
+                keep=tc.keep_checkpoints,
+            )
         cluster.barrier()
         return path
 
@@ -112,8 +134,9 @@ class Run:
         """The model as it is now into best/ (FSDP: the gathered weights)."""
         model_state = self.cluster.full_state_dict(self.model)
         if self.cluster.main:
-            checkpoint.save_model(self.out / "best", self.cluster.unwrap(self.model), self.prepared.tokenizer,
-                                  model_state)
+            checkpoint.save_model(
+                self.out / "best", self.cluster.unwrap(self.model), self.prepared.tokenizer, model_state
+            )
         self.cluster.barrier()
 
     def save_final(self) -> Path:
@@ -128,8 +151,9 @@ class Run:
                 final_model = build_model(self.config, self.prepared)
                 final_model.load_state_dict(model_state)
                 model_state = None
-            final_dir = save_final_model(self.out, final_model, self.prepared.tokenizer, self.state,
-                                         self.config.train.keep, model_state)
+            final_dir = save_final_model(
+                self.out, final_model, self.prepared.tokenizer, self.state, self.config.train.keep, model_state
+            )
             self.objective.save_metadata(final_dir, self.prepared)  # e.g. SFT's tasks, for `generate --task`
         self.cluster.barrier()
         return final_dir
@@ -156,8 +180,10 @@ def setup_run(config: RunConfig, out: Path, resume: bool, cluster: Cluster) -> R
     # A sharded (FSDP, DCP) checkpoint's weights are read with its optimizer state, below: into this
     # process's shards, whatever the number of processes that wrote them.
     model = cluster.wrap(model, tc.activation_checkpointing, tc.cpu_offload)
-    parameters = {"total": sum(p.numel() for p in model.parameters()),
-                  "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    parameters = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     optimizer = make_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if tc.compile:
@@ -165,13 +191,16 @@ def setup_run(config: RunConfig, out: Path, resume: bool, cluster: Cluster) -> R
     train_set = prepared.dataset["train"]
     total_steps = planned_steps(config, len(train_set), cluster)
     scheduler = make_scheduler(optimizer, config, total_steps)
-    plan = {"global_batch": tc.batch_size * cluster.world, "grad_accum": tc.grad_accum,
-            "train_samples": len(train_set)}
+    plan = {"global_batch": tc.batch_size * cluster.world, "grad_accum": tc.grad_accum, "train_samples": len(train_set)}
     state = TrainState(plan=plan)
     if last is not None:
-        saved = checkpoint.load_trainer_state(last, optimizer, scheduler,
-                                              lambda state_dict: cluster.load_optimizer_state(model, optimizer, state_dict),
-                                              model=cluster.unwrap(model))
+        saved = checkpoint.load_trainer_state(
+            last,
+            optimizer,
+            scheduler,
+            lambda state_dict: cluster.load_optimizer_state(model, optimizer, state_dict),
+            model=cluster.unwrap(model),
+        )
         state = TrainState(**saved)
         check_plan(state.plan, plan, last)
         state.plan = plan
@@ -185,9 +214,25 @@ def setup_run(config: RunConfig, out: Path, resume: bool, cluster: Cluster) -> R
         log.info("resuming from %s (step %d of %d)", last, state.step, total_steps)
     if cluster.main:
         save_config(config, out / "config.yaml")  # after the resume checks: a refused resume keeps the run's own
-    return Run(config, out, cluster, objective, prepared, model, optimizer, scheduler, scaler, autocast, precision,
-               objective.make_collator(prepared.tokenizer, config), objective.make_loss(config, train_set),
-               total_steps, state, last, parameters)
+    return Run(
+        config,
+        out,
+        cluster,
+        objective,
+        prepared,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        autocast,
+        precision,
+        objective.make_collator(prepared.tokenizer, config),
+        objective.make_loss(config, train_set),
+        total_steps,
+        state,
+        last,
+        parameters,
+    )
 
 
 def recorded_lr(out: Path) -> float | None:
@@ -215,8 +260,10 @@ def steps_per_epoch(config: RunConfig, samples: int, cluster: Cluster) -> int:
     global_batch = tc.batch_size * cluster.world
     batches_per_epoch = samples // global_batch if cluster.active else math.ceil(samples / global_batch)
     if batches_per_epoch == 0:
-        raise LmtuneError(f"{samples} training samples do not fill one global batch of {global_batch} "
-                          f"({cluster.world} processes x train.batch_size {tc.batch_size}); lower train.batch_size")
+        raise LmtuneError(
+            f"{samples} training samples do not fill one global batch of {global_batch} "
+            f"({cluster.world} processes x train.batch_size {tc.batch_size}); lower train.batch_size"
+        )
     return max(1, batches_per_epoch // tc.grad_accum)
 
 
@@ -241,8 +288,12 @@ def thread_count(threads: int | None, world: int) -> int:
     default each process's share of the cores (or OMP_NUM_THREADS)."""
     cores = cpu_cores()
     if threads is not None and threads > cores:
-        log.warning("warning: train.threads %d is more than the %d CPU cores here (it would run many times "
-                    "slower); using %d", threads, cores, cores)
+        log.warning(
+            "warning: train.threads %d is more than the %d CPU cores here (it would run many times slower); using %d",
+            threads,
+            cores,
+            cores,
+        )
         threads = cores
     return threads or default_threads(world)
 
@@ -254,18 +305,27 @@ def build_model(config: RunConfig, prepared: Prepared):
     quantized: dict[str, Any] = {}
     if config.model.quantize is not None:  # QLoRA: the base is loaded in 4 bits straight onto the training device
         if config.train.distributed == "fsdp":
-            raise LmtuneError(f"model.quantize {config.model.quantize} (QLoRA) does not work with train.distributed "
-                              "fsdp (4-bit weights cannot be sharded here); use ddp (the default), where each "
-                              "process holds the whole 4-bit base")
+            raise LmtuneError(
+                f"model.quantize {config.model.quantize} (QLoRA) does not work with train.distributed "
+                "fsdp (4-bit weights cannot be sharded here); use ddp (the default), where each "
+                "process holds the whole 4-bit base"
+            )
         # the device the loop trains on (under torchrun the process's own GPU, set before this)
         device = default_device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else None)
         precision = autocast_for(config.train.precision, device)[1]
         compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         quantized = {"quantize": config.model.quantize, "compute_dtype": compute_dtype, "device": device}
-    model = load_model(objective, config.model.init_from or config.model.name, prepared.tokenizer,
-                       dropout=config.model.dropout, labels=prepared.stats.get("labels"),
-                       mlm_head_init=config.model.mlm_head_init, seed=config.train.seed, impl=config.model.impl,
-                       **quantized)
+    model = load_model(
+        objective,
+        config.model.init_from or config.model.name,
+        prepared.tokenizer,
+        dropout=config.model.dropout,
+        labels=prepared.stats.get("labels"),
+        mlm_head_init=config.model.mlm_head_init,
+        seed=config.train.seed,
+        impl=config.model.impl,
+        **quantized,
+    )
     if hasattr(getattr(model, "config", None), "to_dict"):  # a transformers config (saved as config.json)
         setattr(model.config, CONFIG_KEY, objective.name)
     if config.model.lora is not None:
@@ -280,8 +340,7 @@ def make_optimizer(model, config: RunConfig, device: torch.device, lr: float | N
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel is several times faster than the default foreach one on CPU too.
     lr = lr if lr is not None else config.train.lr
     lr = lr if lr != "auto" else probe_centre(config, sum(p.numel() for p in model.parameters()))

@@ -1,4 +1,5 @@
 """Ctrl-C and SIGTERM during training: finish the step, save a checkpoint, then stop."""
+
 from __future__ import annotations
 
 import signal
@@ -33,8 +34,10 @@ class StopSignals:
         self.count += 1
         if self.signum is None:
             self.signum = signum
-            sys.stderr.write(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then "
-                             "stopping (press Ctrl-C twice more to abort without saving)\n")
+            sys.stderr.write(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then "
+                "stopping (press Ctrl-C twice more to abort without saving)\n"
+            )
         elif self.count >= 3:
             raise KeyboardInterrupt
         else:

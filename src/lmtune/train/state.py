@@ -1,5 +1,6 @@
 """Where a run is: the loop's position, the best model so far, and how the data was cut into steps (saved in
 every checkpoint; a resume must agree)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,11 +30,15 @@ class TrainState:
 def check_plan(saved: dict[str, int], now: dict[str, int], checkpoint_dir: Path) -> None:
     """A checkpoint continues only with the batches it was cut into: the same global batch (per-process batch
     x processes: the number of processes may change), accumulation and training samples."""
-    names = {"global_batch": "global batch (train.batch_size x processes)", "grad_accum": "train.grad_accum",
-             "train_samples": "training samples (the data)"}
-    changed = [f"{names[key]} {saved[key]} -> {now[key]}" for key in names
-               if key in saved and saved[key] != now[key]]
+    names = {
+        "global_batch": "global batch (train.batch_size x processes)",
+        "grad_accum": "train.grad_accum",
+        "train_samples": "training samples (the data)",
+    }
+    changed = [f"{names[key]} {saved[key]} -> {now[key]}" for key in names if key in saved and saved[key] != now[key]]
     if changed:
-        raise LmtuneError(f"cannot resume from {checkpoint_dir}: {'; '.join(changed)}. Resume with the settings the "
-                          "run was started with (per-process batch x processes unchanged), or start a new run "
-                          "(--overwrite, or another --output-dir)")
+        raise LmtuneError(
+            f"cannot resume from {checkpoint_dir}: {'; '.join(changed)}. Resume with the settings the "
+            "run was started with (per-process batch x processes unchanged), or start a new run "
+            "(--overwrite, or another --output-dir)"
+        )

@@ -5,6 +5,7 @@ Each tracker goes through its own library, an optional dependency (`pip install 
 chosen one is checked before training starts. Only the main process reports. Metric names are the keys of
 metrics.jsonl's records: `train_loss`, `lr`, `val_loss`, ... for the tuned model; `base/val_loss` for the
 base model (step 0); `baseline/NAME/val_accuracy` for the baselines of classification."""
+
 from __future__ import annotations
 
 import importlib
@@ -58,8 +59,10 @@ class TensorBoardTracker(Tracker):
         from torch.utils.tensorboard.summary import hparams
 
         # The HParams tab (flat keys, with the selection metric as its column) and the recipe as text.
-        flat = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-                for key, value in flatten(params).items()}
+        flat = {
+            key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+            for key, value in flatten(params).items()
+        }
         metric = flat.get("train.select_by", "auto")
         if metric == "auto":
             from lmtune.tasks import OBJECTIVES
@@ -115,8 +118,10 @@ class MlflowTracker(Tracker):
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = [Param(key, (value if isinstance(value, str) else json.dumps(value))[: self.MAX_VALUE])
-                for key, value in flatten(params).items()]
+        flat = [
+            Param(key, (value if isinstance(value, str) else json.dumps(value))[: self.MAX_VALUE])
+            for key, value in flatten(params).items()
+        ]
         for start in range(0, len(flat), 100):  # a tracking server takes at most 100 per request
             self.client.log_batch(self.run_id, params=flat[start : start + 100])
 
@@ -187,8 +192,9 @@ class TrackioTracker(Tracker):
         self.run.finish()
 
 
-TRACKERS: dict[str, type[Tracker]] = {cls.name: cls for cls in (TensorBoardTracker, MlflowTracker, WandbTracker,
-                                                                 TrackioTracker)}
+TRACKERS: dict[str, type[Tracker]] = {
+    cls.name: cls for cls in (TensorBoardTracker, MlflowTracker, WandbTracker, TrackioTracker)
+}
 
 
 def check_trackers(names: list[str]) -> None:
@@ -203,8 +209,9 @@ def check_trackers(names: list[str]) -> None:
             broken.append(f"{name} fails to import ({_described(err)})")
     if missing:
         verb = "is" if len(missing) == 1 else "are"
-        raise LmtuneError(f"train.report_to: {', '.join(missing)} {verb} not installed; "
-                          f"pip install 'lmtune[{','.join(missing)}]'")
+        raise LmtuneError(
+            f"train.report_to: {', '.join(missing)} {verb} not installed; pip install 'lmtune[{','.join(missing)}]'"
+        )
     if broken:
         raise LmtuneError(f"train.report_to: {'; '.join(broken)}")
 
@@ -297,8 +304,11 @@ def _each(trackers: list[Tracker], method: str, *args) -> None:
         try:
             getattr(tracker, method)(*args)
         except Exception as err:
-            log.warning("warning: train.report_to: %s failed (%s); no longer reporting to it (metrics.jsonl "
-                        "has every record)", tracker.name, _described(err))
+            log.warning(
+                "warning: train.report_to: %s failed (%s); no longer reporting to it (metrics.jsonl has every record)",
+                tracker.name,
+                _described(err),
+            )
             trackers.remove(tracker)
             close_trackers([tracker], "failed")
 
