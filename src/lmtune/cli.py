@@ -42,6 +42,12 @@ Engine = Annotated[
     ),
 ]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present)")]
+# Sampling options, the same on every verb that generates (their ranges are SamplingSettings')
+NewTokens = Annotated[int, typer.Option(help="tokens to generate")]
+TopK = Annotated[int, typer.Option(help="sample from the k most likely tokens (0 = off)")]
+TopP = Annotated[float, typer.Option(help="nucleus sampling mass")]
+Repetition = Annotated[float, typer.Option(help=">1 discourages repeats")]
+Seed = Annotated[Optional[int], typer.Option(help="seed for reproducible sampling")]
 log = logging.getLogger("lmtune")
 
 
@@ -321,13 +327,13 @@ def generate(
     model: Annotated[str, typer.Argument(help="run folder, model folder, alias or .gguf")],
     prompt: Annotated[Optional[str], typer.Argument(help="text to continue")] = None,
     prompt_opt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="text to continue")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
+    max_new_tokens: NewTokens = 64,
     temperature: Annotated[Optional[float], typer.Option(help="0 = greedy (default 0.8; 0 with --task)")] = None,
-    top_k: Annotated[int, typer.Option(help="sample from the k most likely tokens (0 = off)")] = 50,
-    top_p: Annotated[float, typer.Option(help="nucleus sampling mass")] = 0.95,
-    repetition_penalty: Annotated[float, typer.Option(help=">1 discourages repeats")] = 1.0,
+    top_k: TopK = 50,
+    top_p: TopP = 0.95,
+    repetition_penalty: Repetition = 1.0,
     num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", "-n", help="samples")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="seed for reproducible sampling")] = None,
+    seed: Seed = None,
     stream: Annotated[bool, typer.Option(help="print tokens as they come")] = True,
     task: Annotated[
         Optional[str],
@@ -377,6 +383,61 @@ def generate(
         if num_return_sequences > 1:
             print(f"--- {i + 1}")
         print(shown + continuation)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="run folder, model folder, alias or .gguf of a causal LM")],
+    system: Annotated[Optional[str], typer.Option(help="a system prompt (kept when the conversation is reset)")] = None,
+    max_new_tokens: NewTokens = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.7,
+    top_k: TopK = 50,
+    top_p: TopP = 0.95,
+    repetition_penalty: Repetition = 1.0,
+    seed: Seed = None,
+    device: Device = None,
+    dtype: Dtype = "auto",
+    engine: Engine = "auto",
+):
+    """Talk to a model in the terminal, turn after turn, the replies streamed. /reset starts over (the system
+    prompt stays), /quit or Ctrl-D ends. The model's chat template renders the conversation, as in training."""
+    from lmtune.infer.chat import ChatSession
+    from lmtune.infer.generate import GenerationSettings
+
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    session = ChatSession(_model(model, device, dtype, engine), system, settings)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _console().print("[dim]/reset starts over, /quit (or Ctrl-D) ends[/dim]")
+    while True:
+        try:
+            text = input("you> " if interactive else "").strip()
+        except EOFError:
+            break
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset":
+            session.reset()
+            print("(conversation reset)", flush=True)
+            continue
+        if not text:
+            continue
+        sys.stdout.write("assistant> ")
+        try:
+            for piece in session.reply(text):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the conversation
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 @app.command("fill-mask")

@@ -345,7 +345,9 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     # The objectives are registered by lmtune.tasks (and plugins); a name it does not know is refused there.
     objective: str = Field(
-        "clm", description="clm (causal LM), mlm (masked LM), classify, sft (multi-task prompt/completion)"
+        "clm",
+        description="clm (causal LM), mlm (masked LM), classify, sft (multi-task prompt/completion), "
+        "chat (conversations)",
     )
     output_dir: str = Field("runs/run", description="the run folder (new, empty, or an earlier run of lmtune's)")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to start from")

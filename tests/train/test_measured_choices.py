@@ -121,6 +121,8 @@ def test_replay_mixes_general_text_into_training(tmp_path, corpus_dir):
     mixed = build_config(
         {"data": {"train": str(corpus_dir), "block_size": 32, "replay": 0.5, "replay_source": str(general)}}
     )
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "mixed").mkdir()
     prepare_packed(plain, tokenizer, Framing.eos, tmp_path / "plain")
     _, stats = prepare_packed(mixed, tokenizer, Framing.eos, tmp_path / "mixed")
     columns, with_replay = load_from_disk(str(tmp_path / "plain")), load_from_disk(str(tmp_path / "mixed"))

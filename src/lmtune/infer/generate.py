@@ -120,7 +120,9 @@ def room_for_prompt(loaded: LoadedModel, max_new_tokens: int) -> int | None:
 def prompt_ids(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> list[int]:
     """The prompt's ids; a prompt that leaves no room for the new tokens loses its start (with a warning)."""
     room = room_for_prompt(loaded, max_new_tokens)
-    ids = loaded.tokenizer(prompt).input_ids
+    bos = loaded.tokenizer.bos_token
+    # A prompt that already opens with the BOS token (a chat template's rendering) does not get a second one.
+    ids = loaded.tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos))).input_ids
     if not ids:  # an empty prompt: start from the BOS/EOS token
         ids = [
             loaded.tokenizer.bos_token_id

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from lmtune.infer.chat import chat_prompt
 from lmtune.serve.errors import ApiError
 from lmtune.serve.routes import KEYED, Models, server_limits
 from lmtune.serve.scheduling import pick
@@ -107,13 +108,3 @@ def openai_router(bodies: SimpleNamespace) -> APIRouter:
         }
 
     return router
-
-
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """The model's chat template when it has one (SmolLM2-Instruct does), else 'role: content' lines."""
-    if not getattr(tokenizer, "chat_template", None):
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as err:  # templates refuse some conversations (e.g. roles that do not alternate)
-        raise ApiError(400, f"the model's chat template refused these messages: {err}") from None

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from lmtune.config import RunConfig, keys_set
 from lmtune.errors import LmtuneError
-from lmtune.tasks import classify, clm, mlm, sft
+from lmtune.tasks import chat, classify, clm, mlm, sft
 from lmtune.tasks.base import Objective
 
 OBJECTIVES: dict[str, Objective] = {
-    o.name: o for o in (clm.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE, sft.OBJECTIVE)
+    o.name: o for o in (clm.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE, sft.OBJECTIVE, chat.OBJECTIVE)
 }
 # Inference: a model lmtune did not train is the first of these that recognises its config (the causal LM,
 # last, is the fallback). A model lmtune trained names its objective in its config (`CONFIG_KEY`).
@@ -31,8 +31,8 @@ def register(objective: Objective) -> Objective:
 
 def objective_for_columns(columns: set[str]) -> Objective:
     """The objective whose data a table with these columns is (most specific first); else causal LM."""
-    claimed = [o for o in OBJECTIVES.values() if o.table_columns and o.table_columns <= columns]
-    return max(claimed, key=lambda o: len(o.table_columns), default=clm.OBJECTIVE)
+    claimed = [o for o in OBJECTIVES.values() if o.matches_columns(columns)]
+    return max(claimed, key=lambda o: len(o.table_columns) or 1, default=clm.OBJECTIVE)
 
 
 def get_objective(name: str) -> Objective:

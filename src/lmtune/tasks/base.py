@@ -74,6 +74,10 @@ class Objective:
         order = torch.randperm(len(dataset), generator=generator).tolist()
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
+    def matches_columns(self, columns: set[str]) -> bool:
+        """Whether a table with these columns is this objective's data (`lmtune train --data`)."""
+        return bool(self.table_columns) and self.table_columns <= columns
+
     def default_train_settings(self, rows: int, parameters: int | None) -> dict[str, Any]:
         """`lmtune train --data`: train settings this objective needs beyond the corpus-size defaults."""
         return {}

@@ -15,7 +15,7 @@ from lmtune.data.prepare import read_clean, write_columns
 from lmtune.errors import LmtuneError
 from lmtune.tasks import classical
 from lmtune.tasks.base import Baseline, Objective
-from lmtune.tasks.common import eval_batches, pad_batch, pad_id
+from lmtune.tasks.common import eval_batches, length_grouped_batches, pad_batch, pad_id
 
 MEGA_BATCH = 50  # batches sorted by length together: little padding, order still random
 # How tables spell a missing value (pandas writes NaN, R writes NA): never a class of its own.
@@ -124,19 +124,6 @@ def prepare_splits(config: RunConfig, tokenizer):
         "cleaning": report,
     }
     return columns, tokenizer, stats
-
-
-def batch_order(dataset, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """Random mega-batches, each sorted by length and cut into batches, then the batches shuffled."""
-    lengths = [len(x) for x in dataset["input_ids"]]
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    batches = []
-    span = batch_size * MEGA_BATCH
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    shuffle = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffle]
 
 
 def make_collator(tokenizer, config=None):
@@ -289,7 +276,7 @@ class Classification(Objective):
         return model
 
     def batch_order(self, dataset, batch_size, generator):
-        return batch_order(dataset, batch_size, generator)
+        return length_grouped_batches([len(x) for x in dataset["input_ids"]], batch_size, generator, MEGA_BATCH)
 
     def make_collator(self, tokenizer, config):
         return make_collator(tokenizer, config)

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import torch
 
+# The chat template of models without one of their own (GPT-2, the from-scratch presets): role markers as plain
+# text, each turn ended by the tokenizer's EOS, which generation stops at. Chat training saves it with the model.
+DEFAULT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
 
 def pad_id(tokenizer) -> int:
     """The id padding uses (EOS when the tokenizer has no pad token: padding is masked everywhere)."""
@@ -35,3 +42,18 @@ def eval_batches(dataset, collator, batch_size: int, max_batches: int | None = N
 
 def default_loss(model, batch, state=None) -> torch.Tensor:
     return model(**batch).loss
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, generator: torch.Generator, group: int = 50
+) -> list[list[int]]:
+    """One epoch's batches of sample indices: random groups of `group` batches, each sorted by length and cut
+    into batches (little padding), then all batches shuffled (order still random)."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    batches = []
+    span = batch_size * group
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
