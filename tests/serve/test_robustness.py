@@ -106,6 +106,8 @@ def test_odd_inputs_get_4xx_never_5xx(server):
         ("/v1/generate", {"prompt": "hi", "repetition_penalty": 1e-300}, 422),
         ("/v1/generate", {"prompt": "hi", "max_new_tokens": 10**6}, 422),
         ("/v1/generate", {"prompt": "hi", "temperature": float("nan")}, 422),
+        ("/v1/generate", {"prompt": "hi", "top_k": True}, 422),  # JSON true is not the integer 1
+        ("/v1/completions", {"prompt": "hi", "max_tokens": "4"}, 422),
         ("/v1/completions", {"prompt": "hi", "n": 100}, 422),
         ("/v1/fill-mask", {"text": []}, 422),
         ("/v1/fill-mask", {"text": "no mask here"}, 400),

@@ -35,7 +35,8 @@ ModelName = Annotated[
 class _OpenAIBody(BaseModel):
     """The OpenAI fields lmtune honours, with SamplingSettings' ranges; other OpenAI fields are ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    # strict: JSON's true is not the integer 1, nor "5" a number (a client's bug should be a 422).
+    model_config = ConfigDict(extra="allow", strict=True)
     model: ModelName = None
     max_tokens: NewTokens = 16
     temperature: Temperature = 1.0
@@ -61,7 +62,7 @@ def request_bodies(limits: Limits) -> SimpleNamespace:
     Tokens = Annotated[NewTokens, Field(le=cap, description=f"tokens to generate (this server: at most {cap})")]
 
     class _Body(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)
         model: ModelName = None
 
     class FillMaskRequest(_Body):
