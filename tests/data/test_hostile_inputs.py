@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lmtune.data.ingest import list_folder, read_documents
+from lmtune.data.files import list_folder
+from lmtune.data.ingest import read_documents
 from lmtune.errors import LmtuneError
 
 # The reader alone, in a process with a hard memory cap and a timeout: a hang or a flood fails the test.
@@ -46,7 +47,7 @@ def test_symlink_loops_are_walked_once_and_named(tmp_path, caplog):
     (folder / "again.txt").symlink_to(folder / "s0.txt")
     out = read_capped(folder)
     assert out.startswith("read 3 documents:"), out
-    with caplog.at_level(logging.WARNING, logger="lmtune.data.ingest"):
+    with caplog.at_level(logging.WARNING, logger="lmtune.data"):
         listing = list_folder(folder)
         listing.warn()
     assert sorted(p.resolve().name for p in listing.files) == ["s0.txt", "s1.txt", "s2.txt"]
@@ -65,7 +66,7 @@ def test_fifos_devices_and_sockets_are_named_not_read(tmp_path, caplog):
     folder.mkdir()
     (folder / "book.txt").write_text("a real book " * 30)
     os.mkfifo(folder / "stuck.txt")
-    with caplog.at_level(logging.WARNING, logger="lmtune.data.ingest"):
+    with caplog.at_level(logging.WARNING, logger="lmtune.data"):
         docs = read_documents(folder)
     assert [Path(d.source).name for d in docs] == ["book.txt"]
     assert "not regular files" in caplog.text and "stuck.txt" in caplog.text
@@ -121,7 +122,7 @@ def test_lmtune_outputs_beside_the_data_are_skipped_and_named(cli, tmp_path, cap
     run_dir.mkdir()
     (run_dir / ".lmtune").write_text(json.dumps({"kind": "run"}))
     (run_dir / "config.json").write_text('{"not": "text"}')
-    with caplog.at_level(logging.WARNING, logger="lmtune.data.ingest"):
+    with caplog.at_level(logging.WARNING, logger="lmtune.data"):
         docs = read_documents(data)
     assert sorted(Path(d.source).name for d in docs) == [f"story{i:02d}.txt" for i in range(12)]
     assert "2 lmtune output folder(s)" in caplog.text
