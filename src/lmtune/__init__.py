@@ -18,8 +18,10 @@ import logging  # noqa: E402
 
 # bitsandbytes (QLoRA; peft imports it whenever it is installed) warns on import, on CPUs with AVX512-BF16,
 # that it could not fetch an optional kernel from the Hub: lmtune never downloads code at run time, and
-# bitsandbytes' own CPU kernel is used instead. Set before anything of lmtune's can import peft.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# bitsandbytes' own CPU kernel is used instead (the `kernels` package says the same, offline). Set before
+# anything of lmtune's can import peft.
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 from lmtune.config import RunConfig, load_config  # noqa: E402
 from lmtune.errors import LmtuneError  # noqa: E402

@@ -6,6 +6,7 @@ classify` and `lmtune serve` use it like any classifier."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,7 +41,10 @@ def tuned_tfidf(texts: list[str], labels: list[int]):
     matrix = features.fit_transform(texts)
     folds = min(5, min(np.bincount(labels)[np.bincount(labels) > 0]))
     if folds >= 2:
-        chosen = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, max_iter=2000).fit(matrix, labels).C_[0]
+        search = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, max_iter=2000, scoring="accuracy")
+        with warnings.catch_warnings():  # sklearn 1.8+ announces changes of defaults we do not rely on
+            warnings.simplefilter("ignore", FutureWarning)
+            chosen = search.fit(matrix, labels).C_[0]
     else:  # a class with a single row: no folds to choose by
         chosen = 10.0
     return make_pipeline(features, LogisticRegression(C=float(chosen), max_iter=2000)).fit(texts, labels)

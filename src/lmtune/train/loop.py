@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lmtune.config import RunConfig, save_config
+from lmtune.config import RunConfig
 from lmtune.errors import Interrupted, LmtuneError
 from lmtune.locks import own_folder
 from lmtune.outputs import run_has_model
@@ -28,16 +28,15 @@ from lmtune.tasks import ignored_keys, selection_metric
 from lmtune.train import checkpoint
 from lmtune.train.advice import divergence_message, plan_warnings
 from lmtune.train.batches import host_batches, to_device
-from lmtune.train.budget import describe_plan, steps_within
 from lmtune.train.distributed import Cluster
 from lmtune.train.metrics_log import MetricsLog, NoLog
 from lmtune.train.plots import plot_run
-from lmtune.train.probe import probe_learning_rate, probe_steps, step_seconds
+from lmtune.train.probe import measured_settings
 from lmtune.train.profile import StepPhases
 from lmtune.train.reference import reference_metrics, reference_split, tuned_reference_metrics
 from lmtune.train.run_dir import claim_run_dir, prepare_run_dir
 from lmtune.train.selection import beats_base, eval_interval, keep_better_baseline, track_evaluation
-from lmtune.train.setup import Run, make_optimizer, make_scheduler, probe_centre, setup_run
+from lmtune.train.setup import Run, setup_run
 from lmtune.train.signals import StopSignals
 from lmtune.train.tracking import Tracker, close_trackers, log_artifacts, open_trackers
 
@@ -105,23 +104,7 @@ def _train(
         else NoLog()
     )
     budget_started = time.perf_counter()  # train.max_minutes counts from here
-    # e.g. classification: the majority class and TF-IDF + logistic regression on the same split
-    baselines = (
-        run.objective.baselines(run.train_set, run.val_set, run.prepared.stats.get("labels") or []) if main else {}
-    )
-    if state.step == 0:
-        for name, baseline in baselines.items():
-            metrics_log.write({"step": 0, "event": "baseline", "model": name, **baseline.metrics})
-        state.base_metrics = run.evaluate()
-        state.last_metrics = dict(state.base_metrics)
-        metrics_log.write({"step": 0, "event": "eval", "model": "base", **state.base_metrics})
-        reference = reference_split(run)
-        if reference is not None:
-            state.base_reference = reference_metrics(
-                run, run.cluster.unwrap(run.model), run.prepared.tokenizer, reference
-            )
-            metrics_log.write({"step": 0, "event": "reference", "model": "base", **state.base_reference})
-        _measured_choices(run, time.perf_counter() - budget_started, budget_started, metrics_log)
+    baselines = _measure_the_start(run, metrics_log, budget_started)
     _announce(run)
     metric = selection_metric(config)
     mode = run.objective.metric_mode(metric)
@@ -139,7 +122,7 @@ def _train(
     run.model.train()
     started = last_save = time.perf_counter()
     deadline = budget_started + tc.max_minutes * 60 if tc.max_minutes else math.inf
-    window, tokens_seen = _Window(), 0  # tokens_seen: non-padding tokens trained on, all processes together
+    window, tokens_seen, slots_seen = _Window(), 0, 0  # tokens trained on (all processes), and with padding
     phases = StepPhases(tc.profile, run.cluster.device)
     with StopSignals() as stop:
         for micro, epoch_length in _steps(run):
@@ -154,9 +137,9 @@ def _train(
             signalled, late, save_due = step.flags
             state.step += 1
             state.batches_done_in_epoch += len(micro)
-            tokens_seen += step.tokens
+            tokens_seen, slots_seen = tokens_seen + step.tokens, slots_seen + step.slots
             bar.update(1)
-            window.add(step.loss, len(micro), step.tokens)
+            window.add(step.loss, len(micro), step.tokens, step.slots)
             if state.step % tc.log_every == 0 or state.step == run.total_steps:
                 record = window.record(state, run.scheduler.get_last_lr()[0])
                 metrics_log.write(record)
@@ -203,13 +186,9 @@ def _train(
         run.save_checkpoint()
         final_dir = run.save_final()
     summary = _summary(run, final_dir, train_seconds, tokens_seen, baselines, mode, phases)
+    summary["padding_share"] = 1 - tokens_seen / slots_seen if slots_seen else 0.0
     if main:
-        summary["baseline_model"] = keep_better_baseline(run.out, baselines, summary["final"], metric, mode)
-    if main and state.base_reference:  # the model the user gets, on the general text the base was scored on
-        tuned = tuned_reference_metrics(run, final_dir, reference_split(run))
-        metrics_log.write({"step": state.step, "event": "reference", "model": "final", **tuned})
-        summary["reference"] = {"base": state.base_reference, "final": tuned}
-    if main:
+        _measure_the_end(run, summary, baselines, metrics_log, metric, mode)
         summary["plots"] = [str(p) for p in plot_run(out)]
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -219,6 +198,7 @@ def _train(
 class StepOutcome:
     loss: float  # mean of the step's micro-batch losses, over all processes
     tokens: int  # non-padding tokens of the step, all processes together
+    slots: int  # the same with the padding
     diverged: bool  # a loss or gradient was NaN/inf on some process: no update was made
     own_loss: float  # this process's loss (nan or inf when it was the one that diverged)
     flags: list[bool]  # the caller's flags, true when true on any process
@@ -231,10 +211,11 @@ def train_step(run: Run, micro: list[dict], phases: StepPhases, flags: list[bool
     then the update, unless any process saw a NaN or infinite loss or gradient."""
     model, device, scaler, cluster = run.model, run.cluster.device, run.scaler, run.cluster
     # The loss stays on the device until the step's one exchange below: no host sync per micro-batch.
-    step_loss, step_tokens = torch.zeros((), device=device), 0
+    step_loss, step_tokens, step_slots = torch.zeros((), device=device), 0, 0
     phases.start()
     for i, host_batch in enumerate(micro):
         step_tokens += int(host_batch["attention_mask"].sum())  # counted on the host: no sync
+        step_slots += host_batch["attention_mask"].numel()  # with the padding
         batch = {k: to_device(v, device) for k, v in host_batch.items()}
         phases.mark("data")
         with cluster.no_sync(model, sync=i == len(micro) - 1), run.autocast():
@@ -252,8 +233,8 @@ def train_step(run: Run, micro: list[dict], phases: StepPhases, flags: list[bool
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, reduced over the shards
             grad_norm = grad_norm.full_tensor()
         finite = finite & torch.isfinite(grad_norm)
-    loss_sum, tokens, not_finite, *agreed = cluster.agree(
-        [torch.where(finite, step_loss, 0.0), step_tokens, ~finite, *flags]
+    loss_sum, tokens, slots, not_finite, *agreed = cluster.agree(
+        [torch.where(finite, step_loss, 0.0), step_tokens, step_slots, ~finite, *flags]
     )
     phases.mark("other")  # clipping, the exchange between processes
     if not not_finite:
@@ -266,6 +247,7 @@ def train_step(run: Run, micro: list[dict], phases: StepPhases, flags: list[bool
     return StepOutcome(
         float(loss_sum) / cluster.world / len(micro),
         int(tokens),
+        int(slots),
         bool(not_finite),
         own if not math.isfinite(own) else float("nan"),
         [bool(flag) for flag in agreed],
@@ -308,12 +290,13 @@ class _Window:
     """The training loss and throughput since the last metrics.jsonl line."""
 
     def __init__(self):
-        self.loss, self.micro, self.tokens, self.start = 0.0, 0, 0, time.perf_counter()
+        self.loss, self.micro, self.tokens, self.slots, self.start = 0.0, 0, 0, 0, time.perf_counter()
 
-    def add(self, loss: float, micro: int, tokens: int) -> None:
+    def add(self, loss: float, micro: int, tokens: int, slots: int) -> None:
         self.loss += loss * micro
         self.micro += micro
         self.tokens += tokens
+        self.slots += slots
 
     def record(self, state, lr: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - self.start
@@ -324,61 +307,45 @@ class _Window:
             "train_loss": self.loss / max(self.micro, 1),
             "lr": lr,
             "tokens_per_s": self.tokens / max(elapsed, 1e-9),
+            "padding": 1 - self.tokens / max(self.slots, 1),  # the share of computed positions that were padding
         }
         self.__init__()
         return record
 
 
-def _measured_choices(run: Run, eval_seconds: float, budget_started: float, metrics_log) -> None:
-    """A fresh run's settings measured here rather than guessed: the learning rate (train.lr auto: probed,
-    recorded in config.yaml and lr_probe.json) and the steps that fit the time budget (train.epochs auto with
-    train.max_minutes); the optimizer and schedule are made again with them."""
-    tc, cluster = run.config.train, run.cluster
-    if tc.lr != "auto" and not (tc.epochs == "auto" and tc.max_minutes and not tc.max_steps):
-        return
-    step_cost = None
-    if tc.lr == "auto":
-        centre = probe_centre(run.config, run.parameters["total"])
-        if len(run.val_set) == 0:
-            log.warning("warning: train.lr auto: no validation split to probe learning rates on; using %g", centre)
-            tc.lr = centre
-        else:
-            found = probe_learning_rate(run, centre, probe_steps(run.steps_per_epoch, run.total_steps), train_step)
-            tc.lr, step_cost = found["chosen"], found["step_seconds"]
-            _record_probe(run, found, metrics_log)
-    if tc.epochs == "auto" and tc.max_minutes and not tc.max_steps:
-        step_cost = step_cost or step_seconds(run, train_step)
-        # The processes plan alike: each takes the slowest step and evaluation any of them measured.
-        step_cost, eval_seconds = cluster.agree([step_cost, eval_seconds], op="max")
-        left = tc.max_minutes * 60 - (time.perf_counter() - budget_started) - eval_seconds  # the last evaluation
-        run.total_steps = run.state.planned_steps = steps_within(
-            left, step_cost, eval_seconds, run.steps_per_epoch, tc.eval_every
-        )
-        log.info(describe_plan(run.total_steps, run.steps_per_epoch, left / 60))
-    run.optimizer = make_optimizer(run.model, run.config, cluster.device)
-    run.scheduler = make_scheduler(run.optimizer, run.config, run.total_steps)
-    if cluster.main:
-        save_config(run.config, run.out / "config.yaml")  # the chosen rate: rerunning it skips the probe
-
-
-def _record_probe(run: Run, found: dict[str, Any], metrics_log) -> None:
-    rows = ", ".join(f"{row['lr']:g} -> {row['val_loss']:.4f}" for row in found["table"])
-    log.info(
-        "learning rate %g chosen by the probe (%d steps each; validation loss: %s)",
-        found["chosen"],
-        found["steps"],
-        rows,
+def _measure_the_start(run: Run, metrics_log, budget_started: float) -> dict:
+    """Before the first step of a fresh run: the baselines (e.g. classification's majority class and TF-IDF),
+    the base model on validation and on general text, then the measured choices (learning rate, steps).
+    Returns the baselines (a resumed run has them in its metrics.jsonl already, and needs them not again)."""
+    state, main = run.state, run.cluster.main
+    baselines = (
+        run.objective.baselines(run.train_set, run.val_set, run.prepared.stats.get("labels") or []) if main else {}
     )
-    if run.cluster.main:
-        (run.out / "lr_probe.json").write_text(json.dumps(found, indent=2))
-        metrics_log.write(
-            {
-                "step": 0,
-                "event": "lr_probe",
-                "lr": found["chosen"],
-                **{f"probe/{row['lr']:g}/val_loss": row["val_loss"] for row in found["table"]},
-            }
-        )
+    if state.step > 0:
+        return baselines
+    for name, baseline in baselines.items():
+        metrics_log.write({"step": 0, "event": "baseline", "model": name, **baseline.metrics})
+    began = time.perf_counter()
+    state.base_metrics = run.evaluate()
+    eval_seconds = time.perf_counter() - began
+    state.last_metrics = dict(state.base_metrics)
+    metrics_log.write({"step": 0, "event": "eval", "model": "base", **state.base_metrics})
+    reference = reference_split(run)
+    if reference is not None:
+        state.base_reference = reference_metrics(run, run.cluster.unwrap(run.model), run.prepared.tokenizer, reference)
+        metrics_log.write({"step": 0, "event": "reference", "model": "base", **state.base_reference})
+    measured_settings(run, eval_seconds, budget_started, metrics_log, train_step)
+    return baselines
+
+
+def _measure_the_end(run: Run, summary: dict, baselines: dict, metrics_log, metric: str, mode: str) -> None:
+    """After the final model is saved (main process): a baseline that beat it kept as a model of its own, and
+    final/ on the general text the base was scored on."""
+    summary["baseline_model"] = keep_better_baseline(run.out, baselines, summary["final"], metric, mode)
+    if run.state.base_reference:
+        tuned = tuned_reference_metrics(run, summary["final_model"], reference_split(run))
+        metrics_log.write({"step": run.state.step, "event": "reference", "model": "final", **tuned})
+        summary["reference"] = {"base": run.state.base_reference, "final": tuned}
 
 
 def _announce(run: Run) -> None:
