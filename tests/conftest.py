@@ -324,3 +324,43 @@ def runs_dir(tmp_path):
         mtime=3_000_000,
     )
     return root
+
+
+def write_chats(path, shape: str, n: int = 48):
+    rows = []
+    for i in range(n):
+        question, answer = f"Who guards the gate number {i % 6}?", f"Sentry {i % 6} guards it."
+        if shape == "messages":
+            rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+        else:
+            rows.append({"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_run(tmp_path_factory):
+    """A tiny GPT chat-tuned on ShareGPT rows through `lmtune train --data` (the objective from the data)."""
+    root = tmp_path_factory.mktemp("chat")
+    data = write_chats(root / "chats.jsonl", "conversations")
+    result = run_cli_in_process(
+        "train",
+        "--data",
+        data,
+        "--model",
+        "gpt-tiny",
+        "--output-dir",
+        root / "run",
+        "--train.max_steps",
+        "40",
+        "--train.lr",
+        "3e-3",
+        "--train.precision",
+        "fp32",
+        "--data.block_size",
+        "64",
+        "--minutes",
+        "5",
+    )
+    assert result.returncode == 0, result.stderr
+    return root / "run"

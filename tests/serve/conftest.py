@@ -1,8 +1,10 @@
 """Serving tests' shared pieces: three tiny trained models, a real `lmtune serve` process on a loopback port,
-raw clients that hang up, and a stand-in request whose client leaves."""
+raw clients that hang up, a stand-in request whose client leaves, an app in a thread and a browser page."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -134,3 +136,52 @@ class Gone:
 
     async def is_disconnected(self) -> bool:
         return self.leave.is_set()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where apt works)"
+)
+
+
+@contextlib.contextmanager
+def app_in_thread(app):
+    """`app` served by uvicorn on a free loopback port in this process; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A page of Debian's chromium driven by Playwright (never a browser download)."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from playwright.sync_api import sync_playwright
+
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()

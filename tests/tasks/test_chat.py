@@ -12,6 +12,7 @@ import pytest
 from lmtune.errors import LmtuneError
 from lmtune.models.load import load_tokenizer
 from lmtune.tasks.chat import BadRow, conversation, encode, ensure_template, fit
+from tests.conftest import write_chats
 
 CHAT = [
     {"role": "system", "content": "You answer briefly."},
@@ -95,59 +96,17 @@ def test_a_long_conversation_loses_its_oldest_turns_and_keeps_its_system_prompt(
         fit(tokenizer, long, 8)
 
 
-def write_chats(path, shape: str, n: int = 48):
-    rows = []
-    for i in range(n):
-        question, answer = f"Who guards the gate number {i % 6}?", f"Sentry {i % 6} guards it."
-        if shape == "messages":
-            rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
-        else:
-            rows.append({"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def chat_run(tmp_path_factory):
-    """A tiny GPT chat-tuned on ShareGPT rows through `lmtune train --data` (the objective from the data)."""
-    from tests.conftest import run_cli_in_process
-
-    root = tmp_path_factory.mktemp("chat")
-    data = write_chats(root / "chats.jsonl", "conversations")
-    result = run_cli_in_process(
-        "train",
-        "--data",
-        data,
-        "--model",
-        "gpt-tiny",
-        "--output-dir",
-        root / "run",
-        "--train.max_steps",
-        "40",
-        "--train.lr",
-        "3e-3",
-        "--train.precision",
-        "fp32",
-        "--data.block_size",
-        "64",
-        "--minutes",
-        "5",
-    )
-    assert result.returncode == 0, result.stderr
-    return root / "run"
-
-
-def test_train_on_conversations_then_transformers_and_lmtune_chat_answer_alike(chat_run, tmp_path):
+def test_train_on_conversations_then_transformers_and_lmtune_chat_answer_alike(tiny_chat_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmtune.infer.chat import ChatSession
     from lmtune.infer.generate import GenerationSettings
 
-    summary = json.loads((chat_run / "summary.json").read_text())
+    summary = json.loads((tiny_chat_run / "summary.json").read_text())
     assert summary["final"]["val_loss"] < summary["base"]["val_loss"]
-    stats = json.loads((chat_run / "data" / "stats.json").read_text())
+    stats = json.loads((tiny_chat_run / "data" / "stats.json").read_text())
     assert stats["train conversations"] + stats["validation conversations"] == 48
-    final = chat_run / "final"
+    final = tiny_chat_run / "final"
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert tokenizer.chat_template  # lmtune's default, saved with the model
     model = AutoModelForCausalLM.from_pretrained(final)
@@ -176,7 +135,7 @@ def test_messages_rows_are_recognised(tmp_path):
     assert guess_objective([str(write_chats(tmp_path / "b.jsonl", "conversations"))]) == "chat"
 
 
-def test_lmtune_chat_in_the_terminal(chat_run):
+def test_lmtune_chat_in_the_terminal(tiny_chat_run):
     """Multi-turn through stdin: a reply, /reset, another, /quit."""
     result = subprocess.run(
         [
@@ -184,7 +143,7 @@ def test_lmtune_chat_in_the_terminal(chat_run):
             "-m",
             "lmtune.cli",
             "chat",
-            str(chat_run),
+            str(tiny_chat_run),
             "--temperature",
             "0",
             "--max-new-tokens",
@@ -207,8 +166,8 @@ def test_lmtune_chat_in_the_terminal(chat_run):
     from lmtune.infer.chat import ChatSession
     from lmtune.infer.generate import GenerationSettings
 
-    fresh = ChatSession(str(chat_run), settings=GenerationSettings(max_new_tokens=8, temperature=0.0))
+    fresh = ChatSession(str(tiny_chat_run), settings=GenerationSettings(max_new_tokens=8, temperature=0.0))
     from lmtune.infer import load
 
-    fresh.loaded = load(str(chat_run), dtype="fp32")
+    fresh.loaded = load(str(tiny_chat_run), dtype="fp32")
     assert "".join(fresh.reply("Who guards the gate number 4?")).strip() == replies[1].strip()

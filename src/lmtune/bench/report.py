@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmtune.tasks.chat import OBJECTIVE as CHAT
 from lmtune.tasks.classify import OBJECTIVE as CLASSIFY
 from lmtune.tasks.clm import OBJECTIVE as CAUSAL
 from lmtune.tasks.mlm import OBJECTIVE as MASKED
@@ -25,10 +26,12 @@ def _f(value, digits: int = 1) -> str:
 
 
 TRAINING_SECTIONS = (
-    (CAUSAL.name, "Causal LM training", "val_loss"),
-    ("clm_demo", "Causal LM training, the demo's pretrained model", "val_loss"),
-    (MASKED.name, "Masked LM training", "val_top1_accuracy"),
-    (CLASSIFY.name, "Classification training", "val_accuracy"),
+    # (result key, title, metric, the tuned contender's name)
+    (CAUSAL.name, "Causal LM training", "val_loss", "tuned Trainer"),
+    ("clm_demo", "Causal LM training, the demo's pretrained model", "val_loss", "tuned Trainer"),
+    (MASKED.name, "Masked LM training", "val_top1_accuracy", "tuned Trainer"),
+    (CLASSIFY.name, "Classification training", "val_accuracy", "tuned Trainer"),
+    (CHAT.name, "Chat fine-tuning (SmolLM2-135M on the pirate conversations)", "val_loss", "TRL SFTTrainer"),
 )
 
 
@@ -66,12 +69,12 @@ def to_markdown(r: dict) -> str:
             f"Peak matmul: fp32 {_f(r['peak_gflops']['fp32'])} GFLOP/s, bf16 {_f(r['peak_gflops']['bf16'])} GFLOP/s",
             "",
         ]
-    for key, title, metric in TRAINING_SECTIONS:
+    for key, title, metric, contender in TRAINING_SECTIONS:
         if key not in r:
             continue
         sides = r[key]
         names = [n for n in ("seed", "tuned", "lmtune") if n in sides]
-        heads = {"seed": "seed recipe", "tuned": "tuned Trainer", "lmtune": "lmtune"}
+        heads = {"seed": "seed recipe", "tuned": contender, "lmtune": "lmtune"}
         lines += [
             f"## {title}",
             "",

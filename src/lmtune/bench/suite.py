@@ -19,6 +19,7 @@ from lmtune.bench.report import to_markdown, with_ratio
 from lmtune.bench.serving import bench_serving
 from lmtune.bench.worker import run_worker
 from lmtune.outputs import check_output_dir, claim_dir
+from lmtune.tasks.chat import OBJECTIVE as CHAT
 
 QUICK = {
     "clm_model": "gpt-tiny",
@@ -33,6 +34,7 @@ QUICK = {
     "fill_calls": 10,
     "serve_rounds": 1,
     "serve_tokens": 16,
+    "chat_seconds": 20,
 }
 FULL = {
     "clm_model": "gpt2-124m",
@@ -48,11 +50,23 @@ FULL = {
     "fill_calls": 40,
     "serve_rounds": 3,
     "serve_tokens": 64,
+    "chat_seconds": 150,
 }
 
 
 SIDES = ("seed", "tuned", "lmtune")  # the tutorial recipe, the tuned HF Trainer, lmtune
-SECTIONS = ("peak", CAUSAL.name, MASKED.name, CLASSIFY.name, "generate", "fill-mask", "serve", "data", "device")
+SECTIONS = (
+    "peak",
+    CAUSAL.name,
+    MASKED.name,
+    CLASSIFY.name,
+    CHAT.name,
+    "generate",
+    "fill-mask",
+    "serve",
+    "data",
+    "device",
+)
 
 
 def run(
@@ -101,6 +115,13 @@ def run(
             result[objective.name] = with_ratio(
                 {side: run_worker(f"{side}_{kind}", seconds=p["encoder_seconds"]) for side in SIDES}
             )
+    if CHAT.name in sections:
+        console.print(f"chat fine-tuning: TRL's SFTTrainer, lmtune, {p['chat_seconds']} s each (smollm2-135m) ...")
+        sides = {
+            "tuned": run_worker("trl_chat", seconds=p["chat_seconds"]),
+            "lmtune": run_worker("lmtune_chat", seconds=p["chat_seconds"]),
+        }
+        result[CHAT.name] = with_ratio(sides)
     if "generate" in sections:
         console.print("generation ...")
         result["generate"] = bench_generation("smollm2-135m", p["gen_tokens"], p["gen_prompts"])

@@ -9,14 +9,18 @@ import subprocess
 import sys
 from typing import Any
 
-from lmtune.bench import contenders
+from lmtune.bench import chat, contenders
 from lmtune.hardware import cpu_has_bf16
 from lmtune.libraries import quiet_libraries
 
 WORKERS = {
-    f"{side}_{kind}": getattr(contenders, f"{side}_{kind}")
-    for side in ("seed", "tuned", "lmtune")
-    for kind in ("causal", "masked", "classifier")
+    **{
+        f"{side}_{kind}": getattr(contenders, f"{side}_{kind}")
+        for side in ("seed", "tuned", "lmtune")
+        for kind in ("causal", "masked", "classifier")
+    },
+    "trl_chat": chat.trl_chat,
+    "lmtune_chat": chat.lmtune_chat,
 }
 
 

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hmac
 import socket
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
@@ -28,6 +29,8 @@ from lmtune.serve.routes import rest_router
 from lmtune.serve.scheduling import ClientGone, MicroBatcher, Served
 from lmtune.serve.schemas import EVENT_BODIES, Limits, request_bodies
 from lmtune.serve.ui import build_ui
+from lmtune.serve.ui_train import train_tab
+from lmtune.serve.workbench import Workbench
 
 # Requests of these capabilities that arrive while their model is busy are answered by one call.
 MICRO_BATCHED = {
@@ -44,26 +47,24 @@ def create_app(
     device: str | None = None,
     dtype: str = "auto",
     engine: str = "auto",
+    workbench: Workbench | None = None,
 ) -> FastAPI:
+    """The app serving `models` (names, or models loaded already); `workbench`: training from the browser too
+    (the UI's Train tab), whose finished runs join the served models without a restart."""
     limits = limits or Limits()
     if not isinstance(models, dict):
         models = {name: load(name, device=device, dtype=dtype, engine=engine) for name in models}
-    served = {name: Served(name, loaded) for name, loaded in models.items()}
+    if not models and workbench is None:
+        raise LmtuneError("serve needs at least one model (or --workbench, to train one from the browser)")
+    served = {name: serve_model(name, loaded, limits) for name, loaded in models.items()}
     release_cpu_workers()  # the models were loaded here; from now on they compute on engine and worker threads
-    if not served:
-        raise LmtuneError("serve needs at least one model")
-    for model in served.values():
-        if Batcher.supports(model.loaded):
-            model.batcher = Batcher(model.loaded, limits.batch_size, model_lock=model.lock)
-            continue
-        batched = next((MICRO_BATCHED[c] for c in model.capabilities if c in MICRO_BATCHED), None)
-        if batched is not None:
-            model.micro = MicroBatcher(model, functools.partial(batched, model.loaded), limits.max_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        for model in served.values():  # a shutdown: end running generations, stop the batch loops
+        if workbench is not None:  # the training under way saves a checkpoint and stops
+            await anyio.to_thread.run_sync(workbench.close)
+        for model in list(served.values()):  # a shutdown: end running generations, stop the batch loops
             if model.batcher is not None:
                 await anyio.to_thread.run_sync(model.batcher.close)
 
@@ -82,6 +83,17 @@ def create_app(
     if ui:
         import gradio as gr  # heavy: imported only when the UI is wanted
 
+        def add_model(path: str) -> str:
+            """A finished run's model served beside the others (the REST routes and /v1/models follow)."""
+            name = str(Path(path).parent.name) if Path(path).name == "final" else path
+            earlier = served.get(name)
+            served[name] = serve_model(name, load(path, device=device, dtype=dtype), limits)
+            if earlier is not None and earlier.batcher is not None:  # the run loaded again: its new model serves
+                earlier.batcher.close()
+            release_cpu_workers()
+            return name
+
+        tab = train_tab(workbench, add_model) if workbench is not None else None
         # The web UI and Gradio's own API routes sit behind the same key: its login form (any user name, the
         # key as password) sets the session cookie every Gradio route then asks for.
         auth = (
@@ -91,12 +103,24 @@ def create_app(
         )
         app = gr.mount_gradio_app(
             app,
-            build_ui(served, limits),
+            build_ui(served, limits, train_tab=tab),
             path="/",
             auth=auth,
             auth_message="This server needs its API key: any user name, the key as password.",
         )
     return app
+
+
+def serve_model(name: str, loaded: LoadedModel, limits: Limits) -> Served:
+    """A model ready for requests: generation batched continuously, fill-mask and classify micro-batched."""
+    model = Served(name, loaded)
+    if Batcher.supports(loaded):
+        model.batcher = Batcher(loaded, limits.batch_size, model_lock=model.lock)
+        return model
+    batched = next((MICRO_BATCHED[c] for c in model.capabilities if c in MICRO_BATCHED), None)
+    if batched is not None:
+        model.micro = MicroBatcher(model, functools.partial(batched, loaded), limits.max_batch)
+    return model
 
 
 def _document_event_bodies(app: FastAPI) -> None:

@@ -136,6 +136,11 @@ class Objective:
     def save_metadata(self, final_dir, prepared) -> None:
         """Anything inference needs beyond the HF folder (e.g. SFT task prefixes), in `metadata_file`."""
 
+    def report_examples(self, dataset, n: int) -> list[dict]:
+        """Up to `n` held-out examples the report shows both models answering: [{"messages", "reference"}]
+        (conversations up to a reply, and that reply); none by default."""
+        return []
+
     def task_prompt(self, model_dir, tokenizer, task: str, prompt: str) -> str:
         """A prompt for one of the tasks a saved model of this objective was trained on (`generate --task`)."""
         from lmtune.errors import LmtuneError

@@ -9,6 +9,7 @@ prompt stays); batches group similar lengths, so padding stays small."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -148,8 +149,13 @@ def prepare_splits(config: RunConfig, tokenizer):
                 skipped[str(why)] += 1
                 continue
             cut += dropped > 0
-            encoded.append((ids, mask))
-        columns[name] = {"input_ids": [ids for ids, _ in encoded], "loss_mask": [mask for _, mask in encoded]}
+            kept = messages[:1] + messages[1 + dropped :] if messages[0]["role"] == "system" else messages[dropped:]
+            encoded.append((ids, mask, json.dumps(kept)))
+        columns[name] = {
+            "input_ids": [e[0] for e in encoded],
+            "loss_mask": [e[1] for e in encoded],
+            "messages": [e[2] for e in encoded],
+        }  # as trained on: for the report's examples
     if not columns["train"]["input_ids"]:
         raise LmtuneError(f"no conversation to train on in {data.train} (skipped: {dict(skipped) or 'none'})")
     if skipped:
@@ -233,6 +239,15 @@ class ChatSFT(Objective):
 
     def evaluate(self, model, dataset, tokenizer, config, autocast, batch_size=8, max_batches=None):
         return evaluate(model, dataset, tokenizer, config, autocast, batch_size, max_batches)
+
+    def report_examples(self, dataset, n: int) -> list[dict]:
+        """Held-out conversations up to their last reply, and that reply."""
+        examples = []
+        for row in dataset.select(range(min(n, len(dataset))))["messages"]:
+            messages = json.loads(row)
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            examples.append({"messages": messages[:last], "reference": messages[last]["content"]})
+        return examples
 
 
 OBJECTIVE = ChatSFT()

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.config import RunConfig
-from lmtune.data.ingest import COMPRESSED, TABLE_SUFFIXES, list_folder, read_documents
+from lmtune.data.files import COMPRESSED, TABLE_SUFFIXES, list_folder
+from lmtune.data.ingest import read_documents
 from lmtune.errors import LmtuneError
 from lmtune.models.resolve import PRESETS, context_length, resolve
 from lmtune.paths import resolve_data_path

@@ -9,15 +9,17 @@ from lmtune.config import RunConfig
 from lmtune.infer.fill_mask import compare_table
 from lmtune.infer.generate import GenerationSettings, generate
 from lmtune.models.resolve import PRESETS
-from lmtune.tasks import serving_objective
+from lmtune.tasks import get_objective, serving_objective
 
 
 def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def print_report(config: RunConfig, summary: dict) -> None:
-    console = Console()
+def print_report(config: RunConfig, summary: dict, console: Console | None = None, examples: bool = True) -> None:
+    """The report in the terminal (or into `console`: the workbench records it); `examples`: the generations
+    and fill-masks of both models (they load the models)."""
+    console = console or Console()
     base, final = summary.get("base", {}), summary.get("final", {})
     best, last, best_step = summary.get("best") or {}, summary.get("last") or {}, summary.get("best_step")
     table = Table(title=f"{config.objective} run {summary['run']} ({summary['steps']} steps, {summary['precision']})")
@@ -83,13 +85,17 @@ def print_report(config: RunConfig, summary: dict) -> None:
             f"trainable parameters: {parameters['trainable']:,} of {parameters['total']:,} "
             f"({parameters['trainable'] / parameters['total']:.2%})"
         )
+    if summary.get("padding_share", 0) >= 0.01:  # batches of rows of different lengths (classify, sft, chat)
+        console.print(f"padding: {summary['padding_share']:.1%} of the positions computed in training")
     console.print(f"model: [bold]{summary['final_model']}[/bold]", soft_wrap=True)
     for plot in summary.get("plots", []):
         console.print(f"plot:  {plot}", soft_wrap=True)
     report = config.report
-    if not report.compare_base:
+    if not report.compare_base or not examples:
         return
     capabilities = serving_objective(config.objective).capabilities
+    if "chat" in capabilities:
+        _compare_chats(console, config, summary)
     if report.prompts and "generate" in capabilities:
         _compare_generations(console, config, summary)
     if report.fill_mask and "fill-mask" in capabilities:
@@ -164,6 +170,37 @@ def _compare_generations(console, config: RunConfig, summary: dict) -> None:
         base = "(random init)" if base_name in PRESETS else generate(base_name, prompt, settings)[0]
         tuned = generate(summary["final_model"], prompt, settings)[0]
         table.add_row(prompt, base.strip(), tuned.strip())
+    console.print(table)
+
+
+def _compare_chats(console, config: RunConfig, summary: dict) -> None:
+    """A few held-out conversations answered by the base model and the tuned one (greedy), beside the reply the
+    data holds."""
+    from pathlib import Path
+
+    from lmtune.data.prepare import is_prepared, load_prepared
+    from lmtune.infer import load
+    from lmtune.infer.chat import chat_prompt
+
+    data = Path(summary["run"]) / "data"
+    split = load_prepared(data).dataset.get("validation") if is_prepared(data) else None
+    examples = get_objective(config.objective).report_examples(split, 3) if split is not None else []
+    if not examples:
+        return
+    settings = GenerationSettings(max_new_tokens=config.report.max_new_tokens, temperature=0.0)
+    base_name = config.model.init_from or config.model.name
+    table = Table(title="held-out conversations: the last reply, base vs tuned", show_lines=True)
+    for column in ("asked", "in the data", f"base: {base_name}", "tuned"):
+        table.add_column(column, ratio=1)
+    tuned = load(summary["final_model"])
+    base = None if base_name in PRESETS else load(base_name)
+    for example in examples:
+        messages = example["messages"]
+        answers = [
+            generate(model, chat_prompt(model.tokenizer, messages), settings)[0].strip() if model else "(random init)"
+            for model in (base, tuned)
+        ]
+        table.add_row(messages[-1]["content"], example["reference"], *answers)
     console.print(table)
 
 
