@@ -126,3 +126,24 @@ def test_the_queue_trains_one_at_a_time_stops_like_ctrl_c_and_resumes(folders):
     bench.stop(again.id)
     wait_for(lambda: again.state != "running", 120, "the resume stopped")
     assert again.state == "stopped", again.error
+
+
+def test_stop_works_before_the_training_loop_even_when_the_server_ignores_sigint(folders):
+    """A server started in the background (nohup, `&` in a script) hands SIGINT down as ignored: Stop during a
+    training's start-up (loading, base evaluation, the learning-rate probe) must still end it, not be lost."""
+    import signal
+
+    data, runs, _ = folders
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a background server's children inherit
+    try:
+        bench = Workbench(data, runs)
+        job = bench.submit_training(
+            [data / "book.txt"], ["--model", "gpt-tiny", "--minutes", "10", "--eval.reference", "null"], "book"
+        )
+        wait_for(lambda: job.state == "running" and job.log is not None and job.log.exists(), 60, "started")
+        time.sleep(1.0)  # the child is importing or loading: lmtune's own stop handling is not installed yet
+        bench.stop(job.id)
+        wait_for(lambda: job.state != "running", 60, "the stop ended the training")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert job.state == "stopped", job.error
