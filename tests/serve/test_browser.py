@@ -80,7 +80,8 @@ def test_the_workbench_in_the_browser(tmp_path):
 
         def train(path, minutes: str) -> None:
             page.locator("#train-upload input[type=file]").set_input_files(str(path))
-            expect(page.locator("#train-upload")).to_contain_text(path.name, timeout=30000)  # uploaded
+            uploaded = page.locator(f"#train-upload td[aria-label='{path.name}']").first  # the file's row
+            expect(uploaded).to_be_visible(timeout=30000)
             model = page.locator("#train-model input").first
             model.fill("gpt-tiny")
             model.press("Enter")
