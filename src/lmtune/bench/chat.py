@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lmtune.bench.contenders import TimeLimit, _tuned_arguments
+from lmtune.bench.contenders import TimeLimit, _tuned_arguments, timed_training
 from lmtune.config import build_config
 from lmtune.errors import LmtuneError
 from lmtune.infer import load
@@ -117,16 +117,7 @@ def lmtune_chat(seconds: float, model_name: str = "smollm2-135m", seq: int = 192
                 "output_dir": str(Path(tmp) / "run"),
                 "model": {"name": model_name},
                 "data": {"train": str(data), "block_size": seq, "val_fraction": 0.0},
-                "train": {
-                    "batch_size": batch,
-                    "lr": 1e-4,
-                    "weight_decay": 0.0,
-                    "schedule": "constant",
-                    "max_steps": 10**6,
-                    "max_minutes": seconds / 60,
-                    "eval_every": 0,
-                    "log_every": 10**6,
-                },
+                "train": timed_training(batch, 1e-4, seconds, weight_decay=0.0),
                 "eval": {"reference": None},
                 "report": {"compare_base": False},
             }

@@ -54,6 +54,21 @@ def held_out_metrics(model, tokenizer, objective, seq: int, precision: str = "au
         return evaluate_model(loaded, str(path), block_size=seq, precision=precision)
 
 
+def timed_training(batch: int, lr: float, seconds: float, **extra) -> dict[str, Any]:
+    """lmtune's side of a timed comparison: a constant rate, stopped by the clock (not by steps), no
+    evaluation or logging inside the time."""
+    return {
+        "batch_size": batch,
+        "lr": lr,
+        "schedule": "constant",
+        "max_steps": 10**6,
+        "max_minutes": seconds / 60,
+        "eval_every": 0,
+        "log_every": 10**6,
+        **extra,
+    }
+
+
 class TimeLimit(TrainerCallback):
     """Stops the HF Trainer after `seconds` of training."""
 
@@ -132,17 +147,7 @@ def lmtune_causal(model_name: str, seq: int, batch: int, seconds: float) -> dict
                 "output_dir": str(Path(tmp) / "run"),
                 "model": {"name": model_name},
                 "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
-                "train": {
-                    "batch_size": batch,
-                    "lr": 3e-4,
-                    "weight_decay": 0.0,
-                    "schedule": "constant",
-                    "max_steps": 10**6,
-                    "profile": True,
-                    "max_minutes": seconds / 60,
-                    "eval_every": 0,
-                    "log_every": 10**6,
-                },
+                "train": timed_training(batch, 3e-4, seconds, weight_decay=0.0, profile=True),
                 "report": {"compare_base": False},
             }
         )
@@ -197,16 +202,7 @@ def lmtune_masked(seconds: float, seq: int = 128, batch: int = 16) -> dict[str, 
                     "output_dir": str(Path(tmp) / "run"),
                     "model": {"name": "minilm-l6"},
                     "data": {"train": str(corpus), "block_size": seq, "val_fraction": 0.0},
-                    "train": {
-                        "batch_size": batch,
-                        "lr": 2e-4,
-                        "schedule": "constant",
-                        "max_steps": 10**6,
-                        "profile": True,
-                        "max_minutes": seconds / 60,
-                        "eval_every": 0,
-                        "log_every": 10**6,
-                    },
+                    "train": timed_training(batch, 2e-4, seconds, profile=True),
                     "report": {"compare_base": False},
                 }
             ),
@@ -281,16 +277,7 @@ def lmtune_classifier(seconds: float, seq: int = 512, batch: int = 32) -> dict[s
                         "val_fraction": 0.0,
                         "keep_labels": ["fresh", "rotten"],
                     },
-                    "train": {
-                        "batch_size": batch,
-                        "lr": 1e-4,
-                        "schedule": "constant",
-                        "max_steps": 10**6,
-                        "profile": True,
-                        "max_minutes": seconds / 60,
-                        "eval_every": 0,
-                        "log_every": 10**6,
-                    },
+                    "train": timed_training(batch, 1e-4, seconds, profile=True),
                     "report": {"compare_base": False},
                 }
             ),
