@@ -23,6 +23,22 @@ WORDS = (
 ).split()
 
 
+def write_tiny_clm_recipe(folder: Path, corpus_dir, **train) -> Path:
+    """folder/recipe.yaml: gpt-tiny (no dropout) as a causal LM on `corpus_dir` with its own 300-token BPE, for
+    tests that run `lmtune train` on a recipe; `train` keys go on top of fp32, one thread, no evaluations."""
+    path = folder / "recipe.yaml"
+    recipe = {
+        "objective": "clm",
+        "model": {"name": "gpt-tiny", "dropout": 0.0},
+        "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
+        "data": {"train": str(corpus_dir), "block_size": 32},
+        "train": {"eval_every": 0, "precision": "fp32", "threads": 1, **train},
+        "report": {"compare_base": False},
+    }
+    path.write_text(json.dumps(recipe))
+    return path
+
+
 def make_story(seed: int, sentences: int = 30) -> str:
     rng = random.Random(seed)
     lines = []

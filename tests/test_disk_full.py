@@ -3,7 +3,6 @@ names the disk in one line and keeps its last checkpoint; prepare leaves nothing
 
 import contextlib
 import errno
-import json
 import os
 import subprocess
 import uuid
@@ -13,6 +12,7 @@ import pytest
 
 from lmtune.errors import LmtuneError
 from lmtune.outputs import TRAINER_STATE, checkpoint_dirs, disk_errors
+from tests.conftest import write_tiny_clm_recipe
 
 
 @contextlib.contextmanager
@@ -52,28 +52,7 @@ def test_a_real_full_disk_write_becomes_one_line(tmp_path):
 
 
 def recipe(tmp_path, corpus_dir, steps):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "objective": "clm",
-                "model": {"name": "gpt-tiny", "dropout": 0.0},
-                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-                "data": {"train": str(corpus_dir), "block_size": 32},
-                "train": {
-                    "batch_size": 8,
-                    "lr": 3e-3,
-                    "max_steps": steps,
-                    "eval_every": 0,
-                    "save_every": 3,
-                    "precision": "fp32",
-                    "threads": 1,
-                },
-                "report": {"compare_base": False},
-            }
-        )
-    )
-    return path
+    return write_tiny_clm_recipe(tmp_path, corpus_dir, batch_size=8, lr=3e-3, max_steps=steps, save_every=3)
 
 
 @pytest.mark.parametrize("checked_first", [True, False])

@@ -10,33 +10,13 @@ import torch
 import yaml
 
 from lmtune.outputs import TRAINER_STATE, checkpoint_dirs
+from tests.conftest import write_tiny_clm_recipe
 
 
 def recipe(tmp_path, corpus_dir):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "objective": "clm",
-                "model": {"name": "gpt-tiny", "dropout": 0.0},
-                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-                "data": {"train": str(corpus_dir), "block_size": 32},
-                "train": {
-                    "batch_size": 4,
-                    "lr": 3e-3,
-                    "max_steps": 12,
-                    "epochs": 100,
-                    "eval_every": 0,
-                    "log_every": 1,
-                    "save_every": 3,
-                    "precision": "fp32",
-                    "threads": 1,
-                },
-                "report": {"compare_base": False},
-            }
-        )
+    return write_tiny_clm_recipe(
+        tmp_path, corpus_dir, batch_size=4, lr=3e-3, max_steps=12, epochs=100, log_every=1, save_every=3
     )
-    return path
 
 
 def lmtune_train(*args, timeout=180):

@@ -1,7 +1,6 @@
 """Settings that cannot work are refused before any work; legal ones that are almost surely a mistake are
 warned about once; suggestions stay sensible."""
 
-import json
 import logging
 import os
 import signal
@@ -15,6 +14,7 @@ from lmtune.config import build_config
 from lmtune.hardware import cpu_cores
 from lmtune.train.advice import divergence_message, setting_warnings
 from lmtune.train.setup import thread_count
+from tests.conftest import write_tiny_clm_recipe
 
 
 def test_non_finite_numbers_are_refused(cli, corpus_dir):
@@ -59,26 +59,7 @@ def test_the_divergence_message_suggests_a_sensible_learning_rate(lr, suggested)
 def test_sigterm_to_a_multiprocess_training_ends_in_one_line(tmp_path, corpus_dir):
     """torchrun used to answer SIGTERM with a 40-line traceback; the processes save and stop, and one line
     says how to go on."""
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        json.dumps(
-            {
-                "objective": "clm",
-                "model": {"name": "gpt-tiny", "dropout": 0.0},
-                "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 1}},
-                "data": {"train": str(corpus_dir), "block_size": 32},
-                "train": {
-                    "batch_size": 4,
-                    "max_steps": 100_000,
-                    "eval_every": 0,
-                    "log_every": 1,
-                    "precision": "fp32",
-                    "threads": 1,
-                },
-                "report": {"compare_base": False},
-            }
-        )
-    )
+    recipe = write_tiny_clm_recipe(tmp_path, corpus_dir, batch_size=4, max_steps=100_000, log_every=1)
     run, log = tmp_path / "run", tmp_path / "log.txt"
     with open(log, "w") as out:
         proc = subprocess.Popen(
